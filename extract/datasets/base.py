@@ -1,0 +1,147 @@
+"""Dataset adapters: raw public formats -> sample ids, labels, splits, and per-modality inputs ("views").
+
+An adapter loads a modality's inputs for a list of rows ONCE; every expert and the teacher of that modality then
+take the view they need (``text``, ``image``, ``series``, ``features``) from the same decoded sample.
+A sample's input is a dict of views, or ``Missing(reason)`` (absent: mask 0), or ``Failed(reason)`` (bad input).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from stores.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Missing:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+Input = dict[str, Any] | Missing | Failed
+ADAPTERS: dict[str, type["DatasetAdapter"]] = {}
+
+
+def adapter(name: str):
+    def deco(cls):
+        ADAPTERS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+class DatasetAdapter:
+    name: str = ""
+
+    def __init__(self, spec: DatasetSpec, data_root: Path, options: dict | None = None):
+        self.spec = spec
+        self.root = (Path(data_root) / spec.path).resolve()
+        self.data_root = Path(data_root).resolve()
+        self.options = {**spec.options, **(options or {})}
+        if not self.root.exists():
+            raise FileNotFoundError(f"dataset '{spec.adapter}': data folder {self.root} does not exist "
+                                    f"(set --data-root or MEDMIX_DATA_ROOT)")
+
+    # ---- what every adapter provides ------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """task -> (N, C) float array, NaN where unknown."""
+        raise NotImplementedError
+
+    def load(self, modality: str, rows: list[int]) -> list[Input]:
+        raise NotImplementedError
+
+    def official_split(self) -> list[str] | None:
+        return None
+
+    def identity(self) -> dict:
+        """What the adapter read (file names and sizes), for provenance."""
+        return {"adapter": self.name, "root": str(self.root), "options": self.options}
+
+    # ---- shared ---------------------------------------------------------------------------------------------
+    def path_option(self, key: str) -> Path | None:
+        """A path from the dataset options, resolved against the data root and checked to exist."""
+        value = self.options.get(key)
+        if not value:
+            return None
+        p = Path(value)
+        p = (p if p.is_absolute() else self.data_root / p).resolve()
+        if not p.exists():
+            raise FileNotFoundError(f"dataset option '{key}': {p} does not exist")
+        return p
+
+    def label_arrays(self) -> dict[str, tuple[np.ndarray, dict]]:
+        out = {}
+        for task, arr in self.labels().items():
+            t = self.spec.tasks[task]
+            out[task] = (arr, {"type": t.type, "labels": t.labels or [task]})
+        return out
+
+    def split(self) -> list[str]:
+        s = self.spec.split
+        ids = self.ids()
+        strat = self._strat_key(self.labels()[s.stratify]) if s.stratify else None
+        if s.method == "official":
+            official = self.official_split()
+            if official is None:
+                raise ValueError(f"dataset {self.spec.adapter}: no official split in the data")
+            train = [i for i, p in enumerate(official) if p == "train"]
+            sub = strat[train] if strat is not None else None
+            tr, va = _split_two(np.asarray(train), s.val_fraction, sub, s.seed)
+            out = list(official)
+            for i in va:
+                out[i] = "val"
+            return out
+        idx = np.arange(len(ids))
+        f = s.fractions
+        rest, test = _split_two(idx, f["test"], strat, s.seed)
+        tr, va = _split_two(rest, f["val"] / (f["train"] + f["val"]), strat[rest] if strat is not None else None,
+                            s.seed + 1)
+        out = np.empty(len(ids), dtype=object)
+        out[tr], out[va], out[test] = "train", "val", "test"
+        return list(out)
+
+    @staticmethod
+    def _strat_key(y: np.ndarray) -> np.ndarray:
+        """One stratum per sample: the class (binary/multiclass) or the rarest positive label (multi-label)."""
+        y = np.asarray(y, dtype=float)
+        if y.shape[1] == 1:
+            return np.where(np.isnan(y[:, 0]), -1, y[:, 0]).astype(int)
+        pos = np.nan_to_num(y) > 0
+        prevalence = pos.sum(0)
+        key = np.full(len(y), -1)
+        for i, row in enumerate(pos):
+            if row.any():
+                cols = np.flatnonzero(row)
+                key[i] = cols[np.argmin(prevalence[cols])]
+        key[np.isnan(y).all(1)] = -2
+        return key
+
+
+def _split_two(idx: np.ndarray, frac: float, strat: np.ndarray | None, seed: int):
+    """Seeded split of idx into (rest, part), stratified when every stratum has 2+ members."""
+    if strat is not None:
+        vals, counts = np.unique(strat, return_counts=True)
+        rare = set(vals[counts < 2])
+        strat = np.asarray([s if s not in rare else -99 for s in strat])
+        if (np.unique(strat, return_counts=True)[1] < 2).any():
+            strat = None
+    a, b = train_test_split(idx, test_size=frac, random_state=seed, stratify=strat)
+    return np.sort(a), np.sort(b)
+
+
+def get_adapter(spec: DatasetSpec, data_root: Path, options: dict | None = None) -> DatasetAdapter:
+    from . import mmist, openi, physionet2012  # noqa: F401  (register the adapters)
+    if spec.adapter not in ADAPTERS:
+        raise KeyError(f"no dataset adapter {spec.adapter!r} (have: {', '.join(sorted(ADAPTERS))})")
+    return ADAPTERS[spec.adapter](spec, data_root, options)

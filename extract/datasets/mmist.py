@@ -1,0 +1,143 @@
+"""MMIST-ccRCC: 618 patients, official train/test split, label vital_status_12.
+
+Modalities: ``ct``, ``mri``, ``wsi`` (the owners' precomputed features, read from mmist_features.tar.gz with
+pickle disabled; raw volumes / slides from ``ct_dir`` / ``wsi_dir`` when present) and ``note`` = the clinical
+variables serialized as text (never the label or the split). CT/MRI feature files are ``<case>-<k>.npz`` with k the
+1-based row of the chosen series among that case's rows in patients_with_labels_*_final.csv.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .base import DatasetAdapter, Failed, Missing, adapter
+
+LABEL, SPLIT = "vital_status_12", "Split"
+NOTE_FIELDS = [("gender", "gender (code)"), ("age_diag", "age at diagnosis (bin 1-8)"), ("grade", "tumour grade"),
+               ("cancer_history", "prior cancer history"), ("ajcc_path_tumor_pt", "pathologic T stage (code)"),
+               ("ajcc_path_nodes_pn", "pathologic N stage (code)"),
+               ("ajcc_clin_metastasis_cm", "clinical M stage (code)"),
+               ("ajcc_path_metastasis_pm", "pathologic M stage (code)"),
+               ("ajcc_path_tumor_stage", "AJCC pathologic stage (code)")]
+MUTATIONS = [("VHL_mutation", "VHL"), ("PBMR1_mutation", "PBRM1"), ("TTN_mutation", "TTN")]
+FEATURE_DIRS = {"ct": "CT Features", "mri": "MRI Features", "wsi": "WSI Features"}
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: MMIST-ccRCC file not found")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@adapter("mmist")
+class MMIST(DatasetAdapter):
+    @cached_property
+    def _clinical(self) -> list[dict]:
+        rows = _read_csv(self.root / "clinical+genomic_split.csv")
+        for r in rows:
+            if r.get(SPLIT) not in ("train", "test"):
+                raise ValueError(f"clinical+genomic_split.csv: case {r.get('case_id')}: Split {r.get(SPLIT)!r}")
+        return rows
+
+    def ids(self) -> list[str]:
+        return [r["case_id"] for r in self._clinical]
+
+    def labels(self) -> dict[str, np.ndarray]:
+        y = np.array([[float(r[LABEL])] if r[LABEL] != "" else [np.nan] for r in self._clinical], np.float32)
+        return {LABEL: y}
+
+    def official_split(self) -> list[str]:
+        return [r[SPLIT] for r in self._clinical]
+
+    def note(self, r: dict) -> str:
+        parts = [f"{name}: {r[k] if r.get(k, '') != '' else 'unknown'}" for k, name in NOTE_FIELDS]
+        races = [k[5:] for k in r if k.startswith("race_") and r[k] == "1"]
+        parts.append(f"race: {', '.join(races) if races else 'unknown'}")
+        for k, gene in MUTATIONS:
+            v = r.get(k, "")
+            parts.append(f"{gene} mutation: " + {"1": "yes", "0": "no"}.get(v, "unknown"))
+        return "; ".join(parts)
+
+    # ---- the owners' features -------------------------------------------------------------------------------
+    def _chosen_files(self, modality: str) -> dict[str, str]:
+        """case_id -> member name of the chosen feature file for ct / mri / wsi."""
+        if modality == "wsi":
+            return {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / "WSI_patientfiles.csv")}
+        tag = {"ct": "CT", "mri": "MR"}[modality]
+        chosen = {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / f"{'MRI' if tag == 'MR' else 'CT'}_patientfiles.csv")}
+        per_case: dict[str, list[str]] = {}
+        for r in _read_csv(self.root / f"patients_with_labels_{tag}_final.csv"):
+            per_case.setdefault(r["case_id"], []).append(r["File"])
+        out = {}
+        for case, exam in chosen.items():
+            series = per_case.get(case, [])
+            if exam in series:
+                out[case] = f"{case}-{series.index(exam) + 1}.npz"
+        return out
+
+    @cached_property
+    def _features(self) -> dict[str, dict[str, np.ndarray | str]]:
+        """modality -> member file name -> vector (or an error string). One pass over the tar."""
+        tar_path = self.path_option("features") or self.root / "mmist_features.tar.gz"
+        wanted = {m: set(self._chosen_files(m).values()) for m in FEATURE_DIRS}
+        by_dir = {d: m for m, d in FEATURE_DIRS.items()}
+        out = {m: {} for m in FEATURE_DIRS}
+        with tarfile.open(tar_path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile() or "/" not in member.name:
+                    continue
+                d, name = member.name.rsplit("/", 1)
+                m = by_dir.get(d.split("/")[-1])
+                if m is None or name not in wanted[m]:
+                    continue
+                try:
+                    with np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False) as z:
+                        out[m][name] = np.asarray(z[z.files[0]], dtype=np.float32).reshape(-1)
+                except Exception as exc:
+                    out[m][name] = f"{member.name}: unreadable npz ({exc})"
+        return out
+
+    def load(self, modality: str, rows: list[int]):
+        out = []
+        cases = self.ids()
+        if modality == "note":
+            return [{"text": self.note(self._clinical[r])} for r in rows]
+        chosen = self._chosen_files(modality) if modality in FEATURE_DIRS else {}
+        raw_dir = self.path_option(f"{modality}_dir") if self.options.get(f"{modality}_dir") else None
+        for r in rows:
+            case = cases[r]
+            views = {}
+            fname = chosen.get(case)
+            if fname is not None:
+                feat = self._features[modality].get(fname)
+                if isinstance(feat, str):
+                    out.append(Failed(feat))
+                    continue
+                if feat is not None:
+                    views["features"] = feat
+            if raw_dir is not None:
+                views.update(self._raw_views(modality, raw_dir, case))
+            if not views:
+                out.append(Missing(f"no {modality} for {case}"))
+            else:
+                out.append(views)
+        return out
+
+    def _raw_views(self, modality: str, raw_dir: Path, case: str) -> dict:
+        """Lazy raw inputs: the runner decodes them once, only when an expert of that view runs."""
+        from ..readers.lazy import LazyView
+        if modality == "ct":
+            for ext in (".nii.gz", ".nii", ".npy", ".npz"):
+                if (p := raw_dir / f"{case}{ext}").exists():
+                    return {"image": LazyView("ct", p, self.spec.modalities["ct"].preprocess)}
+        if modality == "wsi":
+            for ext in (".svs", ".tif", ".tiff", ".ndpi", ".mrxs"):
+                if (p := raw_dir / f"{case}{ext}").exists():
+                    return {"image": LazyView("wsi", p, self.spec.modalities["wsi"].preprocess)}
+        return {}

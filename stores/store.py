@@ -1,0 +1,232 @@
+"""The Zarr v3 store: one per dataset; the only thing the stages share.
+
+Layout (docs/store.md is the reference):
+
+    <store>/                      attrs.medmix = {format, dataset, n_samples, chunk_rows, created, ...}
+      samples/id     (N,)  str    stable row index = position
+      samples/split  (N,)  int8   attrs.codes = {"train": 0, "val": 1, "test": 2}
+      labels/<task>  (N, C) float32, NaN = unknown; attrs: type, labels
+      embeddings/<modality>/<expert>/          attrs.latest = <hash12>
+        <hash12>/                              attrs.provenance = {...}, attrs.config_hash = <sha256>
+          vectors (N, D) float32|float16       fill NaN
+          valid   (N,)   uint8                 0 missing, 1 ok, 2 failed, 255 never written
+          reason  (N,)   str                   why a row is missing or failed
+          done    (U,)   uint8                 one marker per unit of work, chunk size 1, written LAST
+          <extra> (N, ...)                     optional per-row arrays (e.g. retrieval audit)
+
+Units of work are row ranges aligned to ``chunk_rows``, so every chunk of every array has exactly one writer
+(Zarr 3 has no synchronizer). A unit writes its data chunks first and its marker last: a marker means done.
+No pickle anywhere: strings, numbers, JSON attributes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+
+FORMAT_VERSION = 1
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+MISSING, OK, FAILED, UNWRITTEN = 0, 1, 2, 255
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _open(url: str | os.PathLike, mode: str) -> zarr.Group:
+    return zarr.open_group(str(url), mode=mode, zarr_format=3)
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+class ExpertGroup:
+    """One cached (modality, expert, config) result: vectors + validity + reasons + unit markers."""
+
+    def __init__(self, group: zarr.Group, chunk_rows: int):
+        self.group = group
+        self.chunk_rows = chunk_rows
+
+    @property
+    def path(self) -> str:
+        return self.group.path
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def n_units(self) -> int:
+        return self.group["done"].shape[0]
+
+    def units(self) -> list[Unit]:
+        n = self.group["valid"].shape[0]
+        return [Unit(u, u * self.chunk_rows, min(n, (u + 1) * self.chunk_rows)) for u in range(self.n_units)]
+
+    def done_units(self) -> np.ndarray:
+        return self.group["done"][:].astype(bool)
+
+    def pending_units(self) -> list[Unit]:
+        done = self.done_units()
+        return [u for u in self.units() if not done[u.index]]
+
+    def write_unit(self, unit: Unit, vectors: np.ndarray, valid: np.ndarray, reasons: list[str],
+                   extras: dict[str, np.ndarray] | None = None) -> None:
+        """Write one unit's rows (chunk-aligned, idempotent), then its marker."""
+        n = unit.stop - unit.start
+        vec = self.group["vectors"]
+        if vectors.shape != (n, vec.shape[1]):
+            raise StoreError(f"{self.path}: unit {unit.index}: vectors shape {vectors.shape} != {(n, vec.shape[1])}")
+        valid = np.asarray(valid, dtype=np.uint8)
+        vectors = np.where((valid == OK)[:, None], vectors, 0).astype(vec.dtype)
+        if not np.isfinite(vectors[valid == OK]).all():
+            raise StoreError(f"{self.path}: unit {unit.index}: non-finite values in rows marked ok")
+        vec[unit.rows] = vectors
+        for name, arr in (extras or {}).items():
+            self.group[name][unit.rows] = arr
+        self.group["reason"][unit.rows] = np.asarray([r or "" for r in reasons], dtype=object).astype(str)
+        self.group["valid"][unit.rows] = valid
+        self.group["done"][unit.index] = 1          # the marker, last
+
+
+class Store:
+    """A dataset's store. Create once (samples, splits, labels), then experts add groups."""
+
+    def __init__(self, url: str | os.PathLike, mode: str = "r"):
+        self.url = str(url)
+        if mode == "r" and not Path(self.url).exists() and "://" not in self.url:
+            raise StoreError(f"{self.url}: no store here")
+        self.root = _open(self.url, mode)
+        meta = self.root.attrs.get("medmix")
+        if meta is None:
+            raise StoreError(f"{self.url}: not a MedMIX store (no 'medmix' attribute)")
+        self.meta = dict(meta)
+        self.chunk_rows = int(self.meta["chunk_rows"])
+        self.n = int(self.meta["n_samples"])
+
+    # ---- creation -------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: str | os.PathLike, dataset: str, ids: list[str], split: list[str],
+               labels: dict[str, tuple[np.ndarray, dict]], chunk_rows: int = 256, attrs: dict | None = None) -> "Store":
+        """Create the store's fixed part, or check that an existing one holds the same samples."""
+        if len(set(ids)) != len(ids):
+            raise StoreError(f"{url}: sample ids are not unique")
+        if Path(str(url)).exists() and (Path(str(url)) / "zarr.json").exists():
+            store = cls(url, mode="a")
+            have = store.ids()
+            if have != list(ids):
+                raise StoreError(f"{url}: holds {len(have)} samples that differ from the dataset's {len(ids)}; "
+                                 "use another --store (a store never changes its rows)")
+            store._write_labels(labels, split)   # labels/splits may be refreshed (same rows), embeddings stay
+            return store
+        root = _open(url, "w")
+        n = len(ids)
+        root.attrs["medmix"] = {"format": FORMAT_VERSION, "dataset": dataset, "n_samples": n,
+                                "chunk_rows": int(chunk_rows), "created": _now(), **(attrs or {})}
+        s = root.require_group("samples")
+        s.create_array("id", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype=str)
+        s["id"][:] = np.asarray(ids, dtype=str)
+        s.create_array("split", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype="int8", fill_value=-1)
+        s["split"].attrs["codes"] = SPLIT_CODES
+        root.require_group("labels")
+        root.require_group("embeddings")
+        store = cls(url, mode="a")
+        store._write_labels(labels, split)
+        return store
+
+    def _write_labels(self, labels: dict[str, tuple[np.ndarray, dict]], split: list[str]) -> None:
+        bad = sorted(set(split) - set(SPLIT_CODES))
+        if bad:
+            raise StoreError(f"{self.url}: unknown split names {bad}")
+        self.root["samples/split"][:] = np.asarray([SPLIT_CODES[s] for s in split], dtype="int8")
+        lg = self.root["labels"]
+        for task, (values, meta) in labels.items():
+            values = np.asarray(values, dtype="float32").reshape(self.n, -1)
+            if task not in lg:
+                lg.create_array(task, shape=values.shape, chunks=(min(self.n, self.chunk_rows), values.shape[1]),
+                                dtype="float32", fill_value=float("nan"))
+            lg[task][:] = values
+            lg[task].attrs.update(meta)
+
+    # ---- reading --------------------------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        return [str(x) for x in self.root["samples/id"][:]]
+
+    def split(self) -> np.ndarray:
+        return self.root["samples/split"][:]
+
+    def labels(self) -> dict[str, tuple[np.ndarray, dict]]:
+        return {k: (a[:], dict(a.attrs)) for k, a in self.root["labels"].arrays()}
+
+    def modalities(self) -> list[str]:
+        return sorted(k for k, _ in self.root["embeddings"].groups())
+
+    def experts(self, modality: str) -> list[str]:
+        return sorted(k for k, _ in self.root[f"embeddings/{modality}"].groups())
+
+    def versions(self, modality: str, expert: str) -> list[str]:
+        return sorted(k for k, _ in self.root[f"embeddings/{modality}/{expert}"].groups())
+
+    def expert_group(self, modality: str, expert: str, config_hash: str | None = None) -> ExpertGroup:
+        """A cached group: by config hash, else the latest written."""
+        base = f"embeddings/{modality}/{expert}"
+        if base not in self.root:
+            raise StoreError(f"{self.url}: no expert '{expert}' for modality '{modality}'")
+        key = config_hash[:12] if config_hash else self.root[base].attrs.get("latest")
+        if key is None or key not in self.root[base]:
+            raise StoreError(f"{self.url}: {base}: no group for config {key}")
+        return ExpertGroup(self.root[f"{base}/{key}"], self.chunk_rows)
+
+    def iter_groups(self) -> Iterable[tuple[str, str, str, ExpertGroup]]:
+        for m in self.modalities():
+            for e in self.experts(m):
+                for h in self.versions(m, e):
+                    yield m, e, h, ExpertGroup(self.root[f"embeddings/{m}/{e}/{h}"], self.chunk_rows)
+
+    # ---- writing expert groups ------------------------------------------------------------------------------
+    def require_expert_group(self, modality: str, expert: str, config_hash: str, dim: int, provenance: dict,
+                             dtype: str = "float32", extras: dict[str, tuple[tuple, str, Any]] | None = None) -> ExpertGroup:
+        """The group for this exact config; created if new. A different config never touches an existing group."""
+        key = config_hash[:12]
+        parent = self.root.require_group(f"embeddings/{modality}/{expert}")
+        if key in parent:
+            g = parent[key]
+            if g.attrs.get("config_hash") != config_hash:
+                raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
+            if g["vectors"].shape[1] != dim:
+                raise StoreError(f"{self.url}: {g.path}: stored dim {g['vectors'].shape[1]} != encoder dim {dim}")
+        else:
+            g = parent.create_group(key)
+            c = min(self.n, self.chunk_rows)
+            g.create_array("vectors", shape=(self.n, dim), chunks=(c, dim), dtype=dtype, fill_value=float("nan"))
+            g.create_array("valid", shape=(self.n,), chunks=(c,), dtype="uint8", fill_value=UNWRITTEN)
+            g.create_array("reason", shape=(self.n,), chunks=(c,), dtype=str)
+            n_units = -(-self.n // self.chunk_rows)
+            g.create_array("done", shape=(n_units,), chunks=(1,), dtype="uint8", fill_value=0)
+            for name, (tail, dt, fill) in (extras or {}).items():
+                g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill)
+            g.attrs.update({"config_hash": config_hash, "modality": modality, "expert": expert,
+                            "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance})
+        parent.attrs["latest"] = key
+        return ExpertGroup(g, self.chunk_rows)
+
+
+def open_store(url: str | os.PathLike, mode: str = "r") -> Store:
+    return Store(url, mode=mode)
