@@ -70,12 +70,12 @@ class DatasetAdapter:
 
     # ---- shared ---------------------------------------------------------------------------------------------
     def path_option(self, key: str) -> Path | None:
-        """A path from the dataset options, resolved against the data root and checked to exist."""
+        """A path from the dataset options, resolved against the dataset folder and checked to exist."""
         value = self.options.get(key)
         if not value:
             return None
         p = Path(value)
-        p = (p if p.is_absolute() else self.data_root / p).resolve()
+        p = (p if p.is_absolute() else self.root / p).resolve()
         if not p.exists():
             raise FileNotFoundError(f"dataset option '{key}': {p} does not exist")
         return p

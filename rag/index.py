@@ -1,0 +1,152 @@
+"""The retrieval index: FAISS over normalised article embeddings (+ BM25), saved with its metadata.
+
+Saved as a folder: index.faiss, vectors.npy (passage embeddings, for mean-pooling what is retrieved),
+passages.json, bm25/ (bm25s), meta.json (corpus hash, encoder identity, config hash). ``open_index`` rebuilds a
+stale index (another corpus, encoder or config) instead of using it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from stores.spec import canonical_hash
+
+from .corpus import Passage, corpus_hash
+
+log = logging.getLogger("medmix.rag")
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def make_faiss(vectors: np.ndarray, kind: str = "flat") -> faiss.Index:
+    d = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf":
+        nlist = max(1, min(4096, int(np.sqrt(len(vectors)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = max(1, nlist // 8)
+    else:
+        raise ValueError(f"unknown index kind {kind!r} (flat | ivf | hnsw)")
+    if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus") and kind == "flat":
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(vectors)
+    return index
+
+
+def _tokenize_bm25(texts: list[str]):
+    import bm25s
+    return bm25s.tokenize(texts, stopwords="en", show_progress=False)
+
+
+class RetrievalIndex:
+    def __init__(self, folder: Path, passages: list[Passage], vectors: np.ndarray, index: faiss.Index, bm25, meta: dict):
+        self.folder, self.passages, self.vectors, self.index, self.bm25, self.meta = folder, passages, vectors, index, bm25, meta
+
+    # ---- search ---------------------------------------------------------------------------------------------
+    def dense(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.index.search(normalise(query_vectors), k)
+        return ids, scores
+
+    def lexical(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self.passages))
+        docs, scores = self.bm25.retrieve(_tokenize_bm25(texts), k=k, show_progress=False, n_threads=1)
+        return np.asarray(docs, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+    def search(self, texts: list[str], query_vectors: np.ndarray | None, k: int, strategy: str,
+               rrf_k: int = 60) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k passage ids and scores per query. hybrid = reciprocal rank fusion of dense and BM25."""
+        if strategy == "dense":
+            return self.dense(query_vectors, k)
+        if strategy == "bm25":
+            return self.lexical(texts, k)
+        if strategy != "hybrid":
+            raise ValueError(f"unknown retrieval strategy {strategy!r} (dense | bm25 | hybrid)")
+        depth = min(len(self.passages), max(50, 4 * k))
+        d_ids, _ = self.dense(query_vectors, depth)
+        l_ids, _ = self.lexical(texts, depth)
+        out_ids = np.zeros((len(texts), k), np.int64)
+        out_scores = np.zeros((len(texts), k), np.float32)
+        for q in range(len(texts)):
+            fused: dict[int, float] = {}
+            for ranking in (d_ids[q], l_ids[q]):
+                for rank, pid in enumerate(ranking):
+                    if pid >= 0:
+                        fused[int(pid)] = fused.get(int(pid), 0.0) + 1.0 / (rrf_k + rank + 1)
+            best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            out_ids[q, :len(best)] = [p for p, _ in best]
+            out_scores[q, :len(best)] = [s for _, s in best]
+        return out_ids, out_scores
+
+    def topic_ranking(self, ids: np.ndarray) -> list[list[str]]:
+        """Passage ids -> topic ids, first occurrence order (several passages may share a topic)."""
+        out = []
+        for row in ids:
+            seen = []
+            for pid in row:
+                t = self.passages[int(pid)].topic_id
+                if t not in seen:
+                    seen.append(t)
+            out.append(seen)
+        return out
+
+
+def index_meta(passages: list[Passage], encoder_identity: dict, kind: str) -> dict:
+    meta = {"corpus_hash": corpus_hash(passages), "n_passages": len(passages), "encoder": encoder_identity,
+            "index": kind, "format": 1}
+    meta["config_hash"] = canonical_hash(meta)
+    return meta
+
+
+def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "flat") -> RetrievalIndex:
+    import bm25s
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    vectors = normalise(encoder.encode([p.as_document() for p in passages]))
+    index = make_faiss(vectors, kind)
+    bm25 = bm25s.BM25()
+    bm25.index(_tokenize_bm25([p.as_document() for p in passages]), show_progress=False)
+    meta = {**index_meta(passages, encoder.identity(), kind), "build_seconds": round(time.perf_counter() - t0, 2)}
+    cpu_index = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() else index
+    faiss.write_index(cpu_index, str(folder / "index.faiss"))
+    np.save(folder / "vectors.npy", vectors, allow_pickle=False)
+    (folder / "passages.json").write_text(json.dumps([asdict(p) for p in passages]))
+    bm25.save(str(folder / "bm25"))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))     # written last: its presence means complete
+    log.info("built %s index over %d passages in %.1fs", kind, len(passages), meta["build_seconds"])
+    return RetrievalIndex(folder, passages, vectors, index, bm25, meta)
+
+
+def load_index(folder: Path) -> RetrievalIndex:
+    import bm25s
+    meta = json.loads((folder / "meta.json").read_text())
+    passages = [Passage(**p) for p in json.loads((folder / "passages.json").read_text())]
+    vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+    index = faiss.read_index(str(folder / "index.faiss"))
+    bm25 = bm25s.BM25.load(str(folder / "bm25"))
+    return RetrievalIndex(folder, passages, vectors, index, bm25, meta)
+
+
+def open_index(folder: Path, passages: list[Passage], encoder, kind: str = "flat", rebuild: bool = False) -> RetrievalIndex:
+    """Load the saved index if it matches (corpus, encoder, kind); otherwise (re)build it."""
+    want = index_meta(passages, encoder.identity(), kind)["config_hash"]
+    meta_file = folder / "meta.json"
+    if not rebuild and meta_file.exists():
+        have = json.loads(meta_file.read_text()).get("config_hash")
+        if have == want:
+            return load_index(folder)
+        log.info("index at %s is stale (config %s != %s): rebuilding", folder, str(have)[:12], want[:12])
+        meta_file.unlink()
+    return build_index(folder, passages, encoder, kind)

