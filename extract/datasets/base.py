@@ -104,6 +104,8 @@ class DatasetAdapter:
             return out
         idx = np.arange(len(ids))
         f = s.fractions
+        if f.get("test", 0) >= 1.0:               # an external-validation cohort: every sample is test
+            return ["test"] * len(ids)
         rest, test = _split_two(idx, f["test"], strat, s.seed)
         tr, va = _split_two(rest, f["val"] / (f["train"] + f["val"]), strat[rest] if strat is not None else None,
                             s.seed + 1)

@@ -26,8 +26,8 @@ class ChronosEncoder(SeriesEncoder):
 
     def _probe_dim(self) -> int:
         self.load()
-        return int(self.model.model.config.d_model if hasattr(self.model.model, "config")
-                   else self.model.inner_model.config.d_model)
+        inner = getattr(self.model, "inner_model", None) or self.model.model
+        return int(inner.config.d_model)
 
 
 @register("chronos_small", modality="series", role="general", dim=512, licence="Apache-2.0",

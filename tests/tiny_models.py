@@ -1,0 +1,111 @@
+"""Tiny RANDOM models of the real library classes, saved the way real weights are saved, so tests load them through
+the same code path (``from_pretrained`` / timm ``pretrained_cfg_overlay`` / open_clip ``local-dir:``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = ("the of and heart lung lungs clear normal no acute pneumonia effusion edema fever chest pain kidney cancer "
+         "consolidation right left lobe lower upper size is are with without pleural cardiomegaly opacity ct mass "
+         "hr map gcs na age gender icu").split()
+
+
+def bert_vocab(folder: Path, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")) -> Path:
+    vocab = [*specials, *sorted(set(WORDS)), *list("abcdefghijklmnopqrstuvwxyz0123456789.,:;%-"),
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder / "vocab.txt"
+
+
+def tiny_bert(folder: Path, kind: str = "bert", hidden: int = 32, max_pos: int = 64) -> Path:
+    """A BertModel / MegatronBertModel / MPNetModel folder with a WordPiece tokenizer."""
+    from transformers import (BertConfig, BertModel, BertTokenizerFast, MegatronBertConfig, MegatronBertModel,
+                              MPNetConfig, MPNetModel, MPNetTokenizerFast)
+    torch.manual_seed(0)
+    vocab = bert_vocab(folder, ("<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>") if kind == "mpnet" else
+                       ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+    n = len(vocab.read_text().split())
+    common = dict(vocab_size=n + 8, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=2 * hidden, max_position_embeddings=max_pos)
+    if kind == "bert":
+        BertModel(BertConfig(**common)).save_pretrained(folder)
+        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    elif kind == "megatron":
+        MegatronBertModel(MegatronBertConfig(**common)).save_pretrained(folder)
+        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    elif kind == "mpnet":
+        MPNetModel(MPNetConfig(**{**common, "max_position_embeddings": max_pos + 2})).save_pretrained(folder)
+        MPNetTokenizerFast(vocab_file=str(vocab), bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                           unk_token="<unk>", pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
+    return folder
+
+
+def tiny_qwen2(folder: Path, hidden: int = 32) -> Path:
+    """A Qwen2Model with a small byte-level BPE tokenizer trained offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    cfg = Qwen2Config(vocab_size=fast.vocab_size + 4, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    Qwen2Model(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_timm_vit(folder: Path) -> tuple[Path, dict]:
+    """A DINOv2-architecture ViT (timm) saved as safetensors; returns (file, params for the encoder)."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    kw = dict(embed_dim=32, depth=2, num_heads=2, img_size=56, num_classes=0)
+    model = timm.create_model("vit_small_patch14_dinov2", **kw)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, {"arch": "vit_small_patch14_dinov2", "arch_kwargs": kw}
+
+
+def tiny_open_clip(folder: Path) -> Path:
+    """A BiomedCLIP-shaped open_clip folder (timm ViT image tower + HF BERT text tower), random weights."""
+    import open_clip
+    torch.manual_seed(0)
+    text_dir = tiny_bert(folder / "text", "bert", hidden=32, max_pos=64)
+    cfg = {"model_cfg": {"embed_dim": 16,
+                         "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                                        "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+                         "text_cfg": {"hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir),
+                                      "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
+                                      "context_length": 32}},
+           "preprocess_cfg": {"mean": [0.481, 0.458, 0.408], "std": [0.269, 0.261, 0.276]}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    model = open_clip.create_model("local-dir:" + str(folder), pretrained=None, load_weights=False)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
+def tiny_chronos(folder: Path) -> Path:
+    """A tiny T5 with a chronos_config: loads with chronos.BaseChronosPipeline.from_pretrained."""
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(0)
+    n_tokens = 64
+    cfg = T5Config(vocab_size=n_tokens, d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+                   d_kv=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg.chronos_config = {"tokenizer_class": "MeanScaleUniformBins", "tokenizer_kwargs": {"low_limit": -15.0, "high_limit": 15.0},
+                          "n_tokens": n_tokens, "n_special_tokens": 2, "pad_token_id": 0, "eos_token_id": 1,
+                          "use_eos_token": True, "model_type": "seq2seq", "context_length": 64, "prediction_length": 8,
+                          "num_samples": 2, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+    cfg.architectures = ["T5ForConditionalGeneration"]
+    T5ForConditionalGeneration(cfg).save_pretrained(folder)
+    return folder
