@@ -34,19 +34,26 @@ class PhysioNet2012(DatasetAdapter):
         return str(self.options.get("set", "a"))
 
     @cached_property
-    def _records(self) -> dict[str, dict]:
+    def _raw(self) -> dict[str, bytes]:
+        """RecordID -> the member's bytes: one pass over the tar; records are parsed only when asked for."""
         path = self.root / f"set-{self.set_name}.tar.gz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: PhysioNet 2012 set '{self.set_name}' not found")
-        recs = {}
+        raw = {}
         with tarfile.open(path, "r:gz") as tar:
             for m in tar:
-                if not (m.isfile() and m.name.endswith(".txt")):
-                    continue
-                rid = m.name.rsplit("/", 1)[-1][:-4]
-                raw = tar.extractfile(m).read().decode()
-                recs[rid] = self._parse(raw, f"{path.name}:{m.name}")
-        return dict(sorted(recs.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))
+                if m.isfile() and m.name.endswith(".txt"):
+                    raw[m.name.rsplit("/", 1)[-1][:-4]] = tar.extractfile(m).read()
+        return dict(sorted(raw.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))
+
+    def _record(self, rid: str) -> dict:
+        if rid not in self._parsed:
+            self._parsed[rid] = self._parse(self._raw[rid].decode(), f"set-{self.set_name}.tar.gz:{rid}.txt")
+        return self._parsed[rid]
+
+    @cached_property
+    def _parsed(self) -> dict[str, dict]:
+        return {}
 
     def _parse(self, raw: str, where: str) -> dict:
         hours = int(self.spec.modalities["ehr"].preprocess.get("hours", 48))
@@ -84,12 +91,12 @@ class PhysioNet2012(DatasetAdapter):
             return {r["RecordID"]: r for r in csv.DictReader(f)}
 
     def ids(self) -> list[str]:
-        return list(self._records)
+        return list(self._raw)
 
     def labels(self) -> dict[str, np.ndarray]:
-        mort = np.full((len(self._records), 1), np.nan, np.float32)
+        mort = np.full((len(self._raw), 1), np.nan, np.float32)
         los = np.full_like(mort, np.nan)
-        for i, rid in enumerate(self._records):
+        for i, rid in enumerate(self._raw):
             o = self._outcomes.get(rid)
             if o is None:
                 continue
@@ -118,10 +125,10 @@ class PhysioNet2012(DatasetAdapter):
         return "; ".join(parts)
 
     def load(self, modality: str, rows: list[int]):
-        keys = list(self._records)
+        keys = self.ids()
         out = []
         for r in rows:
-            rec = self._records[keys[r]]
+            rec = self._record(keys[r])
             if "error" in rec:
                 out.append(Failed(rec["error"]))
             elif not np.isfinite(rec["series"]).any():

@@ -53,7 +53,7 @@ class HFTextEncoder(Encoder):
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"empty text (item {i})")
-        return self.preprocess(list(texts), add_special_tokens=False)["input_ids"]
+        return self.preprocess(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
     def _specials(self) -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer puts before / after a text ([CLS] .. [SEP], <s> .. </s>, none)."""

