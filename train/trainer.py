@@ -119,7 +119,10 @@ def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | N
 def forward(model, data: Data, idx: torch.Tensor, masks=None):
     if isinstance(model, Large):
         m = model.modality
-        return model(data.teachers[m][idx], data.teacher_masks[m][idx])
+        tmask = data.teacher_masks[m][idx]
+        if masks is not None and m in masks:              # a dropped modality takes its teacher input with it
+            tmask = tmask & masks[m][idx].any(1)
+        return model(data.teachers[m][idx], tmask)
     xs, mk = data.batch(idx, masks)
     return model(xs, mk)
 

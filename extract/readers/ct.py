@@ -1,0 +1,113 @@
+"""CT volumes -> Hounsfield units in [D, H, W] (D = axial), and the 2.5D slice stack for 2-D models.
+
+Readers: NIfTI (nibabel; the axial axis is found from the affine's orientation codes, not guessed), .npy/.npz in
+[D,H,W] or [H,W,D] (``layout``; ``auto`` takes the last axis as depth only when the first two are equal and the last
+is smaller, the usual 512x512xD export), DICOM series (pydicom; sorted by ImagePositionPatient, rescaled).
+2.5D (METHOD section 2): N = 48 indices floor((D-1)/(N-1)*j), clip to [-1000, 1000] HU, rescale to [0, 1],
+3 channels, 224x224 bicubic; the encoder embeds each slice and mean-pools.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def slice_indices(depth: int, n: int = 48) -> np.ndarray:
+    """i_j = floor((D-1)/(N-1) * j), j = 0..N-1 (repeats when D < N)."""
+    if depth < 1:
+        raise ValueError("empty volume")
+    if n == 1:
+        return np.zeros(1, dtype=int)
+    return np.floor((depth - 1) / (n - 1) * np.arange(n)).astype(int)
+
+
+def read_volume(path: str | Path, layout: str = "auto") -> np.ndarray:
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
+    if name.endswith((".npy", ".npz")):
+        if name.endswith(".npy"):
+            vol = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                vol = z[z.files[0]]
+        return to_dhw(np.asarray(vol, dtype=np.float32), layout, str(path))
+    if path.is_dir():
+        return _read_dicom_series(path)
+    raise ValueError(f"{path}: unsupported CT format (.nii/.nii.gz, .npy/.npz, DICOM folder)")
+
+
+def to_dhw(vol: np.ndarray, layout: str = "auto", where: str = "volume") -> np.ndarray:
+    vol = np.squeeze(vol)
+    if vol.ndim != 3:
+        raise ValueError(f"{where}: expected a 3-D volume, got shape {vol.shape}")
+    if layout == "DHW":
+        return vol
+    if layout == "HWD":
+        return np.moveaxis(vol, -1, 0)
+    if layout != "auto":
+        raise ValueError(f"{where}: layout must be auto, DHW or HWD (got {layout!r})")
+    h, w, d = vol.shape
+    return np.moveaxis(vol, -1, 0) if (h == w and d < h) else vol
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+    img = nib.load(str(path))
+    data = np.asarray(img.get_fdata(dtype=np.float32))          # scl_slope / scl_inter applied
+    codes = nib.aff2axcodes(img.affine)
+    axial = [i for i, c in enumerate(codes) if c in ("S", "I")]
+    if len(axial) != 1 or data.ndim != 3:
+        raise ValueError(f"{path}: cannot find the axial axis from the affine (codes {codes}, shape {data.shape})")
+    vol = np.moveaxis(data, axial[0], 0)
+    if codes[axial[0]] == "I":
+        vol = vol[::-1]                      # inferior -> superior, as RAS readers expect
+    return np.ascontiguousarray(vol)
+
+
+def _read_dicom_series(folder: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise RuntimeError("DICOM needs pydicom (pip install 'medmix[dicom]')") from exc
+    slices = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            try:
+                ds = pydicom.dcmread(str(f))
+            except Exception:  # noqa: BLE001  (non-DICOM files in the folder)
+                continue
+            if hasattr(ds, "PixelData"):
+                z = float(ds.ImagePositionPatient[2]) if hasattr(ds, "ImagePositionPatient") else float(ds.InstanceNumber)
+                hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+                slices.append((z, hu))
+    if not slices:
+        raise ValueError(f"{folder}: no DICOM slices with pixel data")
+    slices.sort(key=lambda t: t[0])
+    return np.stack([s for _, s in slices])
+
+
+def crop_to_mask(vol: np.ndarray, mask: np.ndarray, labels: list[int], margin: int = 4) -> np.ndarray:
+    """Crop a [D,H,W] volume to the bounding box of the given mask labels (plus a margin)."""
+    if mask.shape != vol.shape:
+        raise ValueError(f"mask shape {mask.shape} != volume shape {vol.shape}")
+    where = np.argwhere(np.isin(mask, labels))
+    if where.size == 0:
+        raise ValueError(f"mask holds none of the labels {labels}")
+    lo = np.maximum(where.min(0) - margin, 0)
+    hi = np.minimum(where.max(0) + margin + 1, vol.shape)
+    return vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+
+
+def ct_slices_25d(vol: np.ndarray, slices: int = 48, hu=(-1000, 1000), size: int = 224) -> np.ndarray:
+    """[D,H,W] HU -> (N, 3, size, size) float32 in [0, 1]."""
+    idx = slice_indices(vol.shape[0], slices)
+    lo, hi = float(hu[0]), float(hu[1])
+    x = torch.from_numpy(np.ascontiguousarray(vol[idx], dtype=np.float32))
+    x = (x.clamp(lo, hi) - lo) / (hi - lo)
+    x = F.interpolate(x.unsqueeze(1), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    return x.expand(-1, 3, -1, -1).contiguous().numpy()

@@ -1,0 +1,112 @@
+"""CT (2.5D) and whole-slide images (tiling) on the real files in ../shared/data, plus synthetic edge cases."""
+import numpy as np
+import pytest
+import torch
+
+from extract.readers.ct import crop_to_mask, ct_slices_25d, read_volume, slice_indices, to_dhw
+from extract.readers.wsi import open_slide, plan_grid, read_tiles, slide_tiles
+from extract.registry import build_encoder
+
+
+def test_slice_index_formula():
+    assert slice_indices(30, 48).tolist() == [int(np.floor(29 / 47 * j)) for j in range(48)]
+    idx = slice_indices(300, 48)
+    assert idx[0] == 0 and idx[-1] == 299 and len(idx) == 48
+    assert (np.diff(slice_indices(30, 48)) >= 0).all() and len(set(slice_indices(30, 48))) == 30   # repeats when D < 48
+
+
+def test_hu_clipping_rescale_and_resize():
+    vol = np.full((5, 10, 12), -3000.0, np.float32)
+    vol[:, :5] = 3000.0
+    vol[:, 5:, :6] = 0.0
+    s = ct_slices_25d(vol, slices=4, size=32)
+    assert s.shape == (4, 3, 32, 32) and s.dtype == np.float32
+    assert s.min() == 0.0 and s.max() == 1.0
+    assert np.isclose(s[0, 0, 28, 4], 0.5, atol=0.02)                       # 0 HU -> 0.5
+    assert (s[:, 0] == s[:, 1]).all() and (s[:, 1] == s[:, 2]).all()
+
+
+def test_real_ct_axial_axis_from_the_affine(data_root):
+    vol = read_volume(data_root / "ct" / "example_ct_sm.nii.gz")
+    assert vol.shape == (30, 122, 101)                                        # 122x101x30 RAS -> D first
+    assert -1100 <= vol.min() < -900 and vol.max() > 500                      # Hounsfield units
+
+
+def test_dhw_and_hwd_inputs_give_the_same_embedding(data_root, tmp_path):
+    vol = read_volume(data_root / "ct" / "example_ct_sm.nii.gz")[:, :100, :100]
+    np.save(tmp_path / "dhw.npy", vol)
+    np.savez(tmp_path / "hwd.npz", np.moveaxis(vol, 0, -1))
+    a = read_volume(tmp_path / "dhw.npy", layout="DHW")
+    b = read_volume(tmp_path / "hwd.npz", layout="HWD")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(to_dhw(np.moveaxis(vol, 0, -1), "auto"), vol)   # 100x100x30 -> auto HWD
+    enc = build_encoder("efficientnet_lite0").load()
+    ea, eb = enc.encode([ct_slices_25d(a)]), enc.encode([ct_slices_25d(b)])
+    np.testing.assert_allclose(ea, eb, rtol=1e-6)
+
+
+def test_real_ct_to_a_2_5d_embedding_with_the_offline_model(data_root):
+    enc = build_encoder("efficientnet_lite0").load()
+    vol = read_volume(data_root / "ct" / "example_ct_sm.nii.gz")
+    seg = read_volume(data_root / "ct" / "example_seg.nii.gz")
+    whole = enc.encode([ct_slices_25d(vol)])
+    kidneys = enc.encode([ct_slices_25d(crop_to_mask(vol, seg, [2, 3]))])
+    assert whole.shape == (1, 1280) and np.isfinite(whole).all()
+    assert not np.allclose(whole, kidneys)
+    with pytest.raises(ValueError, match="none of the labels"):
+        crop_to_mask(vol, seg, [100_000])
+
+
+def test_real_slide_to_tissue_tiles_to_an_embedding(data_root):
+    path = data_root / "wsi" / "CMU-1-Small-Region.svs"
+    slide = open_slide(path)
+    grid = plan_grid(slide, mpp=0.5, tile=224)
+    assert grid.mpp_source == "metadata" and abs(grid.mpp0 - 0.499) < 1e-3 and grid.level == 0
+    assert 10 < len(grid.coords) < 150                                        # tissue only, not the whole 10x13 grid
+    tiles = slide_tiles(path)
+    assert tiles.shape[1:] == (3, 224, 224) and 0 <= tiles.min() and tiles.max() <= 1
+    enc = build_encoder("efficientnet_lite0").load()
+    v = enc.encode([tiles])
+    assert v.shape == (1, 1280) and np.isfinite(v).all()
+
+
+def _pyramid_tiff(path, mpp=0.25):
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    base = np.full((2048, 2048, 3), 245, np.uint8)                           # white background
+    base[512:1536, 256:1280] = rng.integers(60, 200, (1024, 1024, 3), dtype=np.uint8) * np.array([1, 0.4, 1]).astype(np.uint8)
+    res = 1e4 / mpp                                                           # pixels per cm
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(256, 256), photometric="rgb", resolution=(res, res), resolutionunit="CENTIMETER")
+        for f in (2, 4):                                                      # reduced-resolution pages
+            tw.write(base[::f, ::f], tile=(256, 256), photometric="rgb", subfiletype=1, resolution=(res / f, res / f),
+                     resolutionunit="CENTIMETER")
+    return base
+
+
+def test_level_choice_and_tile_coordinates_on_a_pyramidal_tiff(tmp_path):
+    path = tmp_path / "pyr.tiff"
+    _pyramid_tiff(path, mpp=0.25)
+    slide = open_slide(path)
+    assert slide.level_count == 3
+    grid = plan_grid(slide, mpp=1.0, tile=128, tissue_threshold=0.5)         # 4x coarser than level 0
+    assert abs(grid.mpp0 - 0.25) < 1e-6                                      # from the TIFF resolution tags
+    assert grid.level == 2 and grid.level_tile == 128 and grid.step0 == 512
+    # tissue spans x 256-1280, y 512-1536; 512-px cells at least half tissue: x in {0, 512, 1024}, y in {512, 1024}
+    assert sorted(map(tuple, grid.coords.tolist())) == [(x, y) for x in (0, 512, 1024) for y in (512, 1024)]
+    grid_fine = plan_grid(slide, mpp=0.5, tile=128)                          # 2x -> level 1
+    assert grid_fine.level == 1 and grid_fine.level_tile == 128
+    tiles = read_tiles(slide, grid, size=128, threads=2)
+    assert tiles.shape == (len(grid.coords), 3, 128, 128)
+
+
+def test_slide_without_tissue_is_an_error_with_the_file_name(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "blank.tiff"
+    tifffile.imwrite(path, np.full((1024, 1024, 3), 250, np.uint8), tile=(256, 256), photometric="rgb",
+                     resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    with pytest.raises(ValueError, match="blank.tiff: no tissue"):
+        slide_tiles(path)
+    with pytest.raises(ValueError, match="unreadable slide"):
+        (tmp_path / "bad.svs").write_bytes(b"not a slide")
+        slide_tiles(tmp_path / "bad.svs")
