@@ -220,7 +220,8 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
             enc = build_encoder(model, options, device="cpu")
             view = view or {"text": "text", "image": "image", "series": "series", "features": "features"}[enc.card.modality]
             config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
-                      "dataset": {"adapter": ds.adapter, "options": {**ds.options, **adapter.options}}}
+                      "dataset": {"adapter": ds.adapter, "version": adapter.version,
+                                  "options": {**ds.options, **adapter.options}}}
             jobs.append(Job(mod, name, role, model, options, view, config, canonical_hash(config)))
         if jobs:
             plans[mod] = jobs

@@ -61,7 +61,7 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
         kind = ds.modalities[mod].kind
         bridge_mod = bridges.get(mod, mod)
         config_obj = {"rag": svc.identity(), "bridge": bridge_mod, "modality": ds.modalities[mod].model_dump(exclude={"experts"}),
-                      "dataset": {"adapter": ds.adapter, "options": adapter.options}}
+                      "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
         h = canonical_hash(config_obj)
         k = svc.cfg.k
         prov = {"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "role": "rag", "family": "rag",

@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="first N samples per dataset (the CI wiring test)")
     ap.add_argument("--methods", default="medmix,meanavg,concat,max,attention,m3care,adacomed,large")
     ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7")
-    ap.add_argument("--max-epochs", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--warmup-epochs", type=int, default=10)
+    ap.add_argument("--max-epochs", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup-epochs", type=int, default=5)
+    ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     spec = load_spec()
-    recipe = Recipe(lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.max_epochs)
+    recipe = Recipe(lr=args.lr, warmup_epochs=args.warmup_epochs, max_epochs=args.max_epochs, patience=args.patience)
     sections, timings = [], {}
     for ds in args.datasets.split(","):
         t0 = time.perf_counter()

@@ -40,6 +40,7 @@ def adapter(name: str):
 
 class DatasetAdapter:
     name: str = ""
+    version: str = "1"          # bump when what load() returns changes: it is part of every expert's config hash
 
     def __init__(self, spec: DatasetSpec, data_root: Path, options: dict | None = None):
         self.spec = spec

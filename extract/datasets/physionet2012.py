@@ -29,6 +29,7 @@ def _fmt(v: float) -> str:
 
 @adapter("physionet2012")
 class PhysioNet2012(DatasetAdapter):
+    version = "2"               # 2: compact serialization (challenge abbreviations, NA)
     @property
     def set_name(self) -> str:
         return str(self.options.get("set", "a"))
