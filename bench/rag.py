@@ -1,0 +1,50 @@
+"""bench/rag: index build time and queries/s of the project's retrieval vs the bare encoder + bare faiss search.
+
+    python bench/rag.py [--queries 901]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+from _common import report, timed
+
+from rag.evaluate import synonym_queries
+from rag.index import build_index, normalise
+from rag.service import RagService
+from stores.spec import load_spec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=901)
+    args = ap.parse_args()
+    spec = load_spec()
+    cfg = spec.profile("offline").rag.model_copy(update={"strategy": "dense"})
+    svc = RagService(spec, "offline", rag=cfg, index_dir=tempfile.mkdtemp())
+    passages = svc.passages
+    enc = svc.article_encoder
+    docs = [p.as_document() for p in passages]
+    idx, t_ours = timed(build_index, Path(svc.index_dir), passages, enc)
+
+    def bare_build():
+        v = normalise(enc.encode(docs))
+        ix = faiss.IndexFlatIP(v.shape[1])
+        ix.add(v)
+        return ix
+    bare_ix, t_bare = timed(bare_build)
+    print(f"{len(passages)} passages ({cfg.passage_words} words), encoder {cfg.article_encoder}")
+    report("index build passages/s (ours adds BM25 + saving)", len(passages) / t_ours, len(passages) / t_bare,
+           "passages/s", "close to 1")
+    queries = synonym_queries(svc.topics)[0][: args.queries]
+    svc._index = idx
+    _, t_q = timed(svc.retrieve, queries)
+    _, t_qb = timed(lambda: bare_ix.search(normalise(svc.query_encoder.encode(queries)), cfg.k))
+    report("dense queries/s", len(queries) / t_q, len(queries) / t_qb, "queries/s", "close to 1")
+
+
+if __name__ == "__main__":
+    main()
