@@ -85,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from stores.spec import SpecError
+    try:
+        return _run(args)
+    except (SpecError, FileNotFoundError, NotImplementedError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from .pipeline import extract_dataset
     summary = extract_dataset(
         dataset=args.dataset, profile=args.profile, config=args.config, data_root=args.data_root, store=args.store,

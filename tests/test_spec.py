@@ -43,3 +43,20 @@ def test_unknown_dataset_and_profile_are_named(spec_writer):
 def test_canonical_hash_ignores_key_order():
     assert canonical_hash({"a": 1, "b": [1, 2]}) == canonical_hash({"b": [1, 2], "a": 1})
     assert canonical_hash({"a": 1}) != canonical_hash({"a": 2})
+
+
+def test_every_stage_has_help():
+    import subprocess
+    import sys
+    for module in ("extract", "rag", "train", "stores"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: python -m " + module in out.stdout
+
+
+def test_cli_names_a_bad_config_key(spec_writer):
+    import subprocess
+    import sys
+    path = spec_writer(lambda r: r["defaults"].__setitem__("chunk_row", 5))
+    out = subprocess.run([sys.executable, "-m", "extract", "--dataset", "openi", "--config", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "defaults.chunk_row: unknown key" in out.stderr and str(path) in out.stderr
