@@ -80,6 +80,14 @@ def test_timm_dinov2_from_a_safetensors_file(tmp_path):
     np.testing.assert_allclose(again.encode([imgs]), v[:1], rtol=1e-5)               # weights came from the file
 
 
+def test_timm_dinov3_teacher_class_from_a_safetensors_file(tmp_path):
+    from tiny_models import tiny_timm_vit
+    path, params = tiny_timm_vit(tmp_path, "vit_small_patch16_dinov3", img_size=64)
+    enc = build_encoder("dinov3_vitl", EncoderOptions(source=str(path), params=params)).load()
+    assert type(enc.model).__name__ == "Eva"                                   # timm's DINOv3 class
+    _check(enc, [np.random.default_rng(0).random((2, 3, 100, 90)).astype(np.float32)], 32)
+
+
 def test_open_clip_biomedclip_shape_from_a_local_dir(tmp_path):
     from tiny_models import tiny_open_clip
     d = tiny_open_clip(tmp_path / "clip")

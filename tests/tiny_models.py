@@ -63,17 +63,17 @@ def tiny_qwen2(folder: Path, hidden: int = 32) -> Path:
     return folder
 
 
-def tiny_timm_vit(folder: Path) -> tuple[Path, dict]:
-    """A DINOv2-architecture ViT (timm) saved as safetensors; returns (file, params for the encoder)."""
+def tiny_timm_vit(folder: Path, arch: str = "vit_small_patch14_dinov2", img_size: int = 56) -> tuple[Path, dict]:
+    """A DINOv2 / DINOv3-architecture ViT (timm) saved as safetensors; returns (file, params for the encoder)."""
     import timm
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    kw = dict(embed_dim=32, depth=2, num_heads=2, img_size=56, num_classes=0)
-    model = timm.create_model("vit_small_patch14_dinov2", **kw)
+    kw = dict(embed_dim=32, depth=2, num_heads=2, img_size=img_size, num_classes=0)
+    model = timm.create_model(arch, **kw)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path, {"arch": "vit_small_patch14_dinov2", "arch_kwargs": kw}
+    return path, {"arch": arch, "arch_kwargs": kw}
 
 
 def tiny_open_clip(folder: Path) -> Path:
