@@ -79,3 +79,46 @@ def test_mimic4mm_stays_tasks_ehr_cxr_notes(mimic_root):
     assert front["image"].shape == (1, 3, 64, 64) and isinstance(lat, Missing) and "not on disk" in lat.reason
     notes = a.load("note", [1, 2])
     assert notes[0]["text"] == "FINDINGS: no focal consolidation." and isinstance(notes[1], Missing)
+
+
+def test_mimic3_layout_for_external_validation(tmp_path):
+    root = tmp_path / "mimic-iii"
+    root.mkdir()
+    def w(df, name):
+        df.to_csv(root / f"{name}.csv.gz", index=False, compression="gzip")
+    w(pd.DataFrame({"ROW_ID": [1, 2], "SUBJECT_ID": [1, 2], "GENDER": ["M", "F"], "DOB": ["2100-01-01", "1800-01-01"],
+                    "DOD": [None, None], "DOD_HOSP": [None, None], "DOD_SSN": [None, None], "EXPIRE_FLAG": [0, 0]}), "PATIENTS")
+    w(pd.DataFrame({"ROW_ID": [1, 2], "SUBJECT_ID": [1, 2], "HADM_ID": [100, 200],
+                    "ADMITTIME": ["2160-01-01 00:00:00", "2101-01-01 00:00:00"],
+                    "DISCHTIME": ["2160-01-10 00:00:00", "2101-01-05 00:00:00"], "DEATHTIME": [None, "2101-01-05 00:00:00"],
+                    "ADMISSION_TYPE": ["EMERGENCY"] * 2, "ADMISSION_LOCATION": ["ER"] * 2, "DISCHARGE_LOCATION": ["HOME"] * 2,
+                    "INSURANCE": ["Medicare"] * 2, "LANGUAGE": ["ENGL"] * 2, "RELIGION": ["NONE"] * 2,
+                    "MARITAL_STATUS": ["SINGLE"] * 2, "ETHNICITY": ["WHITE"] * 2, "EDREGTIME": [None] * 2,
+                    "EDOUTTIME": [None] * 2, "DIAGNOSIS": ["SEPSIS"] * 2, "HOSPITAL_EXPIRE_FLAG": [0, 1],
+                    "HAS_CHARTEVENTS_DATA": [1, 1]}), "ADMISSIONS")
+    w(pd.DataFrame({"ROW_ID": [1, 2], "SUBJECT_ID": [1, 2], "HADM_ID": [100, 200], "ICUSTAY_ID": [1000, 2000],
+                    "DBSOURCE": ["carevue", "metavision"], "FIRST_CAREUNIT": ["MICU"] * 2, "LAST_CAREUNIT": ["MICU"] * 2,
+                    "FIRST_WARDID": [1, 1], "LAST_WARDID": [1, 1], "INTIME": ["2160-01-01 02:00:00", "2101-01-01 02:00:00"],
+                    "OUTTIME": ["2160-01-09 02:00:00", "2101-01-04 02:00:00"], "LOS": [8.0, 3.0]}), "ICUSTAYS")
+    w(pd.DataFrame({"ROW_ID": [1, 2], "SUBJECT_ID": [1, 2], "HADM_ID": [100, 200], "ICUSTAY_ID": [1000, 2000],
+                    "ITEMID": [211, 220045], "CHARTTIME": ["2160-01-01 03:30:00", "2101-01-01 02:10:00"],
+                    "STORETIME": [None, None], "CGID": [1, 1], "VALUE": ["77", "66"], "VALUENUM": [77, 66],
+                    "VALUEUOM": ["bpm"] * 2, "WARNING": [0, 0], "ERROR": [0, 0], "RESULTSTATUS": [None, None],
+                    "STOPPED": [None, None]}), "CHARTEVENTS")
+    w(pd.DataFrame({"ROW_ID": [1], "SUBJECT_ID": [1], "HADM_ID": [100], "ITEMID": [50912],
+                    "CHARTTIME": ["2160-01-01 05:00:00"], "VALUE": ["0.9"], "VALUENUM": [0.9], "VALUEUOM": ["mg/dL"],
+                    "FLAG": [None]}), "LABEVENTS")
+    w(pd.DataFrame({"ROW_ID": [1, 2], "SUBJECT_ID": [1, 1], "HADM_ID": [100, 100], "CHARTDATE": ["2160-01-01", "2160-01-02"],
+                    "CHARTTIME": [None, "2160-01-02 01:00:00"], "STORETIME": [None, None],
+                    "CATEGORY": ["Radiology", "Nursing"], "DESCRIPTION": ["CHEST (PORTABLE AP)", "note"], "CGID": [None, None],
+                    "ISERROR": [None, None], "TEXT": ["IMPRESSION: no pneumothorax.", "nursing text"]}), "NOTEEVENTS")
+    spec = load_spec()
+    a = get_adapter(spec.dataset("mimic3"), tmp_path)
+    assert a.ids() == ["1000", "2000"] and a.split() == ["test", "test"]
+    np.testing.assert_array_equal(a.labels()["mortality"][:, 0], [0, 1])
+    ehr = a.load("ehr", [0, 1])
+    hr = list(a.variables).index("HR")
+    assert ehr[0]["series"][1, hr] == 77 and ehr[1]["series"][0, hr] == 66     # CareVue 211 and MetaVision 220045
+    assert ehr[0]["text"].startswith("Age: 60; Gender: M") and ehr[1]["text"].startswith("Age: 90")
+    notes = a.load("note", [0, 1])
+    assert notes[0]["text"] == "IMPRESSION: no pneumothorax." and isinstance(notes[1], Missing)

@@ -144,7 +144,7 @@ def _split_two(idx: np.ndarray, frac: float, strat: np.ndarray | None, seed: int
 
 
 def get_adapter(spec: DatasetSpec, data_root: Path, options: dict | None = None) -> DatasetAdapter:
-    from . import mimic4mm, mmist, openi, physionet2012  # noqa: F401  (register the adapters)
+    from . import mimic3, mimic4mm, mmist, openi, physionet2012  # noqa: F401  (register the adapters)
     if spec.adapter not in ADAPTERS:
         raise NotImplementedError(f"dataset adapter {spec.adapter!r} is not implemented (have: "
                                   f"{', '.join(sorted(ADAPTERS))}; see docs/datasets.md)")

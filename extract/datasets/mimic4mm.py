@@ -54,13 +54,34 @@ def _read(path: Path, **kw) -> pd.DataFrame:
 class MIMIC4MM(DatasetAdapter):
     hours = 48
 
+    # ---- table access (MIMIC-III overrides these) -------------------------------------------------------------
+    def icustays(self) -> pd.DataFrame:
+        return _read(self.root / "icu" / "icustays.csv.gz", parse_dates=["intime", "outtime"])
+
+    def admissions(self) -> pd.DataFrame:
+        return _read(self.root / "hosp" / "admissions.csv.gz", parse_dates=["admittime", "dischtime"])
+
+    def patients(self, icu: pd.DataFrame) -> pd.DataFrame:
+        """subject_id, gender, anchor_age."""
+        return _read(self.root / "hosp" / "patients.csv.gz")[["subject_id", "gender", "anchor_age"]]
+
+    def event_files(self) -> dict[str, Path]:
+        return {"chart": self.root / "icu" / "chartevents.csv.gz", "lab": self.root / "hosp" / "labevents.csv.gz"}
+
+    def event_columns(self) -> dict[str, str]:
+        """Our name -> the file's column name."""
+        return {"hadm_id": "hadm_id", "itemid": "itemid", "charttime": "charttime", "valuenum": "valuenum"}
+
+    def radiology_notes(self) -> pd.DataFrame:
+        """hadm_id, charttime, text."""
+        return _read(self.path_option("note_dir") / "note" / "radiology.csv.gz", parse_dates=["charttime"])
+
     @cached_property
     def stays(self) -> pd.DataFrame:
-        icu = _read(self.root / "icu" / "icustays.csv.gz", parse_dates=["intime", "outtime"])
-        adm = _read(self.root / "hosp" / "admissions.csv.gz", parse_dates=["admittime", "dischtime"])
-        pat = _read(self.root / "hosp" / "patients.csv.gz")
+        icu = self.icustays()
+        adm = self.admissions()
         df = icu.merge(adm[["hadm_id", "admittime", "dischtime", "hospital_expire_flag"]], on="hadm_id", how="left")
-        df = df.merge(pat[["subject_id", "gender", "anchor_age"]], on="subject_id", how="left")
+        df = df.merge(self.patients(df), on="subject_id", how="left")
         df["cut"] = df["intime"] + pd.Timedelta(hours=self.hours)
         adm = adm.sort_values(["subject_id", "admittime"])
         nxt = adm.groupby("subject_id")["admittime"].shift(-1)
@@ -79,18 +100,20 @@ class MIMIC4MM(DatasetAdapter):
                 "readmission30": s[["readmit30"]].to_numpy(np.float32)}
 
     # ---- EHR ------------------------------------------------------------------------------------------------
-    @cached_property
+    @property
     def variables(self) -> dict[str, tuple[str, list[int]]]:
         return {k: (v[0], list(v[1])) for k, v in (self.options.get("variables") or VARIABLES).items()}
 
     def _events(self, table: str) -> pd.DataFrame:
         """Rows of the wanted itemids for the stays' admissions, read in chunks (chartevents is hundreds of GB)."""
-        path = self.root / ("icu/chartevents.csv.gz" if table == "chart" else "hosp/labevents.csv.gz")
+        path = self.event_files()[table]
+        cols = self.event_columns()
         items = {i for t, ids in self.variables.values() if t == table for i in ids}
         keys = set(self.stays["hadm_id"].dropna().astype(int))
         parts = []
-        for chunk in _read(path, usecols=["hadm_id", "itemid", "charttime", "valuenum"], chunksize=2_000_000,
-                           parse_dates=["charttime"]):
+        for chunk in _read(path, usecols=list(cols.values()), chunksize=2_000_000):
+            chunk = chunk.rename(columns={v: k for k, v in cols.items()})
+            chunk["charttime"] = pd.to_datetime(chunk["charttime"])
             chunk = chunk[chunk["itemid"].isin(items) & chunk["hadm_id"].isin(keys)]
             parts.append(chunk.dropna(subset=["valuenum"]))
         return pd.concat(parts) if parts else pd.DataFrame(columns=["hadm_id", "itemid", "charttime", "valuenum"])
@@ -148,8 +171,7 @@ class MIMIC4MM(DatasetAdapter):
 
     @cached_property
     def _notes(self) -> pd.DataFrame:
-        d = self.path_option("note_dir")
-        return _read(d / "note" / "radiology.csv.gz", parse_dates=["charttime"])
+        return self.radiology_notes()
 
     def load(self, modality: str, rows: list[int]):
         out = []
