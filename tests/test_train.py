@@ -174,3 +174,18 @@ def test_protocols_only_remove_modalities():
     assert Protocol.parse("test_multi@0.3") == Protocol("test_multi@0.3", "test", "multi", 0.3)
     with pytest.raises(ValueError, match="expected none"):
         Protocol.parse("random")
+
+
+def test_ablation_plan_covers_distillation_intra_fusion_roles_and_modalities():
+    from train.experiment import _plan
+    data = synthetic()
+    roles = {"a/e0": "general", "a/e1": "rag", "b/e0": "general"}
+    plan = _plan(["medmix"], data, True, roles)
+    assert {"medmix w/o distillation", "medmix w/o intra-fusion (uniform mean)", "medmix w/o rag experts",
+            "medmix w/o general experts", "medmix a only", "medmix b only"} <= set(plan)
+    no_rag = plan["medmix w/o rag experts"][1](data)
+    assert no_rag.layout == {"a": ["e0"], "b": ["e0"]}
+    no_general = plan["medmix w/o general experts"][1](data)
+    assert no_general.layout == {"a": ["e1"]}
+    single = plan["medmix single expert 'e1' per modality"][1](data)
+    assert single.layout == {"a": ["e1"], "b": ["e0"]}

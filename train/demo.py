@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-epochs", type=int, default=5)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--retrain", action="store_true", help="train again even when results of the same config exist")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         print(f"=== {ds}: train ({args.seeds} seeds) ===", flush=True)
         results = run_experiment(str(store_path), args.methods.split(","), list(range(args.seeds)),
-                                 args.protocols.split(","), recipe, out / ds)
+                                 args.protocols.split(","), recipe, out / ds, reuse=not args.retrain)
         write_report(results, out / ds)
         timings[ds] = {"extract_s": round(t1 - t0, 1), "train_s": round(time.perf_counter() - t1, 1)}
         sections.append(_section(ds, spec, store_path, results, problems, timings[ds], headline_rows, md_table))

@@ -79,18 +79,32 @@ def efficiency(model, data: Data) -> dict:
 
 def run_experiment(store_path: str, methods: list[str], seeds: list[int], protocols: list[str], recipe: Recipe,
                    out_dir: Path, select: dict | None = None, tasks: list[str] | None = None, device: str = "cpu",
-                   ablations: bool = False) -> dict:
+                   ablations: bool = False, reuse: bool = False) -> dict:
+    """Train and evaluate every planned method; ``reuse`` returns an existing results.json of the same config hash
+    (same store contents, recipe, seeds, protocols, plan and code version: CPU training is deterministic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(store_path)
     bundle = load_bundle(store, select)
     data = Data.from_bundle(bundle, tasks)
     data = _drop_empty_experts(data)
-    plan = _plan(methods, data, ablations)
+    roles = {k: v.get("role") for k, v in bundle.provenance.items()}
+    plan = _plan(methods, data, ablations, roles)
     results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
                "seeds": seeds, "protocols": protocols, "store_config_hashes": bundle.provenance,
                "layout": data.layout, "teachers": sorted(data.teachers),
                "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "methods": {}}
-    results["config_hash"] = canonical_hash({k: results[k] for k in ("recipe", "seeds", "protocols", "store_config_hashes")})
+    from extract.runner import code_version
+    results["code_version"] = code_version()
+    results["train_code_sha256"] = _train_code_fingerprint()
+    results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols",
+                                                                      "store_config_hashes", "train_code_sha256")},
+                                             "plan": sorted(plan), "select": select, "tasks": tasks})
+    previous = out_dir / "results.json"
+    if reuse and previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("config_hash") == results["config_hash"]:
+            log.info("%s: results for config %s already there: reused", out_dir, results["config_hash"][:12])
+            return old
     t_start = time.perf_counter()
     for name, (method, sub, large_mod) in plan.items():
         mdata = sub(data) if sub else data
@@ -130,6 +144,16 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
     return results
 
 
+def _train_code_fingerprint() -> str:
+    """sha256 of the code that computes results (train/ and the loader): what a cached result depends on."""
+    import hashlib
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted([*root.glob("train/**/*.py"), root / "stores" / "loader.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -166,13 +190,16 @@ def _drop_empty_experts(data: Data) -> Data:
     return Data(layout, xs, masks, data.y, data.tasks, teachers, tmasks, data.split)
 
 
-def _subset(modalities=None, drop_role_experts=None, roles=None):
+def _subset(modalities=None, drop_role_experts=None, roles=None, only_expert=None):
+    """Ablation views of the data: some modalities, no experts of a role, or one named expert where present."""
     def sub(data: Data) -> Data:
         layout, xs, masks = {}, {}, {}
         for m, names in data.layout.items():
             if modalities and m not in modalities:
                 continue
             keep = [k for k, n in enumerate(names) if not drop_role_experts or roles.get(f"{m}/{n}") not in drop_role_experts]
+            if only_expert and only_expert in names:
+                keep = [names.index(only_expert)]
             if keep:
                 layout[m], xs[m], masks[m] = [names[k] for k in keep], [data.xs[m][k] for k in keep], data.masks[m][:, keep]
         teachers = {m: t for m, t in data.teachers.items() if m in layout}
@@ -180,7 +207,7 @@ def _subset(modalities=None, drop_role_experts=None, roles=None):
     return sub
 
 
-def _plan(methods: list[str], data: Data, ablations: bool) -> dict:
+def _plan(methods: list[str], data: Data, ablations: bool, roles: dict | None = None) -> dict:
     plan = {}
     for m in methods:
         if m == "large":
@@ -191,6 +218,13 @@ def _plan(methods: list[str], data: Data, ablations: bool) -> dict:
     if ablations:
         plan["medmix w/o distillation"] = ("medmix_nodistill", None, None)
         plan["medmix w/o intra-fusion (uniform mean)"] = ("medmix_mean", None, None)
+        for name in sorted({n for names in data.layout.values() for n in names}):
+            if any(len(names) > 1 and name in names for names in data.layout.values()):
+                plan[f"medmix single expert '{name}' per modality"] = ("medmix", _subset(only_expert=name), None)
+        present = {roles.get(f"{m}/{n}") for m, names in data.layout.items() for n in names} - {None}
+        for role in sorted(present):
+            if len(present) > 1:
+                plan[f"medmix w/o {role} experts"] = ("medmix", _subset(drop_role_experts={role}, roles=roles), None)
         if len(data.layout) > 1:
             for mod in data.layout:
                 plan[f"medmix {mod} only"] = ("medmix", _subset(modalities=[mod]), None)
