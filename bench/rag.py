@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import faiss
-import numpy as np
 from _common import report, timed
 
 from rag.evaluate import synonym_queries

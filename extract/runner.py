@@ -9,7 +9,6 @@ heavier than a small picklable ``Job`` travels through the scheduler.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

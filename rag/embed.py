@@ -8,7 +8,6 @@ reason. The retrieved passage ids and scores of every sample are stored beside t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -1,7 +1,6 @@
 """CT (2.5D) and whole-slide images (tiling) on the real files in ../shared/data, plus synthetic edge cases."""
 import numpy as np
 import pytest
-import torch
 
 from extract.readers.ct import crop_to_mask, ct_slices_25d, read_volume, slice_indices, to_dhw
 from extract.readers.wsi import open_slide, plan_grid, read_tiles, slide_tiles

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.registry import REGISTRY, EncoderOptions, build_encoder, load_all, table
+from extract.registry import EncoderOptions, build_encoder, load_all, table
 from extract.sources import SourceError, resolve_source
 
 TEXTS = ["the heart size is normal. lungs are clear.", "right lower lobe consolidation with fever " * 40]

@@ -56,7 +56,6 @@ def test_plain_xarray_opens_an_expert_group(tmp_path):
 def _writer(path, unit_indices, seed):
     st = Store(path, mode="a")
     g = st.expert_group("note", "minilm")
-    rng = np.random.default_rng(seed)
     for u in g.units():
         if u.index in unit_indices:
             n = u.stop - u.start

@@ -7,7 +7,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r
 from train.experiment import evaluate_split, val_thresholds
 from train.losses import rkd_distance
 from train.metrics import task_metrics, tune_thresholds
-from train.models.medmix import MedMIX, adapter_rank
+from train.models.medmix import adapter_rank
 from train.protocols import Protocol, drop_modalities
 from train.trainer import Data, Recipe, build_model, evaluate_loss, train_one
 
