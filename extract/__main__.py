@@ -33,15 +33,7 @@ def _fetch(argv):
     from .sources import resolve_source
     spec = load_spec(args.config)
     prof = spec.profile(args.profile)
-    keys = set()
-    for kind in prof.kinds.values():
-        keys |= {e.model for e in kind.experts.values() if e.model} | ({kind.teacher.model} if kind.teacher else set())
-    for ds in spec.datasets.values():
-        for m in ds.modalities.values():
-            keys |= {e.model for e in m.experts.get(args.profile, {}).values()}
-    if prof.rag:
-        keys |= {prof.rag.query_encoder, prof.rag.article_encoder, prof.rag.lm}
-    for key in sorted(keys):
+    for key in sorted(spec.models_used(args.profile)):
         card = get(key).card
         ov = prof.models.get(key)
         source = (ov.source if ov and ov.source else None) or card.source

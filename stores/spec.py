@@ -167,6 +167,20 @@ class PipelineSpec(Strict):
         experts.update(mod.experts.get(profile, {}))
         return experts
 
+    def models_used(self, profile: str) -> set[str]:
+        """Every registry key a profile uses: experts, teachers, dataset extras and the RAG encoders/LM."""
+        prof = self.profile(profile)
+        keys: set[str] = set()
+        for kind in prof.kinds.values():
+            keys |= {e.model for e in kind.experts.values() if e.model}
+            keys |= {kind.teacher.model} if kind.teacher else set()
+        for ds in self.datasets.values():
+            for m in ds.modalities.values():
+                keys |= {e.model for e in m.experts.get(profile, {}).values() if e.model}
+        if prof.rag:
+            keys |= {prof.rag.query_encoder, prof.rag.article_encoder, prof.rag.lm}
+        return keys
+
     def teacher_for(self, dataset: str, modality: str, profile: str) -> TeacherSpec | None:
         kind = self.profile(profile).kinds.get(self.dataset(dataset).modalities[modality].kind)
         return kind.teacher if kind else None

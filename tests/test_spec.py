@@ -60,3 +60,9 @@ def test_cli_names_a_bad_config_key(spec_writer):
     out = subprocess.run([sys.executable, "-m", "extract", "--dataset", "openi", "--config", str(path)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "defaults.chunk_row: unknown key" in out.stderr and str(path) in out.stderr
+
+
+def test_models_used_by_the_offline_profile():
+    used = load_spec().models_used("offline")
+    assert {"minilm", "mpnet", "efficientnet_lite0", "fracast0", "mmist_owner_ct", "mmist_owner_wsi"} <= used
+    assert "qwen2_0_5b" not in used

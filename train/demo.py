@@ -114,15 +114,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
 
 def _models_table() -> str:
     from extract.registry import table
-    spec = load_spec()
-    used = set()
-    prof = spec.profile("offline")
-    for k in prof.kinds.values():
-        used |= {e.model for e in k.experts.values() if e.model} | ({k.teacher.model} if k.teacher else set())
-    for ds in spec.datasets.values():
-        for m in ds.modalities.values():
-            used |= {e.model for e in m.experts.get("offline", {}).values()}
-    used |= {prof.rag.query_encoder, prof.rag.article_encoder, prof.rag.lm}
+    used = load_spec().models_used("offline")
     rows = [r for r in table() if r["key"] in used]
     from .report import md_table
     return md_table([{k: r[k] for k in ("key", "role", "dim", "licence", "source")} for r in rows])
