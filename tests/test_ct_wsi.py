@@ -109,3 +109,80 @@ def test_slide_without_tissue_is_an_error_with_the_file_name(tmp_path):
     with pytest.raises(ValueError, match="unreadable slide"):
         (tmp_path / "bad.svs").write_bytes(b"not a slide")
         slide_tiles(tmp_path / "bad.svs")
+
+
+def _mmist_wsi_spec(spec_writer, data_root, tmp_path, **pre):
+    import pandas as pd
+    cases = pd.read_csv(data_root / "mmist_ccrcc" / "clinical+genomic_split.csv")["case_id"].tolist()[:2]
+    wsi_dir = tmp_path / "wsi"
+    wsi_dir.mkdir(exist_ok=True)
+    for c in cases:
+        if not (wsi_dir / f"{c}.svs").exists():
+            (wsi_dir / f"{c}.svs").symlink_to(data_root / "wsi" / "CMU-1-Small-Region.svs")
+
+    def edit(raw):
+        raw["defaults"]["chunk_rows"] = 8
+        raw["profiles"]["offline"]["kinds"]["wsi"] = {"experts": {
+            "effnet": {"model": "efficientnet_lite0", "role": "general"},
+            "effnet_b": {"model": "efficientnet_lite0", "role": "biomedical", "params": {"variant": "b"}}}}
+        raw["datasets"]["mmist"]["options"]["wsi_dir"] = str(wsi_dir)
+        raw["datasets"]["mmist"]["modalities"]["wsi"]["preprocess"].update(
+            {"max_tiles": 20, "tile_batch": 8, "threads": 2, **pre})
+    return spec_writer(edit), cases
+
+
+def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a_slide(
+        spec_writer, data_root, tmp_path, monkeypatch):
+    from extract.pipeline import extract_dataset
+    from extract.readers.wsi import TiledSlide
+    from extract.runner import clear_caches
+    from stores.store import OK, Store
+    from stores.tiles import open_slide_tiles
+    from stores.verify import verify
+    spec, cases = _mmist_wsi_spec(spec_writer, data_root, tmp_path)
+    reads = []
+    real_read = TiledSlide.read
+    monkeypatch.setattr(TiledSlide, "read", lambda self, b: reads.append(b) or real_read(self, b))
+    kw = dict(config=str(spec), data_root=str(data_root), store=str(tmp_path / "m.zarr"), modalities=["wsi"],
+              experts=["effnet", "effnet_b"], limit=8, rag=False, progress=False)
+    s = extract_dataset("mmist", **kw)
+    st = Store(tmp_path / "m.zarr")
+    rows = [st.ids().index(c) for c in cases]
+    assert s.done == {"wsi/effnet": 2, "wsi/effnet_b": 2}
+    assert sorted(reads) == [0, 0, 1, 1, 2, 2]             # 20 tiles / 8 = 3 batches, per slide, shared by 2 experts
+    g = st.expert_group("wsi", "effnet")
+    t = open_slide_tiles(st.root, "wsi", "effnet", g.attrs["config_hash"], rows[0])
+    assert t.n_tiles == 20 and t.done().all() and t.group["coords"].shape == (20, 2)
+    assert t.group.attrs["grid"]["mpp_source"] == "metadata" and t.group.attrs["sample_id"] == cases[0]
+    np.testing.assert_allclose(g.group["vectors"][rows[0]], t.group["embeddings"][:].mean(0), rtol=1e-5)
+    direct = build_encoder("efficientnet_lite0").load().encode(
+        [slide_tiles(data_root / "wsi" / "CMU-1-Small-Region.svs", max_tiles=20)])[0]
+    np.testing.assert_allclose(g.group["vectors"][rows[0]], direct, rtol=1e-4, atol=1e-5)
+    assert (g.group["valid"][:][rows] == OK).all() and verify(st) == []
+
+    # a run killed inside a slide: its row is not committed and one tile batch lacks its marker
+    unit = rows[0] // 8
+    st = Store(tmp_path / "m.zarr", mode="a")
+    g = st.expert_group("wsi", "effnet")
+    t = open_slide_tiles(st.root, "wsi", "effnet", g.attrs["config_hash"], rows[0])
+    g.group["done"][unit] = 0
+    t.group["done"][1] = 0
+    st.expert_group("wsi", "effnet_b").group["done"][unit] = 0
+    reads.clear()
+    clear_caches()
+    s2 = extract_dataset("mmist", **kw)
+    assert s2.done == {"wsi/effnet": 2, "wsi/effnet_b": 2} and sorted(reads) == [1]   # only the missing batch
+    np.testing.assert_allclose(Store(tmp_path / "m.zarr").expert_group("wsi", "effnet").group["vectors"][rows[0]],
+                               direct, rtol=1e-4, atol=1e-5)
+
+
+def test_tile_embeddings_can_be_dropped_after_the_slide_row_is_committed(spec_writer, data_root, tmp_path):
+    from extract.pipeline import extract_dataset
+    from stores.store import Store
+    spec, _ = _mmist_wsi_spec(spec_writer, data_root, tmp_path, store_tiles=False, max_tiles=6)
+    extract_dataset("mmist", config=str(spec), data_root=str(data_root), store=str(tmp_path / "m.zarr"),
+                    modalities=["wsi"], experts=["effnet"], limit=8, rag=False, progress=False)
+    st = Store(tmp_path / "m.zarr")
+    assert st.expert_group("wsi", "effnet").group["valid"][:].tolist().count(1) == 2
+    g = st.expert_group("wsi", "effnet")
+    assert list(st.root[f"tiles/wsi/effnet/{g.attrs['config_hash'][:12]}"].keys()) == []   # per-slide groups gone

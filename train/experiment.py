@@ -117,7 +117,10 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                 train_proto = proto if proto.phase == "train" else Protocol("none")
                 key = (seed, train_proto.name)
                 if key not in trained:        # test-time protocols reuse the model trained without drops
+                    t0 = time.perf_counter()
                     model, info = train_one(method, mdata, recipe, seed, train_proto, large_mod, device)
+                    log.info("%s seed %d (%s): %d epochs, best %d, %.0f s", name, seed, train_proto.name,
+                             info["epochs_run"], info["best_epoch"], time.perf_counter() - t0)
                     trained[key] = (model, info, val_thresholds(model, mdata))
                 model, info, th = trained[key]
                 masks = None

@@ -135,7 +135,8 @@ class MMIST(DatasetAdapter):
         if modality == "ct":
             for ext in (".nii.gz", ".nii", ".npy", ".npz"):
                 if (p := raw_dir / f"{case}{ext}").exists():
-                    return {"image": LazyView("ct", p, self.spec.modalities["ct"].preprocess)}
+                    pre = self.spec.modalities["ct"].preprocess
+                    return {"image": LazyView("ct", p, pre), "volume": LazyView("ct_volume", p, pre)}
         if modality == "wsi":
             for ext in (".svs", ".tif", ".tiff", ".ndpi", ".mrxs"):
                 if (p := raw_dir / f"{case}{ext}").exists():

@@ -41,6 +41,26 @@ def read_volume(path: str | Path, layout: str = "auto") -> np.ndarray:
     raise ValueError(f"{path}: unsupported CT format (.nii/.nii.gz, .npy/.npz, DICOM folder)")
 
 
+def read_volume_ras(path: str | Path, layout: str = "auto", spacing=None) -> dict:
+    """For 3-D models: {'hu': [X, Y, Z] array in (closest) RAS orientation, 'spacing': mm per axis or None}.
+
+    NIfTI is reoriented with nibabel and its voxel sizes are used. Arrays and DICOM are read as [D, H, W] (axial
+    first, inferior to superior) and transposed to [W, H, D]; their spacing comes from ``spacing`` (x, y, z mm) in
+    the modality's reader options, else the volume is used at its own grid (no resampling; recorded as None).
+    """
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        hu = np.asarray(img.get_fdata(dtype=np.float32))
+        if hu.ndim != 3:
+            raise ValueError(f"{path}: expected a 3-D volume, got shape {hu.shape}")
+        return {"hu": hu, "spacing": tuple(float(z) for z in img.header.get_zooms()[:3])}
+    vol = read_volume(path, layout)
+    return {"hu": np.ascontiguousarray(np.transpose(vol, (2, 1, 0))),
+            "spacing": tuple(float(s) for s in spacing) if spacing else None}
+
+
 def to_dhw(vol: np.ndarray, layout: str = "auto", where: str = "volume") -> np.ndarray:
     vol = np.squeeze(vol)
     if vol.ndim != 3:

@@ -7,17 +7,22 @@ from pathlib import Path
 
 @dataclass
 class LazyView:
-    kind: str          # ct | wsi
+    kind: str          # ct (2.5D slice stack) | ct_volume (3-D, RAS + spacing) | wsi
     path: Path
     preprocess: dict
 
     def get(self):
         if self.kind == "ct":
             from .ct import ct_slices_25d, read_volume
-            return ct_slices_25d(read_volume(self.path, **self.preprocess.get("reader", {})), **{
+            reader = {k: v for k, v in self.preprocess.get("reader", {}).items() if k != "spacing"}
+            return ct_slices_25d(read_volume(self.path, **reader), **{
                 k: v for k, v in self.preprocess.items() if k in ("slices", "hu", "size")})
+        if self.kind == "ct_volume":
+            from .ct import read_volume_ras
+            return read_volume_ras(self.path, **self.preprocess.get("reader", {}))
         if self.kind == "wsi":
-            from .wsi import slide_tiles
-            return slide_tiles(self.path, **{k: v for k, v in self.preprocess.items()
-                                             if k in ("mpp", "tile", "tissue_threshold", "max_tiles")})
+            from .wsi import plan_slide
+            return plan_slide(self.path, **{k: v for k, v in self.preprocess.items()
+                                            if k in ("mpp", "tile", "tissue_threshold", "max_tiles", "fallback_mpp",
+                                                     "threads", "tile_batch", "store_tiles")})
         raise ValueError(f"unknown lazy input kind {self.kind!r}")

@@ -9,7 +9,7 @@ fraction on the thumbnail reaches ``tissue_threshold``. When the slide has no MP
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +96,72 @@ def read_tiles(slide, grid: TileGrid, size: int = 224, threads: int = 4) -> np.n
     return np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
+@dataclass
+class TiledSlide:
+    """A slide planned into tile batches; the runner reads batch by batch (memory stays bounded), feeds each batch
+    to every pending expert (one read, many encoders) and stores per-tile embeddings (stores/tiles.py)."""
+    path: Path
+    grid: TileGrid
+    size: int = 224
+    threads: int = 4
+    batch: int = 1024
+    keep_tiles: bool = True
+    _slide: object = None
+
+    @property
+    def coords(self) -> np.ndarray:
+        return self.grid.coords
+
+    @property
+    def n_batches(self) -> int:
+        return max(1, -(-len(self.grid.coords) // self.batch))
+
+    @property
+    def info(self) -> dict:
+        g = self.grid
+        return {"level": g.level, "level_tile": g.level_tile, "step0": g.step0, "mpp0": g.mpp0,
+                "mpp_source": g.mpp_source, **g.info, "file": self.path.name}
+
+    def read(self, b: int) -> np.ndarray:
+        if self._slide is None:
+            self._slide = open_slide(self.path)
+        sub = replace(self.grid, coords=self.grid.coords[b * self.batch:(b + 1) * self.batch])
+        return read_tiles(self._slide, sub, self.size, self.threads)
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def plan_slide(path: str | Path, mpp: float = 0.5, tile: int = 224, tissue_threshold: float = 0.5,
+               max_tiles: int | None = None, fallback_mpp: float | None = None, threads: int = 4,
+               tile_batch: int = 1024, store_tiles: bool = True) -> TiledSlide:
+    """Plan a slide's tissue tiles without reading them; no tissue or an unreadable file is an error (-> failed)."""
+    slide = open_slide(path)
+    try:
+        grid = _tissue_grid(slide, path, mpp, tile, tissue_threshold, max_tiles, fallback_mpp)
+    finally:
+        slide.close()
+    return TiledSlide(Path(path), grid, tile, threads, int(tile_batch), bool(store_tiles))
+
+
+def _tissue_grid(slide, path, mpp, tile, tissue_threshold, max_tiles, fallback_mpp) -> TileGrid:
+    grid = plan_grid(slide, mpp, tile, tissue_threshold, fallback_mpp)
+    if len(grid.coords) == 0:
+        raise ValueError(f"{Path(path).name}: no tissue tiles at {mpp} um/px (threshold {tissue_threshold})")
+    if max_tiles and len(grid.coords) > max_tiles:
+        keep = np.random.default_rng(0).choice(len(grid.coords), max_tiles, replace=False)
+        grid.coords = grid.coords[np.sort(keep)]
+    return grid
+
+
 def slide_tiles(path: str | Path, mpp: float = 0.5, tile: int = 224, tissue_threshold: float = 0.5,
                 max_tiles: int | None = None, fallback_mpp: float | None = None, threads: int = 4) -> np.ndarray:
     """The tissue tiles of a slide, ready for an image encoder; a slide without tissue is an error (-> failed)."""
     slide = open_slide(path)
     try:
-        grid = plan_grid(slide, mpp, tile, tissue_threshold, fallback_mpp)
-        if len(grid.coords) == 0:
-            raise ValueError(f"{Path(path).name}: no tissue tiles at {mpp} um/px (threshold {tissue_threshold})")
-        if max_tiles and len(grid.coords) > max_tiles:
-            keep = np.random.default_rng(0).choice(len(grid.coords), max_tiles, replace=False)
-            grid.coords = grid.coords[np.sort(keep)]
-        return read_tiles(slide, grid, tile, threads)
+        return read_tiles(slide, _tissue_grid(slide, path, mpp, tile, tissue_threshold, max_tiles, fallback_mpp),
+                          tile, threads)
     finally:
         slide.close()

@@ -1,0 +1,87 @@
+"""MOIRAI through its real loading path (uni2ts ``MoiraiModule.from_pretrained`` on a saved tiny random module).
+
+uni2ts pins old numpy/pandas, so it is not in the test environment: the code it needs is pip-installed (no deps,
+pinned) into a side folder once, and the check runs in a subprocess with that folder on its path.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+SIDE = ["uni2ts==1.1.1", "jaxtyping==0.2.38", "typeguard==2.13.3", "hydra-core==1.3.8", "omegaconf==2.4.0",
+        "antlr4-python3-runtime==4.9.3", "gluonts==0.17.0", "lightning==2.6.6", "lightning-utilities==0.15.3",
+        "torchmetrics==1.9.0", "jax==0.10.2", "jaxlib==0.10.2", "ml_dtypes==0.6.0", "opt_einsum==3.4.0"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def uni2ts_path():
+    target = REPO / "cache" / "test-side" / "uni2ts-1.1.1"
+    if not (target / ".complete").exists():
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *SIDE],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"uni2ts could not be installed here: {r.stderr[-400:]}")
+        (target / ".complete").write_text("ok\n")
+    return target
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, torch
+    from uni2ts.distribution import MixtureOutput, StudentTOutput, NormalFixedScaleOutput, LogNormalOutput
+    from uni2ts.model.moirai import MoiraiModule
+    from extract.registry import EncoderOptions, build_encoder
+    torch.manual_seed(0)
+    MoiraiModule(distr_output=MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), LogNormalOutput()]),
+                 d_model=64, num_layers=2, patch_sizes=(8, 16), max_seq_len=512, attn_dropout_p=0.0,
+                 dropout_p=0.0).save_pretrained(sys.argv[1])
+    enc = build_encoder("moirai_small", EncoderOptions(source=sys.argv[1], batch_size=2)).load()
+    assert enc.dim == 64 and enc.provenance()["model"] == "moirai_small"
+    rng = np.random.default_rng(0)
+    stays = [rng.normal(size=(48, 5)).astype(np.float32) for _ in range(3)]
+    stays[1][rng.random((48, 5)) < 0.7] = np.nan            # sparse, like real EHR
+    v = enc.encode(stays)
+    assert v.shape == (3, 64) and np.isfinite(v).all()
+    # batching is exact: padding tokens never reach a sample's tokens
+    np.testing.assert_allclose(enc.encode(stays[1:2]), v[1:2], atol=1e-5)
+    # an empty extra variable changes nothing; a different series does
+    wider = np.concatenate([stays[0], np.full((48, 1), np.nan, np.float32)], 1)
+    np.testing.assert_allclose(enc.encode([wider]), v[:1], atol=1e-5)
+    assert not np.allclose(v[0], v[2], atol=1e-3)
+    # 30 h is left-padded to a whole number of patches, as MoiraiForecast does
+    assert np.isfinite(enc.encode([stays[0][:30]])).all()
+    try:
+        enc.encode([np.full((48, 5), np.nan, np.float32)])
+        raise SystemExit("an all-empty stay must be an error")
+    except ValueError as e:
+        assert "every variable is empty" in str(e)
+    try:
+        build_encoder("moirai_small", EncoderOptions(source=sys.argv[1], params={"patch_size": 32})).load()
+        raise SystemExit("a patch size the model lacks must be an error")
+    except ValueError as e:
+        assert "patch_size 32" in str(e)
+    print("MOIRAI-OK")
+""")
+
+
+def test_moirai_loads_through_uni2ts_and_embeds_any_variate_stays(uni2ts_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(uni2ts_path), str(REPO)])}
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "moirai")], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0 and "MOIRAI-OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_moirai_without_uni2ts_says_how_to_install(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import uni2ts  # noqa: F401
+        pytest.skip("uni2ts is installed in this environment")
+    except ImportError:
+        pass
+    from extract.registry import EncoderOptions, build_encoder
+    tmp_path.joinpath("config.json").write_text("{}")
+    with pytest.raises(ImportError, match=r"medmix\[moirai\]"):
+        build_encoder("moirai_small", EncoderOptions(source=str(tmp_path))).load()
