@@ -237,7 +237,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
                         out[(n, k)] = Failed(f"tile batch {b}: {next((e for e in errs if e), 'non-finite embedding')}")
                     else:
                         t.write_batch(b, vecs)
-            for n, (s, enc, t) in state.items():
+            for n, (_s, _enc, t) in state.items():
                 out.setdefault((n, k), t.mean())
         except Exception as exc:  # noqa: BLE001  (an unreadable region: the slide fails, the run goes on)
             for n in state:

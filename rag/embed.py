@@ -1,9 +1,10 @@
 """`python -m rag embed`: the RAG expert of each modality, written into the dataset's store.
 
 Bridge to text (METHOD section 4): notes and reports as they are; EHR serialized "variable: value; ..." (the
-adapter's ``text`` view); images need a report generator — none ships offline, so unless the dataset's options name
-a text view to use (``rag_bridge: {frontal: note}``), an image modality's RAG expert is recorded MISSING with the
-reason. The retrieved passage ids and scores of every sample are stored beside the vectors for audit.
+adapter's ``text`` view); images through the profile's report generator for their kind (``rag.generators``, e.g.
+MAIRA-2 for CXR; rag/generators.py), whose reports are stored beside the vectors; else a text view the dataset's
+options name (``rag_bridge: {frontal: note}``); else the image modality's RAG expert is recorded MISSING with the
+reason (none ships offline). The retrieved passage ids and scores of every sample are stored for audit.
 """
 from __future__ import annotations
 
@@ -38,6 +39,35 @@ def bridge_texts(inputs: list, modality_kind: str, bridge_view: str | None) -> l
     return out
 
 
+def generated_texts(inputs: list, generator) -> list:
+    """Each image input -> its generated report, or Missing/Failed with a reason (one bad image never stops a unit)."""
+    out = []
+    for inp in inputs:
+        if isinstance(inp, (Missing, Failed)):
+            out.append(inp)
+        elif not isinstance(inp, dict) or inp.get("image") is None:
+            out.append(Missing("no image to generate a report from"))
+        else:
+            try:
+                out.append(generator.generate([inp["image"]])[0])
+            except Exception as exc:  # noqa: BLE001
+                out.append(Failed(f"report generation: {type(exc).__name__}: {exc}"[:500]))
+    return out
+
+
+def _generator(svc: RagService, kind: str, bridged: bool):
+    spec = (svc.cfg.generators or {}).get(kind)
+    if spec is None or bridged:
+        return None
+    import torch
+
+    from .generators import ReportGenerator
+    kw = {"prompt": spec.prompt} if spec.prompt else {}
+    device = svc.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ReportGenerator(spec.model, spec.source, spec.revision, spec.trust_remote_code, spec.max_new_tokens,
+                           device=str(device), **kw)
+
+
 def embed_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,
                   store: str | None = None, modalities: list[str] | None = None, options: dict | None = None,
                   progress: bool = True, summary=None, service: RagService | None = None) -> dict:
@@ -59,22 +89,29 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
     for mod in targets:
         kind = ds.modalities[mod].kind
         bridge_mod = bridges.get(mod, mod)
-        config_obj = {"rag": svc.identity(), "bridge": bridge_mod, "modality": ds.modalities[mod].model_dump(exclude={"experts"}),
+        generator = _generator(svc, kind, mod in bridges)
+        config_obj = {"rag": svc.identity(), "bridge": bridge_mod,
+                      "generator": generator.identity() if generator else None,
+                      "modality": ds.modalities[mod].model_dump(exclude={"experts"}),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
         h = canonical_hash(config_obj)
         k = svc.cfg.k
         prov = {"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "role": "rag", "family": "rag",
                 "config": config_obj, "index_meta": svc.index().meta, "packages": package_versions(),
                 "code_version": code_version(), "lm": svc.lm.provenance(), "strategy": svc.cfg.strategy}
-        group = st.require_expert_group(mod, RAG, h, svc.lm.dim, prov,
-                                        extras={"retrieved_ids": ((k,), "int32", -1),
-                                                "retrieved_scores": ((k,), "float32", float("nan"))})
+        extras = {"retrieved_ids": ((k,), "int32", -1), "retrieved_scores": ((k,), "float32", float("nan"))}
+        if generator:
+            extras["report"] = ((), str, "")
+        group = st.require_expert_group(mod, RAG, h, svc.lm.dim, prov, extras=extras)
         pending = group.pending_units()
         bar = tqdm(total=sum(u.stop - u.start for u in pending), desc=f"{mod}/rag", unit="item", disable=not progress)
         ok = miss = fail = 0
         for unit in pending:
             rows = list(range(unit.start, unit.stop))
-            texts = bridge_texts(adapter.load(bridge_mod, rows), kind, bridges.get(mod))
+            if generator:
+                texts = generated_texts(adapter.load(mod, rows), generator)
+            else:
+                texts = bridge_texts(adapter.load(bridge_mod, rows), kind, bridges.get(mod))
             todo = [i for i, t in enumerate(texts) if isinstance(t, str)]
             n = len(rows)
             vec = np.zeros((n, group.group["vectors"].shape[1]), np.float32)
@@ -95,7 +132,10 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
                         except Exception as one:  # noqa: BLE001
                             valid[i], reasons[i] = FAILED, f"{type(one).__name__}: {one}"[:500]
                     log.warning("%s/rag unit %d: batch failed (%s); isolated per sample", mod, unit.index, exc)
-            group.write_unit(unit, vec, valid, reasons, extras={"retrieved_ids": ids, "retrieved_scores": scores})
+            written = {"retrieved_ids": ids, "retrieved_scores": scores}
+            if generator:
+                written["report"] = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object).astype(str)
+            group.write_unit(unit, vec, valid, reasons, extras=written)
             ok, miss, fail = ok + int((valid == OK).sum()), miss + int((valid == MISSING).sum()), fail + int((valid == FAILED).sum())
             bar.update(n)
         bar.close()

@@ -63,6 +63,16 @@ class KindSpec(Strict):
     teacher: TeacherSpec | None = None
 
 
+class GeneratorSpec(Strict):
+    """A report generator bridging an image modality to text for the RAG expert (rag/generators.py)."""
+    model: str                          # maira2 | llava
+    source: str | None = None           # default: the generator's hub id
+    revision: str | None = None
+    trust_remote_code: bool = False     # MAIRA-2 needs it: only ever on when the config says so
+    max_new_tokens: int = Field(128, gt=0)
+    prompt: str | None = None
+
+
 class RagSpec(Strict):
     query_encoder: str
     article_encoder: str
@@ -73,6 +83,7 @@ class RagSpec(Strict):
     passage_words: int = Field(0, ge=0)      # 0 = one passage per topic
     corpus: str = "medlineplus/health_topics.json"
     rrf_k: int = Field(60, gt=0)
+    generators: dict[Kind, GeneratorSpec] = Field(default_factory=dict)   # image kind -> report generator
 
 
 class ProfileSpec(Strict):

@@ -155,3 +155,54 @@ def test_real_clinical_queries_with_the_default_offline_strategy(data_root):
         ids, _ = svc.retrieve([query])
         titles = [svc.index().passages[int(p)].title for p in ids[0]]
         assert topic in titles, (query, titles)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava_dir(tmp_path_factory):
+    from tiny_models import tiny_llava
+    return tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+def test_report_generator_through_the_real_loading_path(tiny_llava_dir, data_root):
+    from extract.readers.image import read_image
+    from rag.embed import generated_texts
+    from rag.generators import ReportGenerator
+    gen = ReportGenerator("llava", str(tiny_llava_dir), max_new_tokens=6)
+    assert gen.trust_remote_code is False                       # remote code only when the config asks for it
+    cxr = read_image(data_root / "openi" / "CXR3_IM-1384-1001.png")
+    a, b = gen.generate([cxr]), gen.generate([cxr])
+    assert a == b and isinstance(a[0], str) and a[0]            # greedy: reproducible
+    out = generated_texts([{"image": cxr}, Missing("absent"), {"file": "x"}, {"image": np.zeros((2, 5))}], gen)
+    assert out[0] == a[0] and out[1].reason == "absent" and isinstance(out[2], Missing)
+    assert isinstance(out[3], Failed) and "report generation" in out[3].reason
+    with pytest.raises(ValueError, match="needs a source"):
+        ReportGenerator("llava")
+
+
+def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, tiny_bert_dir, tiny_qwen_dir,
+                                                                   tiny_llava_dir, data_root, tmp_path):
+    from rag.embed import embed_dataset
+    from extract.pipeline import extract_dataset
+    from stores.store import MISSING, OK, Store
+
+    def edit(raw):
+        prof = raw["profiles"]["offline"]
+        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)},
+                          "medcpt_article": {"source": str(tiny_bert_dir)},
+                          "qwen2_0_5b": {"source": str(tiny_qwen_dir)}}
+        prof["rag"] = {"query_encoder": "medcpt_query", "article_encoder": "medcpt_article", "lm": "qwen2_0_5b",
+                       "k": 3, "generators": {"cxr": {"model": "llava", "source": str(tiny_llava_dir),
+                                                      "max_new_tokens": 6}}}
+        prof["kinds"]["cxr"] = {"experts": {"rag": {"role": "rag"}}}
+    spec = spec_writer(edit)
+    store = tmp_path / "openi.zarr"
+    extract_dataset("openi", config=str(spec), data_root=str(data_root), store=str(store), modalities=["frontal"],
+                    progress=False, rag=False)
+    counts = embed_dataset("openi", config=str(spec), data_root=str(data_root), store=str(store),
+                           modalities=["frontal"], progress=False)
+    assert counts["frontal/rag"][0] == 1                        # the one real CXR on disk; the rest are absent
+    g = Store(store).expert_group("frontal", "rag")
+    valid, reports = g.group["valid"][:], g.group["report"][:]
+    row = int(np.flatnonzero(valid == OK)[0])
+    assert reports[row] and (valid[valid != OK] == MISSING).all() and reports[valid != OK].tolist().count("") > 100
+    assert g.attrs["provenance"]["config"]["generator"]["generator"] == "llava"

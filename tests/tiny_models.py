@@ -109,3 +109,28 @@ def tiny_chronos(folder: Path) -> Path:
     cfg.architectures = ["T5ForConditionalGeneration"]
     T5ForConditionalGeneration(cfg).save_pretrained(folder)
     return folder
+
+
+def tiny_llava(folder: Path) -> Path:
+    """A LlavaForConditionalGeneration (tiny CLIP vision tower + tiny Qwen2 LM) with a LlavaProcessor: the class
+    family MAIRA-2 builds on, loaded through AutoProcessor / AutoModelForImageTextToText."""
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config)
+    tiny_qwen2(folder / "lm")
+    tok = AutoTokenizer.from_pretrained(folder / "lm")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28},
+                                                             crop_size={"height": 28, "width": 28}),
+                          tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                          image_token="<image>", num_additional_image_tokens=1)
+    torch.manual_seed(0)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=2, image_size=28, patch_size=14),
+                      text_config=Qwen2Config(vocab_size=len(tok) + 4, hidden_size=32, intermediate_size=64,
+                                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                              max_position_embeddings=256),
+                      image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_select_strategy="default", vision_feature_layer=-1)
+    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
