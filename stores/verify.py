@@ -15,7 +15,7 @@ def verify(store: Store) -> list[str]:
     split = store.split()
     if not np.isin(split, list(SPLIT_CODES.values())).all():
         problems.append(f"samples/split: {(~np.isin(split, list(SPLIT_CODES.values()))).sum()} rows without a split")
-    for task, (values, meta) in store.labels().items():
+    for task, (values, _meta) in store.labels().items():
         if values.shape[0] != n:
             problems.append(f"labels/{task}: {values.shape[0]} rows != {n}")
     for mod, exp, key, g in store.iter_groups():
@@ -44,6 +44,26 @@ def verify(store: Store) -> list[str]:
         failed_without_reason = np.flatnonzero((valid == FAILED) & (reasons == ""))
         if failed_without_reason.size:
             problems.append(f"{where}: {failed_without_reason.size} failed rows without a reason")
+    problems += _verify_tiles(store)
+    return problems
+
+
+def _verify_tiles(store: Store) -> list[str]:
+    """Per-slide tile groups: a tile batch with a marker must hold finite embeddings for all its tiles."""
+    from .tiles import SlideTiles
+    if "tiles" not in store.root:
+        return []
+    problems = []
+    for mod in store.root["tiles"].group_keys():
+        for exp in store.root[f"tiles/{mod}"].group_keys():
+            for key in store.root[f"tiles/{mod}/{exp}"].group_keys():
+                for row in store.root[f"tiles/{mod}/{exp}/{key}"].group_keys():
+                    t = SlideTiles(store.root[f"tiles/{mod}/{exp}/{key}/{row}"])
+                    emb = t.group["embeddings"][:]
+                    for b in np.flatnonzero(t.done()):
+                        if not np.isfinite(emb[t.batch_rows(int(b))]).all():
+                            problems.append(f"tiles/{mod}/{exp}/{key}/{row}: tile batch {b} has a marker but "
+                                            "NaN/inf embeddings")
     return problems
 
 

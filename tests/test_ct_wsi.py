@@ -159,6 +159,12 @@ def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a
         [slide_tiles(data_root / "wsi" / "CMU-1-Small-Region.svs", max_tiles=20)])[0]
     np.testing.assert_allclose(g.group["vectors"][rows[0]], direct, rtol=1e-4, atol=1e-5)
     assert (g.group["valid"][:][rows] == OK).all() and verify(st) == []
+    bad = Store(tmp_path / "m.zarr", mode="a")                   # verify catches a tile batch marked done but empty
+    tb = open_slide_tiles(bad.root, "wsi", "effnet_b", st.expert_group("wsi", "effnet_b").attrs["config_hash"], rows[1])
+    saved = tb.group["embeddings"][0:8]
+    tb.group["embeddings"][0:8] = np.nan
+    assert any("tile batch 0 has a marker" in p for p in verify(bad))
+    tb.group["embeddings"][0:8] = saved
 
     # a run killed inside a slide: its row is not committed and one tile batch lacks its marker
     unit = rows[0] // 8
