@@ -12,8 +12,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import faiss
 import numpy as np
+from tqdm.auto import tqdm
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)    # its AVX512/AVX2 probing is not news to a user
+import faiss  # noqa: E402
 
 from stores.spec import canonical_hash
 
@@ -114,7 +117,13 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
     import bm25s
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    vectors = normalise(encoder.encode([p.as_document() for p in passages]))
+    docs, step = [p.as_document() for p in passages], 256
+    with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:
+        parts = []
+        for i in range(0, len(docs), step):
+            parts.append(encoder.encode(docs[i:i + step]))
+            bar.update(len(parts[-1]))
+    vectors = normalise(np.concatenate(parts))
     index = make_faiss(vectors, kind)
     bm25 = bm25s.BM25()
     bm25.index(_tokenize_bm25([p.as_document() for p in passages]), show_progress=False)

@@ -63,7 +63,10 @@ def test_real_slide_to_tissue_tiles_to_an_embedding(data_root):
     assert grid.mpp_source == "metadata" and abs(grid.mpp0 - 0.499) < 1e-3 and grid.level == 0
     assert 10 < len(grid.coords) < 150                                        # tissue only, not the whole 10x13 grid
     tiles = slide_tiles(path)
-    assert tiles.shape[1:] == (3, 224, 224) and 0 <= tiles.min() and tiles.max() <= 1
+    assert tiles.shape[1:] == (3, 224, 224) and tiles.dtype == np.uint8 and tiles.max() > 100
+    v8 = build_encoder("efficientnet_lite0").load().encode([tiles[:4]])
+    np.testing.assert_allclose(v8, build_encoder("efficientnet_lite0").load().encode([tiles[:4] / 255.0]), rtol=1e-5,
+                               atol=1e-6)                            # uint8 tiles == the same tiles in [0, 1]
     enc = build_encoder("efficientnet_lite0").load()
     v = enc.encode([tiles])
     assert v.shape == (1, 1280) and np.isfinite(v).all()

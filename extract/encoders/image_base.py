@@ -1,4 +1,4 @@
-"""Shared image path: stacks of [0,1] float images per item -> resize + normalize -> batched forward -> mean.
+"""Shared image path: stacks of [0,1] float (or uint8) images per item -> resize + normalize -> batched forward -> mean.
 
 One item may hold several images (2.5D CT slices, WSI tiles, one CXR): all images of a batch of items run through
 the model together in fixed-size chunks, so memory stays bounded however many slices or tiles an item has.
@@ -33,7 +33,8 @@ class ImageEncoder(Encoder):
     def _forward(self, items: list) -> np.ndarray:
         stacks = []
         for i, it in enumerate(items):
-            t = torch.as_tensor(np.asarray(it), dtype=torch.float32)
+            a = np.asarray(it)
+            t = torch.from_numpy(a) if a.dtype == np.uint8 else torch.as_tensor(a, dtype=torch.float32)
             if t.ndim == 3:
                 t = t.unsqueeze(0)
             if t.ndim != 4 or t.shape[1] != 3 or t.shape[0] == 0:
@@ -45,6 +46,7 @@ class ImageEncoder(Encoder):
         for b in range(0, len(flat), self.batch_size):
             chunk = [f for f in flat[b:b + self.batch_size]]
             same = all(c.shape == chunk[0].shape for c in chunk)
+            chunk = [c.float() / 255.0 if c.dtype == torch.uint8 else c for c in chunk]     # 8-bit tiles
             batch = torch.stack(chunk) if same else torch.cat([self._prepare(c[None].to(self.device)).cpu() for c in chunk])
             x = self._prepare(batch.to(self.device)) if same else batch.to(self.device)
             emb = self._embed_images(x).float().cpu().double()

@@ -83,7 +83,8 @@ def plan_grid(slide, mpp: float = 0.5, tile: int = 224, tissue_threshold: float 
 
 
 def read_tiles(slide, grid: TileGrid, size: int = 224, threads: int = 4) -> np.ndarray:
-    """(T, 3, size, size) float32 in [0, 1]; tiles read by several threads (openslide releases the GIL)."""
+    """(T, 3, size, size) uint8 (a channels-first view; image encoders scale to [0, 1] per batch, so a large slide
+    is never held as float32); tiles read by several threads (openslide releases the GIL)."""
     def one(xy):
         region = slide.read_region((int(xy[0]), int(xy[1])), grid.level, (grid.level_tile, grid.level_tile)).convert("RGB")
         if region.size != (size, size):
@@ -92,8 +93,8 @@ def read_tiles(slide, grid: TileGrid, size: int = 224, threads: int = 4) -> np.n
     with ThreadPoolExecutor(max_workers=threads) as pool:
         tiles = list(pool.map(one, grid.coords))
     if not tiles:
-        return np.zeros((0, 3, size, size), np.float32)
-    return np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return np.zeros((0, 3, size, size), np.uint8)
+    return np.stack(tiles).transpose(0, 3, 1, 2)
 
 
 @dataclass
