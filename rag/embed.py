@@ -91,7 +91,7 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
         bridge_mod = bridges.get(mod, mod)
         generator = _generator(svc, kind, mod in bridges)
         config_obj = {"rag": svc.identity(), "bridge": bridge_mod,
-                      "generator": generator.identity() if generator else None,
+                      **({"generator": generator.identity()} if generator else {}),
                       "modality": ds.modalities[mod].model_dump(exclude={"experts"}),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
         h = canonical_hash(config_obj)

@@ -90,5 +90,7 @@ class RagService:
 
     def identity(self) -> dict:
         idx = self.index()
-        return {"rag": self.cfg.model_dump(), "index": idx.meta["config_hash"], "corpus": idx.meta["corpus_hash"],
+        # generators enter the hash of the modality they bridge (rag/embed.py), not of every RAG expert
+        return {"rag": self.cfg.model_dump(exclude={"generators"}), "index": idx.meta["config_hash"],
+                "corpus": idx.meta["corpus_hash"],
                 "query": self.query_encoder.identity(), "lm": self.lm.identity()}
