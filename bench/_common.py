@@ -1,11 +1,15 @@
 """Shared bits of the benchmarks: timing and a ratio line. Benchmarks print; tests never assert timings."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# run from bench/ or from the root: use the project's weight cache, never a second copy under bench/
+os.environ.setdefault("MEDMIX_MODEL_CACHE", str(ROOT / "cache" / "models"))
 
 
 def timed(fn, *args, **kwargs):
