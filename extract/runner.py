@@ -1,7 +1,9 @@
 """Plan units of work, run them in-process or on Dask, commit them to the store.
 
-A unit is (modality, row chunk): the adapter decodes the chunk's inputs ONCE, then every pending expert and the
-teacher of that modality embed them, and each writes its chunk and then its marker. Units never share a chunk,
+A unit is (modality, row chunk): the adapter loads the chunk's inputs once, then every pending expert and the
+teacher of that modality embed them, and each writes its chunk and then its marker. Raw volumes are decoded a few
+rows at a time (each view once for all experts that read it) and slides a tile batch at a time, so memory stays
+bounded whatever the chunk size. Units never share a chunk,
 so any number of workers write concurrently without a lock; a rerun skips units whose marker is set; a duplicate
 or retried unit rewrites the same bytes. Workers load each model once per process (``_ENCODERS``), and nothing
 heavier than a small picklable ``Job`` travels through the scheduler.
@@ -152,53 +154,108 @@ def _view(inp, view: str):
     return value
 
 
+LAZY_GROUP = 4        # raw volumes decoded at a time: memory stays bounded however large chunk_rows is
+
+
+def _peek(inp, view: str):
+    """The input of a view without decoding it (a LazyView stays lazy)."""
+    if isinstance(inp, (Missing, Failed)):
+        return inp
+    if view not in inp:
+        return Missing(f"no '{view}' input")
+    return inp[view]
+
+
+def _decode(value):
+    try:
+        return value.get()
+    except Exception as exc:  # noqa: BLE001  (an unreadable volume fails its row, the unit goes on)
+        return Failed(f"{type(exc).__name__}: {exc}"[:500])
+
+
+@dataclass
+class _JobRows:
+    job: Job
+    values: list
+    vectors: np.ndarray
+    valid: np.ndarray
+    reasons: list
+    tiled: dict
+    lazy: list
+
+
+def _encode_into(st: _JobRows, enc: Encoder, rows: list[int], items: list) -> None:
+    vecs, errs = encode_isolated(enc, items)
+    for j, i in enumerate(rows):
+        if errs[j] is None and vecs is not None and np.isfinite(vecs[j]).all():
+            st.vectors[i], st.valid[i] = vecs[j], OK
+        else:
+            st.valid[i], st.reasons[i] = FAILED, errs[j] or "non-finite embedding"
+
+
 def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
-    """Decode the unit's inputs once; run every job on them; write data then markers. Returns counts per job."""
+    """Load the unit's inputs; run every pending job on them; write data then markers. Returns counts per job.
+
+    Raw volumes (lazy views) are decoded LAZY_GROUP rows at a time, each view once for every job that reads it;
+    slides go tile batch by tile batch (``_embed_slides``); everything else is encoded in one call per job.
+    """
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     store = _store(ctx.store_url)
     rows = list(range(unit.start, unit.stop))
     inputs = _adapter(ctx).load(modality, rows)
-    counts = {}
     pending = [j for j in jobs if not store.expert_group(modality, j.name, j.config_hash).done_units()[unit.index]]
     slides = _embed_slides(ctx, store, modality, unit, pending, inputs)
+    states = []
     for job in pending:
-        group = store.expert_group(modality, job.name, job.config_hash)
-        values = [_view(inp, job.view) for inp in inputs]
-        dim = group.group["vectors"].shape[1]
-        vectors = np.zeros((len(rows), dim), np.float32)
-        tiled = {}
-        for i, v in enumerate(values):
+        dim = store.expert_group(modality, job.name, job.config_hash).group["vectors"].shape[1]
+        st = _JobRows(job, [_peek(inp, job.view) for inp in inputs], np.zeros((len(rows), dim), np.float32),
+                      np.full(len(rows), MISSING, np.uint8), [""] * len(rows), {}, [])
+        eager = []
+        for i, v in enumerate(st.values):
             if isinstance(v, TiledSlide):                   # embedded tile batch by tile batch above
-                got = slides[(job.name, i)]
-                values[i] = got if isinstance(got, Failed) else None
-                if not isinstance(got, Failed):
-                    vectors[i], tiled[i] = got, True
-        todo = [i for i, v in enumerate(values) if v is not None and not isinstance(v, (Missing, Failed))]
-        valid = np.full(len(rows), MISSING, np.uint8)
-        reasons = [v.reason if isinstance(v, (Missing, Failed)) else "" for v in values]
-        for i, v in enumerate(values):
-            if isinstance(v, Failed):
-                valid[i] = FAILED
-        for i in tiled:
-            valid[i] = OK
-        if todo:
-            enc = _encoder(job, ctx.device)
-            vecs, errs = encode_isolated(enc, [values[i] for i in todo])
-            for j, i in enumerate(todo):
-                if errs[j] is None and vecs is not None and np.isfinite(vecs[j]).all():
-                    vectors[i], valid[i] = vecs[j], OK
+                v = slides[(job.name, i)]
+                if not isinstance(v, Failed):
+                    st.vectors[i], st.valid[i], st.tiled[i] = v, OK, True
+                    continue
+            if isinstance(v, (Missing, Failed)):
+                st.valid[i], st.reasons[i] = (FAILED if isinstance(v, Failed) else MISSING), v.reason
+            elif isinstance(v, LazyView):
+                st.lazy.append(i)
+            else:
+                eager.append(i)
+        if eager:
+            _encode_into(st, _encoder(job, ctx.device), eager, [st.values[i] for i in eager])
+        states.append(st)
+    lazy_rows = sorted({i for st in states for i in st.lazy})
+    for g in range(0, len(lazy_rows), LAZY_GROUP):
+        group_rows, decoded = lazy_rows[g:g + LAZY_GROUP], {}
+        for st in states:
+            todo, items = [], []
+            for i in (r for r in group_rows if r in st.lazy):
+                key = (i, st.job.view)
+                if key not in decoded:
+                    decoded[key] = _decode(st.values[i])
+                if isinstance(decoded[key], Failed):
+                    st.valid[i], st.reasons[i] = FAILED, decoded[key].reason
                 else:
-                    valid[i], reasons[i] = FAILED, errs[j] or "non-finite embedding"
-        group.write_unit(unit, vectors, valid, reasons)
-        for i in tiled:
+                    todo.append(i)
+                    items.append(decoded[key])
+            if todo:
+                _encode_into(st, _encoder(st.job, ctx.device), todo, items)
+        del decoded
+    counts = {}
+    for st in states:
+        job = st.job
+        store.expert_group(modality, job.name, job.config_hash).write_unit(unit, st.vectors, st.valid, st.reasons)
+        for i in st.tiled:
             if not values_keep_tiles(inputs[i], job.view):
                 _drop_tiles(store, modality, job, unit.start + i)
         reason_counts = {}
-        for i in np.flatnonzero(valid == FAILED):
-            reason_counts[reasons[i]] = reason_counts.get(reasons[i], 0) + 1
-        counts[f"{modality}/{job.name}"] = (int((valid == OK).sum()), int((valid == MISSING).sum()),
-                                            int((valid == FAILED).sum()), reason_counts)
+        for i in np.flatnonzero(st.valid == FAILED):
+            reason_counts[st.reasons[i]] = reason_counts.get(st.reasons[i], 0) + 1
+        counts[f"{modality}/{job.name}"] = (int((st.valid == OK).sum()), int((st.valid == MISSING).sum()),
+                                            int((st.valid == FAILED).sum()), reason_counts)
     return counts
 
 
@@ -209,7 +266,10 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
     out = {}
     ids = None
     for k, inp in enumerate(inputs):
-        views = {j.name: _view(inp, j.view) for j in jobs}
+        views = {}
+        for j in jobs:                                   # only slides are planned here; volumes stay lazy
+            raw = _peek(inp, j.view)
+            views[j.name] = _view(inp, j.view) if isinstance(raw, LazyView) and raw.kind == "wsi" else raw
         work = [j for j in jobs if isinstance(views[j.name], TiledSlide)]
         if not work:
             continue

@@ -98,10 +98,15 @@ def test_real_astra_weights_load_strictly_into_merlins_architecture():
     assert n == 117_517_632 and m.out_dim == 2048                   # the count the weight package's meta states
 
 
-def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, data_root, tmp_path):
+def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, data_root, tmp_path, monkeypatch):
     """A raw CT folder (the real CT linked under two case ids): the 3-D expert reads the RAS volume view, the 2.5D
-    expert the slice stack; cases without a raw volume fall back to the owners' imported features or are missing."""
+    experts the slice stack; each view of each volume is decoded once, however many experts read it."""
     import pandas as pd
+
+    from extract.readers.lazy import LazyView
+    decodes = []
+    real_get = LazyView.get
+    monkeypatch.setattr(LazyView, "get", lambda self: decodes.append((self.kind, self.path.name)) or real_get(self))
 
     from extract.pipeline import extract_dataset
     from stores.store import OK, Store
@@ -118,18 +123,20 @@ def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, 
         prof = raw["profiles"]["offline"]
         prof["kinds"]["ct"] = {"experts": {
             "astra": {"model": "astra_ct", "role": "biomedical", "params": TINY},
-            "effnet": {"model": "efficientnet_lite0", "role": "general",
-                       "params": {}}}}
+            "effnet": {"model": "efficientnet_lite0", "role": "general"},
+            "effnet_b": {"model": "efficientnet_lite0", "role": "general", "params": {"variant": "b"}}}}
         prof["models"] = {"astra_ct": {"source": str(path)}}
         raw["datasets"]["mmist"]["options"]["ct_dir"] = str(ct_dir)
         raw["datasets"]["mmist"]["modalities"]["ct"]["preprocess"]["slices"] = 8
     spec = spec_writer(edit)
     s = extract_dataset("mmist", config=str(spec), data_root=str(data_root), store=str(tmp_path / "m.zarr"),
-                        modalities=["ct"], experts=["astra", "effnet"], limit=8, rag=False, progress=False)
+                        modalities=["ct"], experts=["astra", "effnet", "effnet_b"], limit=8, rag=False,
+                        progress=False)
     st = Store(tmp_path / "m.zarr")
     ids = list(st.ids())
     rows = [ids.index(c) for c in cases if c in ids]
-    assert rows and s.done["ct/astra"] == len(rows) == s.done["ct/effnet"]
+    assert rows and s.done["ct/astra"] == len(rows) == s.done["ct/effnet"] == s.done["ct/effnet_b"]
+    assert sorted(decodes) == sorted([("ct", f"{c}.nii.gz") for c in cases] + [("ct_volume", f"{c}.nii.gz") for c in cases])
     a, e = st.expert_group("ct", "astra"), st.expert_group("ct", "effnet")
     assert (a.group["valid"][:][rows] == OK).all() and a.group["vectors"].shape[1] == 128
     np.testing.assert_allclose(a.group["vectors"][rows[0]], a.group["vectors"][rows[-1]], rtol=1e-6)
