@@ -109,6 +109,7 @@ class Encoder:
         self.resolved: Resolved | None = None
         self.model = self.preprocess = None
         self.precision = torch.float32
+        self._dim: int | None = None
 
     # ---- contract -------------------------------------------------------------------------------------------
     def _build(self) -> tuple[Any, Any, torch.dtype]:
@@ -147,9 +148,10 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        if self.card.dim and not self.options.source:
-            return self.card.dim
-        return self._probe_dim()
+        """Output size: the card's, or probed once from the loaded model (some probes run a forward pass)."""
+        if self._dim is None:
+            self._dim = self.card.dim if self.card.dim and not self.options.source else self._probe_dim()
+        return self._dim
 
     def _probe_dim(self) -> int:
         raise NotImplementedError

@@ -140,17 +140,12 @@ def encode_isolated(enc: Encoder, items: list) -> tuple[np.ndarray | None, list[
 
 
 def _view(inp, view: str):
-    if isinstance(inp, (Missing, Failed)):
-        return inp
-    if view not in inp:
-        return Missing(f"no '{view}' input")
-    value = inp[view]
-    if isinstance(value, LazyView):           # decoded here, once per unit
-        try:
-            value = value.get()
+    """The decoded input of a view; a successful decode replaces the LazyView, so it happens once per unit."""
+    value = _peek(inp, view)
+    if isinstance(value, LazyView):
+        value = _decode(value)
+        if not isinstance(value, Failed):
             inp[view] = value
-        except Exception as exc:  # noqa: BLE001
-            return Failed(f"{type(exc).__name__}: {exc}"[:500])
     return value
 
 
@@ -176,12 +171,13 @@ def _decode(value):
 @dataclass
 class _JobRows:
     job: Job
+    group: object             # the job's ExpertGroup, opened once per unit
     values: list
     vectors: np.ndarray
     valid: np.ndarray
     reasons: list
     tiled: dict
-    lazy: list
+    lazy: set
 
 
 def _encode_into(st: _JobRows, enc: Encoder, rows: list[int], items: list) -> None:
@@ -204,13 +200,15 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
     store = _store(ctx.store_url)
     rows = list(range(unit.start, unit.stop))
     inputs = _adapter(ctx).load(modality, rows)
-    pending = [j for j in jobs if not store.expert_group(modality, j.name, j.config_hash).done_units()[unit.index]]
+    groups = {j.name: store.expert_group(modality, j.name, j.config_hash) for j in jobs}
+    pending = [j for j in jobs if not groups[j.name].done_units()[unit.index]]
     slides = _embed_slides(ctx, store, modality, unit, pending, inputs)
     states = []
     for job in pending:
-        dim = store.expert_group(modality, job.name, job.config_hash).group["vectors"].shape[1]
-        st = _JobRows(job, [_peek(inp, job.view) for inp in inputs], np.zeros((len(rows), dim), np.float32),
-                      np.full(len(rows), MISSING, np.uint8), [""] * len(rows), {}, [])
+        group = groups[job.name]
+        st = _JobRows(job, group, [_peek(inp, job.view) for inp in inputs],
+                      np.zeros((len(rows), group.group["vectors"].shape[1]), np.float32),
+                      np.full(len(rows), MISSING, np.uint8), [""] * len(rows), {}, set())
         eager = []
         for i, v in enumerate(st.values):
             if isinstance(v, TiledSlide):                   # embedded tile batch by tile batch above
@@ -221,7 +219,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
             if isinstance(v, (Missing, Failed)):
                 st.valid[i], st.reasons[i] = (FAILED if isinstance(v, Failed) else MISSING), v.reason
             elif isinstance(v, LazyView):
-                st.lazy.append(i)
+                st.lazy.add(i)
             else:
                 eager.append(i)
         if eager:
@@ -247,9 +245,9 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
     counts = {}
     for st in states:
         job = st.job
-        store.expert_group(modality, job.name, job.config_hash).write_unit(unit, st.vectors, st.valid, st.reasons)
+        st.group.write_unit(unit, st.vectors, st.valid, st.reasons)
         for i in st.tiled:
-            if not values_keep_tiles(inputs[i], job.view):
+            if not _keep_tiles(inputs[i], job.view):
                 _drop_tiles(store, modality, job, unit.start + i)
         reason_counts = {}
         for i in np.flatnonzero(st.valid == FAILED):
@@ -308,7 +306,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
     return out
 
 
-def values_keep_tiles(inp, view: str) -> bool:
+def _keep_tiles(inp, view: str) -> bool:
     v = inp.get(view) if isinstance(inp, dict) else None
     return getattr(v, "keep_tiles", True)
 

@@ -59,13 +59,12 @@ def _generator(svc: RagService, kind: str, bridged: bool):
     spec = (svc.cfg.generators or {}).get(kind)
     if spec is None or bridged:
         return None
-    import torch
+    from extract.registry import pick_device
 
     from .generators import ReportGenerator
     kw = {"prompt": spec.prompt} if spec.prompt else {}
-    device = svc.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return ReportGenerator(spec.model, spec.source, spec.revision, spec.trust_remote_code, spec.max_new_tokens,
-                           device=str(device), **kw)
+                           device=str(pick_device(svc.device)), **kw)
 
 
 def embed_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,

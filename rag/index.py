@@ -126,7 +126,7 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
     vectors = normalise(np.concatenate(parts))
     index = make_faiss(vectors, kind)
     bm25 = bm25s.BM25()
-    bm25.index(_tokenize_bm25([p.as_document() for p in passages]), show_progress=False)
+    bm25.index(_tokenize_bm25(docs), show_progress=False)
     meta = {**index_meta(passages, encoder.identity(), kind), "build_seconds": round(time.perf_counter() - t0, 2)}
     cpu_index = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() else index
     faiss.write_index(cpu_index, str(folder / "index.faiss"))

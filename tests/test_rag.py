@@ -101,15 +101,19 @@ def test_empty_text_and_imageless_modalities_are_missing_with_reasons():
     assert "no report generator" in out[4].reason
 
 
+def _tiny_rag_profile(raw, bert_dir, qwen_dir, **rag) -> dict:
+    """The offline profile retrieving with a tiny MedCPT-shaped BERT and a tiny Qwen2 soft-prompt LM."""
+    prof = raw["profiles"]["offline"]
+    prof["models"] = {"medcpt_query": {"source": str(bert_dir)}, "medcpt_article": {"source": str(bert_dir)},
+                      "qwen2_0_5b": {"source": str(qwen_dir)}}
+    prof["rag"] = {"query_encoder": "medcpt_query", "article_encoder": "medcpt_article", "lm": "qwen2_0_5b", **rag}
+    return prof
+
+
 @pytest.fixture
 def tiny_rag_spec(spec_writer, tiny_bert_dir, tiny_qwen_dir):
     def edit(raw):
-        prof = raw["profiles"]["offline"]
-        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)},
-                          "medcpt_article": {"source": str(tiny_bert_dir)},
-                          "qwen2_0_5b": {"source": str(tiny_qwen_dir)}}
-        prof["rag"] = {"query_encoder": "medcpt_query", "article_encoder": "medcpt_article", "lm": "qwen2_0_5b",
-                       "k": 5, "strategy": "dense"}
+        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=5, strategy="dense")
         prof["kinds"]["note"] = {"experts": {"rag": {"role": "rag"}}}
     return spec_writer(edit)
 
@@ -186,13 +190,8 @@ def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, t
     from stores.store import MISSING, OK, Store
 
     def edit(raw):
-        prof = raw["profiles"]["offline"]
-        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)},
-                          "medcpt_article": {"source": str(tiny_bert_dir)},
-                          "qwen2_0_5b": {"source": str(tiny_qwen_dir)}}
-        prof["rag"] = {"query_encoder": "medcpt_query", "article_encoder": "medcpt_article", "lm": "qwen2_0_5b",
-                       "k": 3, "generators": {"cxr": {"model": "llava", "source": str(tiny_llava_dir),
-                                                      "max_new_tokens": 6}}}
+        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=3, generators={
+            "cxr": {"model": "llava", "source": str(tiny_llava_dir), "max_new_tokens": 6}})
         prof["kinds"]["cxr"] = {"experts": {"rag": {"role": "rag"}}}
     spec = spec_writer(edit)
     store = tmp_path / "openi.zarr"

@@ -41,7 +41,7 @@ class ImageEncoder(Encoder):
                 raise ValueError(f"item {i}: expected (n, 3, H, W) images in [0, 1], got {tuple(t.shape)}")
             stacks.append(t)
         owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(stacks)])
-        sums = torch.zeros(len(items), self.dim_hint(), dtype=torch.float64)
+        sums = torch.zeros(len(items), self.dim, dtype=torch.float64)
         flat = [img for s in stacks for img in s]
         for b in range(0, len(flat), self.batch_size):
             chunk = [f for f in flat[b:b + self.batch_size]]
@@ -53,6 +53,3 @@ class ImageEncoder(Encoder):
             sums.index_add_(0, owner[b:b + self.batch_size], emb)
         counts = torch.bincount(owner, minlength=len(items)).double().unsqueeze(1)
         return (sums / counts).float().numpy()
-
-    def dim_hint(self) -> int:
-        return self._probe_dim()

@@ -29,7 +29,7 @@ class MoiraiEncoder(Encoder):
     patch_size = 16          # one of the module's patch sizes; 16 h patches -> 3 tokens per variable for 48 h
 
     def _build(self):
-        module_cls, _ = _import_uni2ts()
+        module_cls, self._attention_mask = _import_uni2ts()
         kw = {"revision": self.options.revision} if self.resolved.kind == "hub" and self.options.revision else {}
         model = module_cls.from_pretrained(self.resolved.location, **kw).to(self.device).eval()
         p = int(self.params.get("patch_size", self.patch_size))
@@ -62,7 +62,6 @@ class MoiraiEncoder(Encoder):
         return np.concatenate(out)
 
     def _embed_batch(self, packed: list) -> np.ndarray:
-        _, packed_attention_mask = _import_uni2ts()
         m, dev = self.model, self.device
         max_patch, length = max(m.patch_sizes), max(len(t) for _, t, _ in packed)
         target = torch.zeros(len(packed), length, max_patch)
@@ -82,7 +81,7 @@ class MoiraiEncoder(Encoder):
         patch_size = torch.full_like(sample_id, self.patch)
         loc, scale = m.scaler(target, observed, sample_id, var_id)
         reprs = m.in_proj((target - loc) / scale, patch_size)
-        reprs = m.encoder(reprs, packed_attention_mask(sample_id), time_id=time_id, var_id=var_id).float()
+        reprs = m.encoder(reprs, self._attention_mask(sample_id), time_id=time_id, var_id=var_id).float()
         use = ((sample_id > 0) & observed.any(-1)).unsqueeze(-1).float()
         return ((reprs * use).sum(1) / use.sum(1).clamp(min=1)).cpu().numpy()
 
