@@ -39,7 +39,8 @@ class ModelCard:
 
 
 REGISTRY: dict[str, type["Encoder"]] = {}
-_FAMILIES = ["hf_text", "hf_decoder", "timm_image", "open_clip_image", "chronos", "moirai", "fracast", "i3resnet", "imported"]
+_FAMILIES = ["hf_text", "hf_decoder", "timm_image", "open_clip_image", "chronos", "moirai", "fracast", "i3resnet",
+             "radfm", "imported"]
 
 
 def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = ""):
