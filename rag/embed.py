@@ -40,16 +40,19 @@ def bridge_texts(inputs: list, modality_kind: str, bridge_view: str | None) -> l
 
 
 def generated_texts(inputs: list, generator) -> list:
-    """Each image input -> its generated report, or Missing/Failed with a reason (one bad image never stops a unit)."""
-    out = []
+    """Each image input -> its generated report, or Missing/Failed with a reason (one bad image never stops a unit).
+    The generator reads its own view (``image`` for LLaVA-class, ``volume`` for Merlin); raw files decode here."""
+    from extract.readers.lazy import LazyView
+    view, out = getattr(generator, "view", "image"), []
     for inp in inputs:
         if isinstance(inp, (Missing, Failed)):
             out.append(inp)
-        elif not isinstance(inp, dict) or inp.get("image") is None:
-            out.append(Missing("no image to generate a report from"))
+        elif not isinstance(inp, dict) or inp.get(view) is None:
+            out.append(Missing(f"no {view} to generate a report from"))
         else:
             try:
-                out.append(generator.generate([inp["image"]])[0])
+                x = inp[view].get() if isinstance(inp[view], LazyView) else inp[view]
+                out.append(generator.generate([x])[0])
             except Exception as exc:  # noqa: BLE001
                 out.append(Failed(f"report generation: {type(exc).__name__}: {exc}"[:500]))
     return out
@@ -61,10 +64,11 @@ def _generator(svc: RagService, kind: str, bridged: bool):
         return None
     from extract.registry import pick_device
 
-    from .generators import ReportGenerator
+    from .generators import build_generator
     kw = {"prompt": spec.prompt} if spec.prompt else {}
-    return ReportGenerator(spec.model, spec.source, spec.revision, spec.trust_remote_code, spec.max_new_tokens,
-                           device=str(pick_device(svc.device)), **kw)
+    return build_generator(spec.model, source=spec.source, revision=spec.revision,
+                           trust_remote_code=spec.trust_remote_code, max_new_tokens=spec.max_new_tokens,
+                           params=dict(spec.params), device=str(pick_device(svc.device)), **kw)
 
 
 def embed_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,

@@ -6,8 +6,8 @@ for it). When the processor offers MAIRA-2's ``format_and_preprocess_reporting_i
 generation from the frontal image); otherwise the prompt template with the processor's image token. Greedy
 decoding, so a report is reproducible; the generator's identity goes into the RAG expert's config hash.
 
-Not written: Merlin's report generator (CT; needs the merlin package's RadLlama head) and HistGen (WSI; code only
-in its GitHub repository). CT and WSI RAG experts are recorded missing with that reason unless a bridge view is set.
+Merlin's CT report generator (3-D volume -> organ-by-organ findings) is rag/merlin_report.py. Not written: HistGen
+(WSI; code only in its GitHub repository), so WSI RAG experts are recorded missing unless a bridge view is set.
 """
 from __future__ import annotations
 
@@ -25,11 +25,27 @@ GENERATORS: dict[str, dict] = {
                "description": "MAIRA-2 grounded CXR report generation (LLaVA-class, trust_remote_code)"},
     "llava": {"source": "", "kinds": ["cxr", "ct", "wsi"], "licence": "per model",
               "description": "any image-text-to-text checkpoint with a LLaVA-style processor (local dir or hub id)"},
+    "merlin": {"source": "stanfordmimi/Merlin", "kinds": ["ct"], "licence": "MIT (code), see model card",
+               "backend": "rag.merlin_report:MerlinReportGenerator",
+               "description": "Merlin: I3ResNet-152 + adapter + RadLLaMA-7b (LoRA), organ-by-organ CT findings"},
 }
+
+
+def build_generator(key: str, **kw) -> "ReportGenerator":
+    """The generator class its entry names (LLaVA-class by default), built lazily (weights load on first use)."""
+    if key not in GENERATORS:
+        raise KeyError(f"no report generator {key!r} (have: {', '.join(GENERATORS)})")
+    backend = GENERATORS[key].get("backend")
+    if not backend:
+        return ReportGenerator(key, **kw)
+    import importlib
+    mod, cls = backend.split(":")
+    return getattr(importlib.import_module(mod), cls)(key, **kw)
 
 
 @dataclass
 class ReportGenerator:
+    view = "image"                 # the input view it reads (class attribute: not a field)
     key: str
     source: str | None = None
     revision: str | None = None

@@ -65,12 +65,13 @@ class KindSpec(Strict):
 
 class GeneratorSpec(Strict):
     """A report generator bridging an image modality to text for the RAG expert (rag/generators.py)."""
-    model: str                          # maira2 | llava
+    model: str                          # maira2 | llava | merlin
     source: str | None = None           # default: the generator's hub id
     revision: str | None = None
     trust_remote_code: bool = False     # MAIRA-2 needs it: only ever on when the config says so
     max_new_tokens: int = Field(128, gt=0)
     prompt: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)   # backend settings (Merlin: lm, filename, organ_systems)
 
 
 class RagSpec(Strict):

@@ -134,3 +134,38 @@ def tiny_llava(folder: Path) -> Path:
     LlavaForConditionalGeneration(cfg).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+def tiny_merlin_report(folder: Path, lora_r: int = 8) -> tuple[Path, Path, dict]:
+    """Merlin's report-generation checkpoint at tiny size, saved the way Merlin's is (one .pt of
+    Clip3DForTextGeneration: encode_image.vision_model.features.N, adapter.linear2, the peft-wrapped LlamaForCausalLM
+    with LoRA on q_proj/v_proj), plus a 'RadLLaMA' folder holding only its config and tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from extract.encoders.i3resnet import I3ResNet
+    lm_dir = tiny_qwen2(folder / "radllama")
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    cfg.save_pretrained(lm_dir)
+    lm, tower, adapter = LlamaForCausalLM(cfg), I3ResNet((1, 1, 1, 1), 4), torch.nn.Linear(128, 32)
+    names = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+    ckpt = {f"encode_image.vision_model.features.{names[k.split('.')[0]]}.{k.split('.', 1)[1]}": v
+            for k, v in tower.state_dict().items()}
+    ckpt |= {f"adapter.linear2.{k}": v for k, v in adapter.state_dict().items()}
+    lora = {}
+    for k, v in lm.state_dict().items():
+        base = "decode_text.text_decoder.base_model.model."
+        if k.endswith(("q_proj.weight", "v_proj.weight")):
+            stem = k[:-len(".weight")]
+            a, b = torch.randn(lora_r, v.shape[1]) * 0.1, torch.randn(v.shape[0], lora_r) * 0.1
+            ckpt |= {f"{base}{stem}.base_layer.weight": v, f"{base}{stem}.lora_A.default.weight": a,
+                     f"{base}{stem}.lora_B.default.weight": b}
+            lora[k] = (v, a, b)
+        else:
+            ckpt[base + k] = v
+    path = folder / "resnet_gpt2_best_stanford_report_generation_average_mtl.pt"
+    torch.save(ckpt, path)
+    return path, lm_dir, {"lm": lm, "tower": tower, "adapter": adapter, "lora": lora}

@@ -59,12 +59,15 @@ class I3ResNet(nn.Module):
             setattr(self, f"layer{i}", nn.Sequential(*layer))
             inplanes = planes * 4
 
-    def forward(self, x):
-        """x [B, 1, X, Y, Z] in [0, 1] -> pooled [B, out_dim]."""
+    def feature_map(self, x):
+        """x [B, 1, X, Y, Z] in [0, 1] -> layer4 output [B, out_dim, Z', X', Y']."""
         x = x.permute(0, 1, 4, 2, 3).expand(-1, 3, -1, -1, -1)   # Merlin: depth first, grey copied to 3 channels
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(dim=(2, 3, 4))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x):
+        """x [B, 1, X, Y, Z] in [0, 1] -> pooled [B, out_dim]."""
+        return self.feature_map(x).mean(dim=(2, 3, 4))
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

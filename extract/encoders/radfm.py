@@ -221,9 +221,10 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(keep)}
 
 
-@register("radfm", modality="volume", role="teacher", dim=768, licence="see chaoyi-wu/RadFM", source="chaoyi-wu/RadFM")
+@register("radfm", modality="volume", role="teacher", dim=768, licence="unstated (chaoyi-wu/RadFM)",
+          source="chaoyi-wu/RadFM")
 class RadFM(Encoder):
-    """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. The hub zip must be unpacked to pytorch_model.bin."""
+    """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. Unpack the hub's zip to pytorch_model.bin."""
 
     batch_size = 1
     pooling = "perceiver"
