@@ -16,14 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", help="folder with medlineplus/ (default ../shared/data or MEDMIX_DATA_ROOT)")
     ap.add_argument("--encoder", help="override the query/article encoder (a registry key)")
     ap.add_argument("--strategy", choices=["dense", "bm25", "hybrid"], help="override the retrieval strategy")
+    ap.add_argument("--bm25-weight", type=float, help="override hybrid's BM25 share in the rank fusion")
     ap.add_argument("--index-dir", help="where the index lives (default: under the model cache)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-index", help="index the MedlinePlus corpus (rebuilt when stale)")
     b.add_argument("--rebuild", action="store_true")
-    s = sub.add_parser("search", help="print the top-K passages for a text")
+    s = sub.add_parser("search", help="print the top-K topics (best passage of each) for a text")
     s.add_argument("text")
     s.add_argument("-k", type=int, default=None)
-    sub.add_parser("eval", help="synonym -> topic retrieval benchmark: recall@1/@5, MRR per strategy")
+    s.add_argument("--passages", action="store_true", help="the top-K passages as the RAG expert pools them")
+    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports -> MeSH topics): "
+                                     "recall@1/@5, MRR per strategy")
+    ev.add_argument("--benchmark", action="append", choices=["synonyms", "openi"],
+                    help="one or more (default: both)")
     e = sub.add_parser("embed", help="write the RAG expert of a dataset's modalities into its store")
     e.add_argument("--dataset", required=True)
     e.add_argument("--store")
@@ -39,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         updates.update(query_encoder=args.encoder, article_encoder=args.encoder)
     if args.strategy:
         updates["strategy"] = args.strategy
+    if args.bm25_weight is not None:
+        updates["bm25_weight"] = args.bm25_weight
     svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else None,
                      index_dir=args.index_dir)
     if args.cmd == "build-index":
@@ -46,13 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"index: {idx.folder} ({idx.meta['n_passages']} passages, {idx.meta['index']}, "
               f"encoder {svc.cfg.article_encoder}, config {idx.meta['config_hash'][:12]})")
     elif args.cmd == "search":
-        ids, scores = svc.retrieve([args.text], k=args.k)
-        rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": svc.index().passages[int(p)].title,
-                 "url": svc.index().passages[int(p)].url} for r, (p, sc) in enumerate(zip(ids[0], scores[0]))]
+        if args.passages:
+            ids, scores = svc.retrieve([args.text], k=args.k)
+            hits = list(zip(ids[0].tolist(), scores[0].tolist()))
+        else:
+            hits = svc.retrieve_topics(args.text, k=args.k)
+        passages = svc.index().passages
+        rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": passages[p].title, "url": passages[p].url,
+                 **({"passage": p} if args.passages else {})} for r, (p, sc) in enumerate(hits)]
         print(f"strategy {svc.cfg.strategy}, encoder {svc.cfg.query_encoder}")
         print(format_table(rows))
     elif args.cmd == "eval":
-        print(format_table(__import__("rag.evaluate", fromlist=["evaluate"]).evaluate(svc)))
+        from .evaluate import evaluate
+        print(format_table(evaluate(svc, benchmarks=tuple(args.benchmark or ("synonyms", "openi")))))
     elif args.cmd == "embed":
         from .embed import embed_dataset
         counts = embed_dataset(args.dataset, args.profile, args.config, args.data_root, args.store, args.modality,

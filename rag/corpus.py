@@ -21,6 +21,7 @@ class Topic:
     url: str
     text: str
     synonyms: list[str] = field(default_factory=list)
+    mesh: list[str] = field(default_factory=list)        # MeSH headings: the answers of the clinical benchmark
 
 
 @dataclass
@@ -59,7 +60,8 @@ def load_topics(path: str | Path) -> list[Topic]:
             raise ValueError(f"{path}: topic #{i} ({t.get('id')}) lacks title or content")
         if t.get("language", "English") != "English":
             continue
-        topics.append(Topic(str(t["id"]), t["title"], t.get("url", ""), t["content"], _listish(t.get("synonyms"))))
+        topics.append(Topic(str(t["id"]), t["title"], t.get("url", ""), t["content"], _listish(t.get("synonyms")),
+                            _listish(t.get("mesh_terms"))))
     return topics
 
 
@@ -68,7 +70,8 @@ def _strip_html(s: str) -> str:
 
 
 def _load_xml(path: Path) -> list[Topic]:
-    """The official dump: <health-topics><health-topic id= title= url= language=> <also-called>, <full-summary>."""
+    """The official dump: <health-topics><health-topic id= title= url= language=> <also-called>, <full-summary>,
+    <mesh-heading><descriptor>."""
     root = ET.parse(path).getroot()
     topics = []
     for el in root.iter("health-topic"):
@@ -76,7 +79,8 @@ def _load_xml(path: Path) -> list[Topic]:
             continue
         summary = el.findtext("full-summary") or ""
         topics.append(Topic(el.get("id", ""), el.get("title", ""), el.get("url", ""), _strip_html(summary),
-                            [a.text.strip() for a in el.findall("also-called") if a.text]))
+                            [a.text.strip() for a in el.findall("also-called") if a.text],
+                            [d.text.strip() for d in el.findall("mesh-heading/descriptor") if d.text]))
     if not topics:
         raise ValueError(f"{path}: no English <health-topic> elements")
     return topics

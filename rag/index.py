@@ -69,25 +69,26 @@ class RetrievalIndex:
         return np.asarray(docs, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def search(self, texts: list[str], query_vectors: np.ndarray | None, k: int, strategy: str,
-               rrf_k: int = 60) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k passage ids and scores per query. hybrid = reciprocal rank fusion of dense and BM25."""
+               rrf_k: int = 60, bm25_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k passage ids and scores per query. hybrid = reciprocal rank fusion of dense and BM25, BM25's
+        votes weighted by ``bm25_weight`` (1 = plain RRF)."""
         if strategy == "dense":
             return self.dense(query_vectors, k)
         if strategy == "bm25":
             return self.lexical(texts, k)
         if strategy != "hybrid":
             raise ValueError(f"unknown retrieval strategy {strategy!r} (dense | bm25 | hybrid)")
-        depth = min(len(self.passages), max(50, 4 * k))
+        depth = min(len(self.passages), max(50, k))        # fixed: the top 5 is a prefix of the top 50
         d_ids, _ = self.dense(query_vectors, depth)
         l_ids, _ = self.lexical(texts, depth)
         out_ids = np.zeros((len(texts), k), np.int64)
         out_scores = np.zeros((len(texts), k), np.float32)
         for q in range(len(texts)):
             fused: dict[int, float] = {}
-            for ranking in (d_ids[q], l_ids[q]):
+            for weight, ranking in ((1.0, d_ids[q]), (bm25_weight, l_ids[q])):
                 for rank, pid in enumerate(ranking):
                     if pid >= 0:
-                        fused[int(pid)] = fused.get(int(pid), 0.0) + 1.0 / (rrf_k + rank + 1)
+                        fused[int(pid)] = fused.get(int(pid), 0.0) + weight / (rrf_k + rank + 1)
             best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
             out_ids[q, :len(best)] = [p for p, _ in best]
             out_scores[q, :len(best)] = [s for _, s in best]

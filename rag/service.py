@@ -26,6 +26,7 @@ class RagService:
     def __init__(self, spec: PipelineSpec, profile: str, data_root_override: str | None = None,
                  rag: RagSpec | None = None, device: str | None = None, index_dir: str | None = None):
         self.spec, self.profile, self.device = spec, profile, device
+        self.data_root_override = data_root_override
         self.cfg = rag or spec.profile(profile).rag
         if self.cfg is None:
             raise ValueError(f"{spec.source_file}: profiles.{profile}.rag is not set")
@@ -74,7 +75,19 @@ class RagService:
     def retrieve(self, texts: list[str], k: int | None = None, strategy: str | None = None):
         strategy = strategy or self.cfg.strategy
         qv = None if strategy == "bm25" else self.query_encoder.encode(texts)
-        return self.index().search(texts, qv, k or self.cfg.k, strategy, self.cfg.rrf_k)
+        return self.index().search(texts, qv, k or self.cfg.k, strategy, self.cfg.rrf_k, self.cfg.bm25_weight)
+
+    def retrieve_topics(self, text: str, k: int | None = None, strategy: str | None = None) -> list[tuple[int, float]]:
+        """The top-k topics for a text, each as (its best passage id, score): what `rag search` lists."""
+        k = k or self.cfg.k
+        ids, scores = self.retrieve([text], k=max(50, k), strategy=strategy)
+        seen, out = set(), []
+        for pid, sc in zip(ids[0], scores[0]):
+            topic = self.index().passages[int(pid)].topic_id
+            if pid >= 0 and topic not in seen:
+                seen.add(topic)
+                out.append((int(pid), float(sc)))
+        return out[:k]
 
     @cached_property
     def projection(self) -> Projection:

@@ -84,6 +84,7 @@ class RagSpec(Strict):
     passage_words: int = Field(0, ge=0)      # 0 = one passage per topic
     corpus: str = "medlineplus/health_topics.json"
     rrf_k: int = Field(60, gt=0)
+    bm25_weight: float = Field(1.0, ge=0)    # hybrid: BM25's share in the reciprocal rank fusion (dense = 1)
     generators: dict[Kind, GeneratorSpec] = Field(default_factory=dict)   # image kind -> report generator
 
 
