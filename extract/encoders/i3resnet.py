@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Encoder, register
+from ..registry import register
+from .volume_base import VolumeEncoder
 
 PREFIXES = ("visual_encoder.model.encode_image.i3_resnet.", "encode_image.i3_resnet.", "i3_resnet.")
 
@@ -111,32 +112,20 @@ def merlin_preprocess(hu: np.ndarray, spacing, target_spacing=(1.5, 1.5, 3.0), r
     return F.pad(x, flat, value=0.0)
 
 
-class I3ResNetEncoder(Encoder):
-    batch_size = 1
+class I3ResNetEncoder(VolumeEncoder):
     pooling = "gap"
-    default_filename = ""          # the weight file inside a hub repo
 
     def _build(self):
         p = self.params
         model = I3ResNet(tuple(p.get("blocks", (3, 8, 36, 3))), int(p.get("width", 64)))
-        loc = Path(self.resolved.location)
-        if self.resolved.kind == "hub":
-            from huggingface_hub import hf_hub_download
-            loc = Path(hf_hub_download(self.resolved.location, p.get("filename", self.default_filename),
-                                       revision=self.options.revision))
-        model.load_state_dict(load_state(loc), strict=True)
+        model.load_state_dict(load_state(self.weight_location()), strict=True)
         self.roi = tuple(p.get("roi", (224, 224, 160)))
         self.target_spacing = tuple(p.get("spacing", (1.5, 1.5, 3.0)))
         return model.to(self.device).eval(), None, self.gpu_precision()
 
-    def _forward(self, items: list) -> np.ndarray:
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "hu" not in item:
-                raise ValueError(f"item {i}: expected a CT volume view {{'hu', 'spacing'}}, got {type(item).__name__}")
-            x = merlin_preprocess(item["hu"], item.get("spacing"), self.target_spacing, self.roi)
-            out.append(self.model(x[None].to(self.device)).float().cpu().numpy()[0])
-        return np.stack(out)
+    def _embed_volume(self, volume: dict) -> torch.Tensor:
+        x = merlin_preprocess(volume["hu"], volume.get("spacing"), self.target_spacing, self.roi)
+        return self.model(x[None].to(self.device))
 
     def _probe_dim(self) -> int:
         return int(self.params.get("width", 64)) * 32

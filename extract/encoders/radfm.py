@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Encoder, register
+from ..registry import register
+from .volume_base import VolumeEncoder
 
 PREFIXES = ("embedding_layer.", "")
 PARTS = ("vision_encoder.", "perceiver.")
@@ -223,35 +224,25 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 @register("radfm", modality="volume", role="teacher", dim=768, licence="unstated (chaoyi-wu/RadFM)",
           source="chaoyi-wu/RadFM")
-class RadFM(Encoder):
+class RadFM(VolumeEncoder):
     """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. Unpack the hub's zip to pytorch_model.bin."""
 
-    batch_size = 1
     pooling = "perceiver"
+    default_filename = "pytorch_model.bin"
 
     def _build(self):
         p = self.params
-        model = RadFMVision(p.get("vit"), p.get("perceiver"))
-        loc = Path(self.resolved.location)
-        if self.resolved.kind == "hub":
-            from huggingface_hub import hf_hub_download
-            loc = Path(hf_hub_download(self.resolved.location, p.get("filename", "pytorch_model.bin"),
-                                       revision=self.options.revision))
-        model.load_state_dict(load_state(loc), strict=True)
         if self.pooling not in ("perceiver", "tokens"):
             raise ValueError(f"radfm: pooling must be 'perceiver' or 'tokens', not {self.pooling!r}")
+        model = RadFMVision(p.get("vit"), p.get("perceiver"))
+        model.load_state_dict(load_state(self.weight_location()), strict=True)
         self.size = int(p.get("size", 512))
         self.max_depth = int(p.get("max_depth", 64))
         return model.to(self.device).eval(), None, self.gpu_precision()
 
-    def _forward(self, items: list) -> np.ndarray:
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "hu" not in item:
-                raise ValueError(f"item {i}: expected a CT volume view {{'hu', 'spacing'}}, got {type(item).__name__}")
-            x = radfm_preprocess(item["hu"], self.size, self.max_depth)[None].to(self.device)
-            out.append(self.model(x, self.pooling).float().cpu().numpy()[0])
-        return np.stack(out)
+    def _embed_volume(self, volume: dict) -> torch.Tensor:
+        x = radfm_preprocess(volume["hu"], self.size, self.max_depth)[None].to(self.device)
+        return self.model(x, self.pooling)
 
     def _probe_dim(self) -> int:
         return int((self.params.get("vit") or {}).get("dim", 768))
