@@ -7,7 +7,8 @@ generation from the frontal image); otherwise the prompt template with the proce
 decoding, so a report is reproducible; the generator's identity goes into the RAG expert's config hash.
 
 Merlin's CT report generator (3-D volume -> organ-by-organ findings) is rag/merlin_report.py. Not written: HistGen
-(WSI; code only in its GitHub repository), so WSI RAG experts are recorded missing unless a bridge view is set.
+(WSI): its report-generation weights are not published, so WSI RAG experts are recorded missing unless a bridge
+view is set.
 """
 from __future__ import annotations
 
