@@ -139,6 +139,18 @@ def _join_parts(parts_glob: Path, inner: str, source: str) -> Path:
     return inner_path
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A torch weight file as a state dict: ``weights_only=True`` (no pickled code), memory-mapped so a file of many
+    GB costs only the tensors used; legacy (non-zip) files, which cannot be mapped, are read whole; a top-level
+    ``state_dict`` entry is unwrapped."""
+    import torch
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
 def file_sha256(path: str | Path, limit_mb: int = 2048) -> str | None:
     """sha256 of a weight file (None for directories or files over the limit)."""
     p = Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from extract.encoders.i3resnet import I3ResNet, merlin_preprocess
-from extract.sources import resolve_source
+from extract.sources import read_checkpoint, resolve_source
 
 from .generators import ReportGenerator
 
@@ -86,11 +86,7 @@ class MerlinReportGenerator(ReportGenerator):
             loc = Path(hf_hub_download(res.location, p.get("filename", CHECKPOINT), revision=self.revision))
         elif loc.is_dir():
             loc = loc / p.get("filename", CHECKPOINT)
-        try:                                                     # mapped: only the tensors used are read
-            sd = torch.load(str(loc), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:                                     # legacy (non-zip) torch files cannot be mapped
-            sd = torch.load(str(loc), map_location="cpu", weights_only=True)
-        tower_sd, adapter_sd, lm_sd = split_checkpoint(sd.get("state_dict", sd))
+        tower_sd, adapter_sd, lm_sd = split_checkpoint(read_checkpoint(loc))     # mapped: ~25 GB file
         lm_src = resolve_source(p.get("lm", "StanfordAIMI/RadLLaMA-7b")).location
         kw = {"trust_remote_code": self.trust_remote_code}
         self.tokenizer = AutoTokenizer.from_pretrained(lm_src, **kw)

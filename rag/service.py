@@ -82,10 +82,10 @@ class RagService:
         k = k or self.cfg.k
         ids, scores = self.retrieve([text], k=max(50, k), strategy=strategy)
         seen, out = set(), []
+        passages = self.index().passages
         for pid, sc in zip(ids[0], scores[0]):
-            topic = self.index().passages[int(pid)].topic_id
-            if pid >= 0 and topic not in seen:
-                seen.add(topic)
+            if pid >= 0 and passages[int(pid)].topic_id not in seen:
+                seen.add(passages[int(pid)].topic_id)
                 out.append((int(pid), float(sc)))
         return out[:k]
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register
+from ..sources import read_checkpoint
 from .volume_base import VolumeEncoder
 
 PREFIXES = ("visual_encoder.model.encode_image.i3_resnet.", "encode_image.i3_resnet.", "i3_resnet.")
@@ -82,8 +83,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        sd = read_checkpoint(path)
     for p in PREFIXES:
         if any(k.startswith(p) for k in sd):
             sd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register
+from ..sources import read_checkpoint
 from .volume_base import VolumeEncoder
 
 PREFIXES = ("embedding_layer.", "")
@@ -209,12 +210,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(f), "pt") as fh:
                 sd.update({k: fh.get_tensor(k) for k in fh.keys() if k.startswith(wanted)})
         else:
-            try:                         # memory-mapped: a 28 GB file costs only the tensors kept
-                full = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:         # legacy (non-zip) torch files cannot be mapped
-                full = torch.load(str(f), map_location="cpu", weights_only=True)
-            full = full.get("state_dict", full)
-            sd.update({k: v for k, v in full.items() if k.startswith(wanted)})
+            sd.update({k: v for k, v in read_checkpoint(f).items() if k.startswith(wanted)})   # mapped: 28 GB ok
     prefix = next((p for p in PREFIXES if any(k.startswith(p + PARTS[0]) for k in sd)), None)
     if prefix is None:
         raise KeyError(f"{path}: no RadFM vision tower ({PREFIXES[0]}{PARTS[0]}*) in the checkpoint")
