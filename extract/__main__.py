@@ -28,18 +28,17 @@ def _fetch(argv):
     ap.add_argument("--profile", default="offline")
     ap.add_argument("--config")
     args = ap.parse_args(argv)
+    from stores.paths import model_cache
     from stores.spec import load_spec
-    from .registry import get
+    from .registry import get, model_options
     from .sources import resolve_source
     spec = load_spec(args.config)
     prof = spec.profile(args.profile)
     for key in sorted(spec.models_used(args.profile)):
         card = get(key).card
-        ov = prof.models.get(key)
-        source = (ov.source if ov and ov.source else None) or card.source
         if card.family == "imported":
             continue
-        r = resolve_source(source)
+        r = resolve_source(model_options(prof, key).source or card.source, model_cache(spec))
         print(f"{key:20s} {r.kind:6s} {r.location}")
     return 0
 

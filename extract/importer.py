@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-name", default="imported")
     ap.add_argument("--role", default="imported")
     args = ap.parse_args(argv)
-    from extract.pipeline import default_store_path
-    store = args.store or str(default_store_path(load_spec(), args.dataset, None, None, None))
+    from stores.paths import store_path
+    store = str(store_path(load_spec(), args.dataset, cli=args.store))
     source = Path(args.source).expanduser().resolve()
     if not source.exists():
         raise SystemExit(f"error: --from {source} does not exist")

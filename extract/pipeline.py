@@ -5,23 +5,33 @@ import logging
 import os
 from pathlib import Path
 
-from stores.spec import data_root as _data_root
-from stores.spec import load_spec, store_root
+from stores import paths
+from stores.spec import load_spec
 from stores.store import Store
 from stores.table import format_table
 
 from .datasets.base import get_adapter
 from .runner import Context, DaskExecutor, LocalExecutor, Summary, plan_jobs, run
+from .stages import run_expert_stages
 
 log = logging.getLogger("medmix.extract")
 
 
-def default_store_path(spec, dataset: str, store: str | None, options: dict | None, limit: int | None) -> Path:
-    if store:
-        return Path(store).expanduser().resolve()
-    suffix = "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()) if v is not None)
-    suffix += f"-first{limit}" if limit else ""
-    return store_root(spec) / f"{dataset}{suffix}.zarr"
+def check_selection(spec, dataset: str, profile: str, modalities: list[str] | None, experts: list[str] | None) -> None:
+    """--modality / --only-expert must name something this dataset and profile have (a typo is an error, never a
+    run that does nothing)."""
+    mods = list(spec.dataset(dataset).modalities)
+    bad = [m for m in modalities or [] if m not in mods]
+    if bad:
+        raise ValueError(f"--modality {', '.join(bad)}: not a modality of {dataset} (have: {', '.join(mods)})")
+    names = set()
+    for m in modalities or mods:
+        names |= set(spec.experts_for(dataset, m, profile))
+        names |= {"teacher"} if spec.teacher_for(dataset, m, profile) else set()
+    bad = [e for e in experts or [] if e not in names]
+    if bad:
+        raise ValueError(f"--only-expert {', '.join(bad)}: no such expert of {dataset} in profile {profile} "
+                         f"(have: {', '.join(sorted(names))})")
 
 
 def create_store(spec, dataset: str, adapter, path: Path, limit: int | None) -> Store:
@@ -42,9 +52,10 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
                     options: dict | None = None, limit: int | None = None, rag: bool = True,
                     progress: bool = True) -> Summary:
     spec = load_spec(config)
-    root = _data_root(spec, data_root)
+    root = paths.data_root(spec, data_root)
     adapter = get_adapter(spec.dataset(dataset), root, options)
-    path = default_store_path(spec, dataset, store, options, limit)
+    check_selection(spec, dataset, profile, modalities, experts)
+    path = paths.store_path(spec, dataset, options, limit, store)
     st = create_store(spec, dataset, adapter, path, limit)
     log.info("store %s: %d samples", path, st.n)
     plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts)
@@ -56,9 +67,10 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
     finally:
         executor.close()
     if rag and (not experts or "rag" in experts):
-        from rag.embed import embed_dataset
-        embed_dataset(dataset, profile=profile, config=config, data_root=str(root), store=str(path),
-                      modalities=modalities, options=options, progress=progress, summary=summary)
+        roles = {e.role for m in spec.dataset(dataset).modalities if not modalities or m in modalities
+                 for e in spec.experts_for(dataset, m, profile).values()} & {"rag"}
+        run_expert_stages(roles, dataset=dataset, profile=profile, config=config, data_root=str(root),
+                          store=str(path), modalities=modalities, options=options, progress=progress, summary=summary)
     print_summary(summary)
     return summary
 

@@ -11,12 +11,15 @@ and ``encode(items)`` returns one float32 vector per item. It never knows which 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .sources import Resolved, resolve_source
 
@@ -39,8 +42,6 @@ class ModelCard:
 
 
 REGISTRY: dict[str, type["Encoder"]] = {}
-_FAMILIES = ["hf_text", "hf_decoder", "timm_image", "open_clip_image", "chronos", "moirai", "fracast", "i3resnet",
-             "radfm", "imported"]
 
 
 def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = ""):
@@ -55,8 +56,10 @@ def register(key: str, *, modality: str, role: str, dim: int | None, licence: st
 
 
 def load_all() -> dict[str, type["Encoder"]]:
-    for fam in _FAMILIES:
-        importlib.import_module(f"extract.encoders.{fam}")
+    """Import every module of extract/encoders/: each registers its models by being there (no list to edit)."""
+    from . import encoders
+    for mod in pkgutil.iter_modules(encoders.__path__):
+        importlib.import_module(f"{encoders.__name__}.{mod.name}")
     return REGISTRY
 
 
@@ -80,7 +83,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 @dataclass
 class EncoderOptions:
-    """What a config may set on any encoder (ModelOverride + expert params)."""
+    """What a config may set on any encoder (ModelOverride + expert params), and where weights are cached."""
     source: str | None = None
     revision: str | None = None
     pooling: str | None = None
@@ -88,6 +91,37 @@ class EncoderOptions:
     batch_size: int | None = None
     trust_remote_code: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None            # the model cache (stores.paths.model_cache); not part of identity()
+
+
+def model_options(profile, key: str, params: dict | None = None, cache: str | Path | None = None) -> EncoderOptions:
+    """The one place a profile's model override (``profiles.<p>.models.<key>``) becomes encoder options."""
+    ov = profile.models.get(key) if profile is not None else None
+    o = ov.model_dump() if ov is not None else {}
+    return EncoderOptions(source=o.get("source"), revision=o.get("revision"), pooling=o.get("pooling"),
+                          max_length=o.get("max_length"), batch_size=o.get("batch_size"),
+                          trust_remote_code=o.get("trust_remote_code", False), params=dict(params or {}),
+                          cache=str(cache) if cache else None)
+
+
+class NoParams(BaseModel):
+    """An encoder family's ``params``: closed, so a typo is an error naming the key, never silently ignored."""
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def check_params(key: str, params: dict, where: str = "params") -> None:
+    """Validate an expert's ``params`` against its encoder family's ``Params`` model (errors name the key path)."""
+    _validate_params(get(key), params, where)
+
+
+def _validate_params(cls: type["Encoder"], params: dict, where: str) -> None:
+    key = getattr(getattr(cls, "card", None), "key", cls.__name__)
+    try:
+        cls.Params.model_validate(params or {})
+    except ValidationError as exc:
+        lines = [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
+                 + ("unknown key for " + key if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
+        raise ValueError("; ".join(lines)) from None
 
 
 class Encoder:
@@ -98,10 +132,12 @@ class Encoder:
     max_length: ClassVar[int | None] = None
     batch_size: ClassVar[int] = 32
     version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
+    Params: ClassVar[type[BaseModel]] = NoParams    # a family's settable ``params`` (subclass NoParams)
 
     def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
         self.options = options or EncoderOptions()
         o = self.options
+        _validate_params(type(self), o.params, "params")
         self.pooling = o.pooling or type(self).pooling
         self.max_length = o.max_length or type(self).max_length
         self.batch_size = o.batch_size or type(self).batch_size
@@ -122,7 +158,8 @@ class Encoder:
     # ---- shared machinery -----------------------------------------------------------------------------------
     def load(self) -> "Encoder":
         if self.model is None:
-            self.resolved = resolve_source(self.options.source or self.card.source)
+            cache = Path(self.options.cache) if self.options.cache else None
+            self.resolved = resolve_source(self.options.source or self.card.source, cache)
             self.model, self.preprocess, self.precision = self._build()
         return self
 

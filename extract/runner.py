@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stores.paths import model_cache
+from stores.provenance import code_version, package_versions
 from stores.spec import PipelineSpec, canonical_hash
 from stores.store import FAILED, MISSING, OK, Store, Unit
 
@@ -27,7 +29,7 @@ from stores.tiles import require_slide_tiles, tiles_path
 from .datasets.base import DatasetAdapter, Failed, Missing, get_adapter
 from .readers.lazy import LazyView
 from .readers.wsi import TiledSlide
-from .registry import Encoder, EncoderOptions, build_encoder
+from .registry import Encoder, EncoderOptions, build_encoder, model_options
 
 log = logging.getLogger("medmix.extract")
 TEACHER = "teacher"
@@ -329,6 +331,7 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
     """The non-RAG experts and teachers to run, per modality, each with its config hash."""
     ds = spec.dataset(dataset)
     prof = spec.profile(profile)
+    cache = model_cache(spec)
     plans: dict[str, list[Job]] = {}
     for mod, mspec in ds.modalities.items():
         if only_modality and mod not in only_modality:
@@ -342,11 +345,7 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
         for name, role, model, view, params in entries:
             if only_expert and name not in only_expert:
                 continue
-            ov = prof.models.get(model)
-            options = EncoderOptions(source=ov.source if ov else None, revision=ov.revision if ov else None,
-                                     pooling=ov.pooling if ov else None, max_length=ov.max_length if ov else None,
-                                     batch_size=ov.batch_size if ov else None,
-                                     trust_remote_code=ov.trust_remote_code if ov else False, params=dict(params))
+            options = model_options(prof, model, params, cache)
             enc = build_encoder(model, options, device="cpu")
             view = view or enc.input_view()
             config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
@@ -356,26 +355,6 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
         if jobs:
             plans[mod] = jobs
     return plans
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for p in ("medmix", "torch", "transformers", "timm", "open_clip_torch", "zarr", "numpy", "dask"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def code_version() -> str:
-    import subprocess
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 # ---- execution ------------------------------------------------------------------------------------------------

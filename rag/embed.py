@@ -14,8 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from extract.datasets.base import Failed, Missing, get_adapter
-from extract.runner import code_version, package_versions
-from stores.spec import canonical_hash, data_root as _data_root, load_spec
+from stores import paths
+from stores.provenance import code_version, package_versions
+from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
 from .service import RagService
@@ -75,12 +76,10 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
                   store: str | None = None, modalities: list[str] | None = None, options: dict | None = None,
                   progress: bool = True, summary=None, service: RagService | None = None) -> dict:
     spec = load_spec(config)
-    root = _data_root(spec, data_root)
+    root = paths.data_root(spec, data_root)
     ds = spec.dataset(dataset)
     adapter = get_adapter(ds, root, options)
-    if store is None:
-        from extract.pipeline import default_store_path
-        store = str(default_store_path(spec, dataset, None, options, None))
+    store = str(paths.store_path(spec, dataset, options, None, store))
     st = Store(store, mode="a")
     targets = [m for m in ds.modalities if (not modalities or m in modalities)
                and any(e.role == "rag" for e in spec.experts_for(dataset, m, profile).values())]

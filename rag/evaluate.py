@@ -60,7 +60,7 @@ def benchmark(service, name: str) -> tuple[list[str], list[set[str]]]:
     if name == "synonyms":
         return synonym_queries(service.topics)
     if name == "openi":
-        from stores.spec import data_root
+        from stores.paths import data_root
         path = data_root(service.spec, service.data_root_override) / "openi" / "indiana_reports.csv"
         if not path.exists():
             raise FileNotFoundError(f"{path}: the openi benchmark needs the OpenI reports")

@@ -6,20 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.registry import EncoderOptions, build_encoder
-from stores.spec import PipelineSpec, RagSpec, canonical_hash, data_root, model_cache
+from extract.registry import build_encoder, model_options
+from stores import paths
+from stores.spec import PipelineSpec, RagSpec, canonical_hash
 
 from .corpus import load_topics, to_passages
 from .index import RetrievalIndex, normalise, open_index
 from .softprompt import Projection, projection_for
-
-
-def _options(spec: PipelineSpec, profile: str, key: str) -> EncoderOptions:
-    ov = spec.profile(profile).models.get(key)
-    if ov is None:
-        return EncoderOptions()
-    return EncoderOptions(source=ov.source, revision=ov.revision, pooling=ov.pooling, max_length=ov.max_length,
-                          batch_size=ov.batch_size, trust_remote_code=ov.trust_remote_code)
 
 
 class RagService:
@@ -30,13 +23,15 @@ class RagService:
         self.cfg = rag or spec.profile(profile).rag
         if self.cfg is None:
             raise ValueError(f"{spec.source_file}: profiles.{profile}.rag is not set")
-        self.corpus_path = (data_root(spec, data_root_override) / self.cfg.corpus).resolve()
+        self.corpus_path = paths.corpus_path(spec, self.cfg, data_root_override)
         self._index_dir = Path(index_dir) if index_dir else None
         self._encoders = {}
 
     def encoder(self, key: str):
         if key not in self._encoders:
-            self._encoders[key] = build_encoder(key, _options(self.spec, self.profile, key), self.device).load()
+            self._encoders[key] = build_encoder(key, model_options(self.spec.profile(self.profile), key,
+                                                                  cache=paths.model_cache(self.spec)),
+                                                    self.device).load()
         return self._encoders[key]
 
     @property
@@ -65,7 +60,7 @@ class RagService:
             return self._index_dir
         tag = canonical_hash({"corpus": str(self.corpus_path), "article": self.cfg.article_encoder,
                               "words": self.cfg.passage_words, "index": self.cfg.index})[:12]
-        return model_cache(self.spec).parent / "rag" / f"{self.cfg.article_encoder}-{tag}"
+        return paths.rag_root(self.spec) / f"{self.cfg.article_encoder}-{tag}"
 
     def index(self, rebuild: bool = False) -> RetrievalIndex:
         if rebuild or not hasattr(self, "_index"):

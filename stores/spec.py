@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC = REPO_ROOT / "pipelines.yaml"
+from .paths import PathError, find_config
+from .preprocess import PREPROCESS
 
 Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri"]
 Role = Literal["general", "biomedical", "rag", "imported"]
@@ -36,7 +35,7 @@ class ModelOverride(Strict):
     pooling: str | None = None
     max_length: int | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
 
 
 class ExpertSpec(Strict):
@@ -68,7 +67,7 @@ class GeneratorSpec(Strict):
     model: str                          # maira2 | llava | merlin
     source: str | None = None           # default: the generator's hub id
     revision: str | None = None
-    trust_remote_code: bool = False     # MAIRA-2 needs it: only ever on when the config says so
+    trust_remote_code: StrictBool = False   # MAIRA-2 needs it: only ever on when the config says so
     max_new_tokens: int = Field(128, gt=0)
     prompt: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)   # backend settings (Merlin: lm, filename, organ_systems)
@@ -128,8 +127,22 @@ class SplitSpec(Strict):
 
 class ModalitySpec(Strict):
     kind: Kind
-    preprocess: dict[str, Any] = Field(default_factory=dict)
+    preprocess: dict[str, Any] = Field(default_factory=dict)   # typed per kind (stores/preprocess.py); kept as written
     experts: dict[str, dict[str, ExpertSpec]] = Field(default_factory=dict)   # profile -> extra experts
+
+    @field_validator("preprocess")
+    @classmethod
+    def _typed(cls, value: dict, info: ValidationInfo) -> dict:
+        """Unknown or mistyped keys fail here, naming the key path; the dict as written is kept for config hashes."""
+        kind = info.data.get("kind")
+        if kind in PREPROCESS:
+            PREPROCESS[kind].model_validate(value)
+        return value
+
+    @property
+    def pre(self):
+        """The preprocessing settings with their defaults filled in (what readers use)."""
+        return PREPROCESS[self.kind].model_validate(self.preprocess)
 
 
 class DatasetSpec(Strict):
@@ -209,10 +222,11 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def load_spec(path: str | os.PathLike | None = None) -> PipelineSpec:
-    """Load and validate a pipelines.yaml (default: the repository's)."""
-    path = Path(path or os.environ.get("MEDMIX_CONFIG") or DEFAULT_SPEC).resolve()
-    if not path.is_file():
-        raise SpecError(f"{path}: pipeline spec not found")
+    """Load and validate a pipelines.yaml (``path``, else MEDMIX_CONFIG, ./pipelines.yaml, the source checkout's)."""
+    try:
+        path = find_config(path)
+    except PathError as exc:
+        raise SpecError(str(exc)) from None
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -245,27 +259,3 @@ def canonical_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of a config (sorted keys): the identity of a cached result."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def resolve_path(value: str | os.PathLike, base: Path | None = None, must_exist: bool = False, what: str = "path") -> Path:
-    """Resolve a config path against a base (the repo root by default) and check it where asked."""
-    p = Path(os.path.expanduser(str(value)))
-    if not p.is_absolute():
-        p = (base or REPO_ROOT) / p
-    p = p.resolve()
-    if must_exist and not p.exists():
-        raise FileNotFoundError(f"{what} does not exist: {p}")
-    return p
-
-
-def data_root(spec: PipelineSpec, override: str | None = None) -> Path:
-    return resolve_path(override or os.environ.get("MEDMIX_DATA_ROOT") or spec.defaults.data_root, what="data root")
-
-
-def store_root(spec: PipelineSpec, override: str | None = None) -> Path:
-    return resolve_path(override or os.environ.get("MEDMIX_STORE_ROOT") or spec.defaults.store_root)
-
-
-def model_cache(spec: PipelineSpec | None = None) -> Path:
-    default = spec.defaults.model_cache if spec else Defaults().model_cache
-    return resolve_path(os.environ.get("MEDMIX_MODEL_CACHE") or default)

@@ -40,6 +40,9 @@ def tiny_qwen_dir(tiny_dir):
 def write_spec(tmp_path: Path, edit) -> Path:
     """A copy of the repository's pipelines.yaml, changed by ``edit(dict)``, written to tmp_path."""
     raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
+    # relative paths in a config resolve against its folder: pin the copy to the real data and the shared weights
+    raw["defaults"].update(data_root=str(DATA), store_root=str(tmp_path / "runs" / "stores"),
+                           model_cache=str(Path(os.environ.get("MEDMIX_MODEL_CACHE", ROOT / "cache" / "models")).resolve()))
     edit(raw)
     path = tmp_path / "pipelines.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

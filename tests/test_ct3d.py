@@ -124,7 +124,7 @@ def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, 
         prof["kinds"]["ct"] = {"experts": {
             "astra": {"model": "astra_ct", "role": "biomedical", "params": TINY},
             "effnet": {"model": "efficientnet_lite0", "role": "general"},
-            "effnet_b": {"model": "efficientnet_lite0", "role": "general", "params": {"variant": "b"}}}}
+            "effnet_b": {"model": "efficientnet_lite0", "role": "general", "params": {"arch_kwargs": {"drop_rate": 0.1}}}}}
         prof["models"] = {"astra_ct": {"source": str(path)}}
         raw["datasets"]["mmist"]["options"]["ct_dir"] = str(ct_dir)
         raw["datasets"]["mmist"]["modalities"]["ct"]["preprocess"]["slices"] = 8

@@ -127,7 +127,7 @@ def _mmist_wsi_spec(spec_writer, data_root, tmp_path, **pre):
         raw["defaults"]["chunk_rows"] = 8
         raw["profiles"]["offline"]["kinds"]["wsi"] = {"experts": {
             "effnet": {"model": "efficientnet_lite0", "role": "general"},
-            "effnet_b": {"model": "efficientnet_lite0", "role": "biomedical", "params": {"variant": "b"}}}}
+            "effnet_b": {"model": "efficientnet_lite0", "role": "biomedical", "params": {"arch_kwargs": {"drop_rate": 0.1}}}}}
         raw["datasets"]["mmist"]["options"]["wsi_dir"] = str(wsi_dir)
         raw["datasets"]["mmist"]["modalities"]["wsi"]["preprocess"].update(
             {"max_tiles": 20, "tile_batch": 8, "threads": 2, **pre})

@@ -30,11 +30,11 @@ def _recipe(args):
     return Recipe(**kw)
 
 
-def _default_store(dataset: str, store: str | None) -> str:
-    if store:
-        return store
-    from stores.spec import load_spec, store_root
-    return str(store_root(load_spec()) / f"{dataset}.zarr")
+def _default_store(dataset: str, store: str | None, options: dict | None = None) -> str:
+    """The same store path the extract stage writes for these dataset options (stores/paths.py)."""
+    from stores.paths import store_path
+    from stores.spec import load_spec
+    return str(store_path(load_spec(), dataset, options, None, store))
 
 
 def main(argv: list[str] | None = None) -> int:

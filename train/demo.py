@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         limit = args.limit or subset.get(ds)
         print(f"\n=== {ds}: extract (offline profile{f', first {limit} samples' if limit else ''}) ===", flush=True)
         extract_dataset(ds, profile="offline", data_root=args.data_root, limit=limit, progress=not args.quiet)
-        from extract.pipeline import default_store_path
-        store_path = default_store_path(spec, ds, None, None, limit)
+        from stores.paths import store_path as _store_path
+        store_path = _store_path(spec, ds, None, limit)
         problems = verify(Store(store_path))
         t1 = time.perf_counter()
         print(f"=== {ds}: train ({args.seeds} seeds) ===", flush=True)

@@ -6,14 +6,17 @@ A sample's input is a dict of views, or ``Missing(reason)`` (absent: mask 0), or
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sklearn.model_selection import train_test_split
 
-from stores.spec import DatasetSpec
+from stores.spec import DatasetSpec, SpecError
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,13 @@ Input = dict[str, Any] | Missing | Failed
 ADAPTERS: dict[str, type["DatasetAdapter"]] = {}
 
 
+class AdapterOptions(BaseModel):
+    """A dataset's ``options`` (closed: a typo such as ``sett: b`` is an error, never silently ignored).
+    Each adapter subclasses this with the options it reads."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rag_bridge: dict[str, str] = {}          # image modality -> a text modality the RAG expert reads instead
+
+
 def adapter(name: str):
     def deco(cls):
         ADAPTERS[name] = cls
@@ -41,12 +51,14 @@ def adapter(name: str):
 class DatasetAdapter:
     name: str = ""
     version: str = "1"          # bump when what load() returns changes: it is part of every expert's config hash
+    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
 
     def __init__(self, spec: DatasetSpec, data_root: Path, options: dict | None = None):
         self.spec = spec
         self.root = (Path(data_root) / spec.path).resolve()
         self.data_root = Path(data_root).resolve()
         self.options = {**spec.options, **(options or {})}
+        self.opts = self.check_options(self.options)
         if not self.root.exists():
             raise FileNotFoundError(f"dataset '{spec.adapter}': data folder {self.root} does not exist "
                                     f"(set --data-root or MEDMIX_DATA_ROOT)")
@@ -70,6 +82,18 @@ class DatasetAdapter:
         return {"adapter": self.name, "root": str(self.root), "options": self.options}
 
     # ---- shared ---------------------------------------------------------------------------------------------
+    @classmethod
+    def check_options(cls, options: dict) -> AdapterOptions:
+        """Validate options (the spec's, merged with the command line's); errors name the key path."""
+        try:
+            return cls.Options.model_validate(options)
+        except ValidationError as exc:
+            valid = ", ".join(sorted(cls.Options.model_fields))
+            lines = [f"options.{'.'.join(str(p) for p in e['loc'])}: "
+                     + (f"unknown option for dataset adapter '{cls.name}' (valid: {valid})"
+                        if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
+            raise SpecError("; ".join(lines)) from None
+
     def path_option(self, key: str) -> Path | None:
         """A path from the dataset options, resolved against the dataset folder and checked to exist."""
         value = self.options.get(key)
@@ -143,8 +167,16 @@ def _split_two(idx: np.ndarray, frac: float, strat: np.ndarray | None, seed: int
     return np.sort(a), np.sort(b)
 
 
+def load_adapters() -> dict[str, type[DatasetAdapter]]:
+    """Import every module of extract/datasets/: each registers its adapter by being there (no list to edit)."""
+    package = __name__.rsplit(".", 1)[0]
+    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{mod.name}")
+    return ADAPTERS
+
+
 def get_adapter(spec: DatasetSpec, data_root: Path, options: dict | None = None) -> DatasetAdapter:
-    from . import mimic3, mimic4mm, mmist, openi, physionet2012  # noqa: F401  (register the adapters)
+    load_adapters()
     if spec.adapter not in ADAPTERS:
         raise NotImplementedError(f"dataset adapter {spec.adapter!r} is not implemented (have: "
                                   f"{', '.join(sorted(ADAPTERS))}; see docs/datasets.md)")

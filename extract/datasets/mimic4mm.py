@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..readers.image import read_image
-from .base import DatasetAdapter, Failed, Missing, adapter
+from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 # name -> (table, itemids). MIMIC-IV MetaVision / lab itemids.
 VARIABLES: dict[str, tuple[str, list[int]]] = {
@@ -50,9 +50,21 @@ def _read(path: Path, **kw) -> pd.DataFrame:
     return pd.read_csv(path, **kw)
 
 
+class MIMICOptions(AdapterOptions):
+    cxr_dir: str | None = None            # MIMIC-CXR-JPG folder (files/p.../s.../*.jpg)
+    note_dir: str | None = None           # MIMIC-IV-Note folder (note/radiology.csv.gz)
+    variables: dict[str, tuple[str, list[int]]] | None = None   # name -> (chart | lab, itemids); default VARIABLES
+
+
 @adapter("mimic4mm")
 class MIMIC4MM(DatasetAdapter):
-    hours = 48
+    Options = MIMICOptions
+
+    @property
+    def hours(self) -> int:
+        """The observation window (``preprocess.hours`` of the ehr modality)."""
+        ehr = self.spec.modalities.get("ehr")
+        return ehr.pre.hours if ehr is not None else 48
 
     # ---- table access (MIMIC-III overrides these) -------------------------------------------------------------
     def icustays(self) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetAdapter, Failed, Missing, adapter
+from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 LABEL, SPLIT = "vital_status_12", "Split"
 NOTE_FIELDS = [("gender", "gender (code)"), ("age_diag", "age at diagnosis (bin 1-8)"), ("grade", "tumour grade"),
@@ -35,8 +35,19 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+RAW_DIR_OPTION = {"ct": "ct_dir", "wsi": "wsi_dir"}      # modality -> the option naming its raw-file folder
+
+
+class MMISTOptions(AdapterOptions):
+    features: str | None = None           # the owners' features tar (default mmist_features.tar.gz)
+    ct_dir: str | None = None             # raw CT volumes <case_id>.nii.gz (or DICOM folders), when you have them
+    wsi_dir: str | None = None            # raw slides <case_id>.svs, when you have them
+
+
 @adapter("mmist")
 class MMIST(DatasetAdapter):
+    Options = MMISTOptions
+
     @cached_property
     def _clinical(self) -> list[dict]:
         rows = _read_csv(self.root / "clinical+genomic_split.csv")
@@ -109,7 +120,7 @@ class MMIST(DatasetAdapter):
         if modality == "note":
             return [{"text": self.note(self._clinical[r])} for r in rows]
         chosen = self._chosen_files(modality) if modality in FEATURE_DIRS else {}
-        raw_dir = self.path_option(f"{modality}_dir") if self.options.get(f"{modality}_dir") else None
+        raw_dir = self.path_option(RAW_DIR_OPTION[modality]) if modality in RAW_DIR_OPTION else None
         for r in rows:
             case = cases[r]
             views = {}

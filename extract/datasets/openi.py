@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..readers.image import read_image
-from .base import DatasetAdapter, Failed, Missing, adapter
+from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 
 def _report_number(key: str) -> int:
@@ -23,8 +23,15 @@ def _report_number(key: str) -> int:
     return int(m.group(1)) if m else 10**9
 
 
+class OpenIOptions(AdapterOptions):
+    image_dir: str | None = None          # where <image id>.png files live, relative to the dataset folder
+    report_sections: list[str] = ["FINDINGS", "IMPRESSION"]     # the report sections that make the note
+
+
 @adapter("openi")
 class OpenI(DatasetAdapter):
+    Options = OpenIOptions
+
     @cached_property
     def _reports(self) -> dict:
         path = self.root / "reports_ori.json"

@@ -13,7 +13,9 @@ from functools import cached_property
 
 import numpy as np
 
-from .base import DatasetAdapter, Failed, adapter
+from pydantic import Field
+
+from .base import AdapterOptions, DatasetAdapter, Failed, adapter
 
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
 SERIES = ["Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
@@ -27,9 +29,15 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+class PhysioNetOptions(AdapterOptions):
+    set: str = Field("a", pattern=r"^[a-z0-9]+$")      # the challenge set: set-<set>.tar.gz + Outcomes-<set>.txt
+
+
 @adapter("physionet2012")
 class PhysioNet2012(DatasetAdapter):
     version = "2"               # 2: compact serialization (challenge abbreviations, NA)
+    Options = PhysioNetOptions
+
     @property
     def set_name(self) -> str:
         return str(self.options.get("set", "a"))

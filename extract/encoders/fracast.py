@@ -13,11 +13,18 @@ import sys
 import numpy as np
 import torch
 
-from ..registry import Encoder, register
+from typing import Literal
+
+from ..registry import Encoder, NoParams, register
+
+
+class FracastParams(NoParams):
+    layout: Literal["concat", "per_variable"] = "concat"     # how the stay's variables become Fracast rows
 
 
 @register("fracast0", modality="series", role="general", dim=64, licence="Apache-2.0", source="pypi:fracast==0.1.0")
 class Fracast0(Encoder):
+    Params = FracastParams
     batch_size = 16
     min_observations = 1
     version = "1"

@@ -16,7 +16,14 @@ from torch import nn
 
 from ..registry import register
 from ..sources import read_checkpoint
-from .volume_base import VolumeEncoder
+from .volume_base import VolumeEncoder, VolumeParams
+
+
+class I3ResNetParams(VolumeParams):
+    blocks: tuple[int, int, int, int] = (3, 8, 36, 3)      # Bottleneck3d blocks per stage (ResNet-152)
+    width: int = 64
+    roi: tuple[int, int, int] = (224, 224, 160)            # voxels after resampling, padding and cropping
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0)  # mm per voxel after resampling
 
 PREFIXES = ("visual_encoder.model.encode_image.i3_resnet.", "encode_image.i3_resnet.", "i3_resnet.")
 
@@ -113,6 +120,7 @@ def merlin_preprocess(hu: np.ndarray, spacing, target_spacing=(1.5, 1.5, 3.0), r
 
 
 class I3ResNetEncoder(VolumeEncoder):
+    Params = I3ResNetParams
     pooling = "gap"
 
     def _build(self):

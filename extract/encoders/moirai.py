@@ -10,7 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..registry import Encoder, register
+from ..registry import Encoder, NoParams, register
+
+
+class MoiraiParams(NoParams):
+    patch_size: int | None = None            # hours per patch (one of the module's patch sizes; default 16)
 
 
 def _import_uni2ts():
@@ -24,6 +28,7 @@ def _import_uni2ts():
 
 
 class MoiraiEncoder(Encoder):
+    Params = MoiraiParams
     batch_size = 64
     pooling = "mean"
     patch_size = 16          # one of the module's patch sizes; 16 h patches -> 3 tokens per variable for 48 h

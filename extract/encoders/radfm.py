@@ -14,6 +14,7 @@ view (x, y, z), which is the (h, w, d) order RadFM reads NIfTI files in.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,15 @@ from torch import nn
 
 from ..registry import register
 from ..sources import read_checkpoint
-from .volume_base import VolumeEncoder
+from .volume_base import VolumeEncoder, VolumeParams
+
+
+class RadFMParams(VolumeParams):
+    vit: dict[str, Any] | None = None         # 3-D ViT sizes (default RadFM's)
+    perceiver: dict[str, Any] | None = None   # perceiver sizes (default RadFM's)
+    size: int = 512                           # in-plane size after resizing
+    max_depth: int = 64
+
 
 PREFIXES = ("embedding_layer.", "")
 PARTS = ("vision_encoder.", "perceiver.")
@@ -222,6 +231,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
           source="chaoyi-wu/RadFM")
 class RadFM(VolumeEncoder):
     """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. Unpack the hub's zip to pytorch_model.bin."""
+    Params = RadFMParams
 
     pooling = "perceiver"
     default_filename = "pytorch_model.bin"

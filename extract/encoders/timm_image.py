@@ -7,14 +7,21 @@ class through the same code path as the real weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..registry import register
+from ..registry import NoParams, register
 from .image_base import ImageEncoder
 
 
+class TimmParams(NoParams):
+    arch: str | None = None                  # timm architecture name (default: the registered one)
+    arch_kwargs: dict[str, Any] = {}         # passed to timm.create_model (e.g. a tiny test model's sizes)
+
+
 class TimmImageEncoder(ImageEncoder):
+    Params = TimmParams
     arch: str = ""
     img_size: int | None = 224
 

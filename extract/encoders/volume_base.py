@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..registry import Encoder
+from ..registry import Encoder, NoParams
+
+
+class VolumeParams(NoParams):
+    filename: str | None = None              # the weight file inside a hub repo
 
 
 class VolumeEncoder(Encoder):
+    Params = VolumeParams
     batch_size = 1
     default_filename = ""          # the weight file inside a hub repo (params.filename overrides)
 

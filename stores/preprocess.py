@@ -1,0 +1,53 @@
+"""Preprocessing settings per modality kind (``datasets.<d>.modalities.<m>.preprocess``), typed and closed.
+
+Every field here is read by a reader or an adapter; an unknown key or a wrong type is an error naming its path, so a
+typo never silently changes nothing while entering the config hash.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoPreprocess(_Closed):
+    """Kinds whose inputs reach the encoder as they are (notes; precomputed features)."""
+
+
+class CxrPreprocess(_Closed):
+    """Chest X-rays: the encoder's own transform does resizing/cropping; nothing to set yet."""
+
+
+class EhrPreprocess(_Closed):
+    hours: int = Field(48, gt=0)                       # observation window from admission (hours)
+
+
+class CtReaderSettings(_Closed):
+    layout: Literal["auto", "DHW", "HWD"] = "auto"     # axis order of .npy/.npz volumes
+    spacing: tuple[float, float, float] | None = None   # mm per axis where the file does not say (arrays)
+
+
+class CtPreprocess(_Closed):
+    slices: int = Field(48, gt=0)                      # 2.5D: slices sampled evenly through the volume
+    hu: tuple[float, float] = (-1000.0, 1000.0)        # HU window before scaling to [0, 1]
+    size: int = Field(224, gt=0)                       # 2.5D: each slice resized to size x size
+    reader: CtReaderSettings = CtReaderSettings()
+
+
+class WsiPreprocess(_Closed):
+    mpp: float = Field(0.5, gt=0)                      # microns per pixel of the tiles
+    tile: int = Field(224, gt=0)
+    tissue_threshold: float = Field(0.5, ge=0, le=1)
+    max_tiles: int | None = Field(None, gt=0)
+    fallback_mpp: float | None = Field(None, gt=0)     # when the slide does not record its resolution
+    threads: int = Field(4, gt=0)
+    tile_batch: int = Field(1024, gt=0)
+    store_tiles: StrictBool = True
+
+
+PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": NoPreprocess, "ehr": EhrPreprocess,
+                                        "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess}
