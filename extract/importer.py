@@ -87,11 +87,9 @@ def import_features(store_path: str, modality: str, expert: str, source: Path, p
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m extract import", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--store", help="default: <store_root>/<dataset>.zarr (create it first with `python -m extract`)")
+    ap.add_argument("--store", help="default: the dataset's store (stores/paths.py); create it first with `python -m extract`")
     ap.add_argument("--modality", required=True)
     ap.add_argument("--expert", required=True, help="the expert name in the store")
     ap.add_argument("--from", dest="source", required=True, help="a folder or a .tar/.tar.gz of .npz/.npy files")
@@ -99,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", help="array name inside each .npz (default: the first)")
     ap.add_argument("--model-name", default="imported")
     ap.add_argument("--role", default="imported")
-    args = ap.parse_args(argv)
-    from stores.paths import store_path
-    store = str(store_path(load_spec(), args.dataset, cli=args.store))
-    source = Path(args.source).expanduser().resolve()
+    ap.add_argument("--config", help="your own pipelines.yaml")
+
+
+def run(args) -> int:
+    from stores.paths import PathError, resolve, store_path
+    store = str(store_path(load_spec(args.config), args.dataset, cli=args.store))
+    source = resolve(args.source, Path.cwd())
     if not source.exists():
-        raise SystemExit(f"error: --from {source} does not exist")
+        raise PathError(f"--from {source} does not exist")
     counts = import_features(store, args.modality, args.expert, source, args.pattern, args.key, args.role,
                              args.model_name)
     print(f"{store}: {args.modality}/{args.expert}: {counts}")

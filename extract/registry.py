@@ -211,7 +211,8 @@ class Encoder:
         """What determines the numbers this encoder produces (goes into the config hash)."""
         o = self.options
         return {"model": self.card.key, "encoder_version": self.version, "source": o.source or self.card.source,
-                "revision": o.revision, "pooling": self.pooling, "max_length": self.max_length, "params": self.params}
+                "revision": o.revision, "pooling": o.pooling or type(self).pooling, "max_length": self.max_length,
+                "params": self.params}
 
 
 def build_encoder(key: str, options: EncoderOptions | None = None, device=None) -> Encoder:

@@ -50,6 +50,38 @@ def test_pooling_is_explicit_and_recorded(tiny_bert_dir):
     assert cls.identity() != mean.identity()
 
 
+def test_sentence_transformers_folders_follow_modules_json(tmp_path):
+    """Pooling and Normalize as the folder's modules.json says (all-MiniLM / all-mpnet ship mean + Normalize); an
+    explicit config pooling still wins; a plain transformers folder is left as it was."""
+    import json
+    import shutil
+
+    from tiny_models import tiny_bert
+    plain = tiny_bert(tmp_path / "plain", "bert")
+    st = tmp_path / "st"
+    shutil.copytree(plain, st)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    enc = build_encoder("minilm", EncoderOptions(source=str(st), max_length=16)).load()      # class default: mean
+    assert (enc.pooling, enc.normalize) == ("cls", True) and enc.provenance()["normalize"] is True
+    v = _check(enc, TEXTS, 32)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    ids = enc._token_ids(TEXTS[:1])[0]
+    with torch.no_grad():
+        direct = enc._run([ids]).numpy()[0]                  # [CLS] of the one window, then unit length
+    np.testing.assert_allclose(v[0], direct / np.linalg.norm(direct), rtol=1e-4, atol=1e-6)
+    override = build_encoder("minilm", EncoderOptions(source=str(st), pooling="mean", max_length=16)).load()
+    assert override.pooling == "mean"
+    bare = build_encoder("minilm", EncoderOptions(source=str(plain), max_length=16)).load()
+    assert (bare.pooling, bare.normalize) == ("mean", False)
+    assert not np.allclose(np.linalg.norm(_check(bare, TEXTS, 32), axis=1), 1.0)
+
+
 def test_empty_text_is_an_error_naming_the_item(tiny_bert_dir):
     enc = build_encoder("medcpt_query", EncoderOptions(source=str(tiny_bert_dir))).load()
     with pytest.raises(ValueError, match="empty text"):

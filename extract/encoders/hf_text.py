@@ -1,15 +1,41 @@
 """Transformers text encoders (BERT, MegatronBERT, MPNet): notes, reports, serialized EHR, MedCPT.
 
 Long texts are split into windows of the model's max length and the window embeddings averaged, so a long note
-is never silently truncated. Windows of all texts in a batch are sorted by length before padding (less padding,
+is never silently truncated. A sentence-transformers folder is embedded as its ``modules.json`` says: the pooling
+of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean). Windows of all texts in a batch are sorted by length before padding (less padding,
 more items/s). The same class serves soft-prompt embedding for the RAG expert (``embed_with_prefix``).
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..registry import Encoder, register
+
+ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
+
+
+def sentence_transformers_head(folder: Path) -> tuple[str | None, bool]:
+    """(pooling, normalize) from a sentence-transformers folder's modules.json; (None, False) when it has none."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return None, False
+    pooling, normalize = None, False
+    for m in json.loads(modules.read_text()):
+        kind = m.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = json.loads((folder / m["path"] / "config.json").read_text())
+            on = [how for key, how in ST_POOLING.items() if cfg.get(key)]
+            others = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v and k not in ST_POOLING]
+            if len(on) != 1 or others:
+                raise ValueError(f"{folder}: sentence-transformers pooling {cfg} is not one of cls | mean | last")
+            pooling = on[0]
+        elif kind == "Normalize":
+            normalize = True
+    return pooling, normalize
 
 
 def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -29,11 +55,17 @@ class HFTextEncoder(Encoder):
     pooling = "mean"
     max_length = 512
     batch_size = 32
+    version = "2"               # 2: sentence-transformers folders follow their modules.json (pooling, Normalize)
+    normalize = False
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer
         kw = {"revision": self.options.revision, "trust_remote_code": self.options.trust_remote_code}
         loc = self.resolved.location
+        if self.resolved.kind != "hub":
+            st_pooling, self.normalize = sentence_transformers_head(Path(loc))
+            if st_pooling and not self.options.pooling:          # an explicit config override still wins
+                self.pooling = st_pooling
         tok = AutoTokenizer.from_pretrained(loc, **kw)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
@@ -97,13 +129,21 @@ class HFTextEncoder(Encoder):
             out = self._run([windows[j] for j in idx]).cpu().numpy()
             for j, v in zip(idx, out):
                 vecs[j] = v
-        vecs = np.stack(vecs)
+        vecs = self._unit(np.stack(vecs))
         owner = np.asarray(owner)
-        return np.stack([vecs[owner == i].mean(0) for i in range(len(texts))])
+        return self._unit(np.stack([vecs[owner == i].mean(0) for i in range(len(texts))]))
+
+    def _unit(self, v: np.ndarray) -> np.ndarray:
+        if not self.normalize:
+            return v
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
     def _probe_dim(self) -> int:
         self.load()
         return int(self.model.config.hidden_size)
+
+    def provenance(self) -> dict:
+        return {**super().provenance(), "normalize": self.normalize}
 
     # ---- soft prompts (RAG expert) --------------------------------------------------------------------------
     def input_embedding_dim(self) -> int:
