@@ -85,7 +85,12 @@ def _load_checkpoint(path: str):
     return meta, torch.load(path, map_location="cpu", weights_only=True), Recipe(**meta["recipe"]), build_model
 
 
-def _data_for(meta, store: str):
+def _device(name: str | None) -> str:
+    import torch
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _data_for(meta, store: str, device: str = "cpu"):
     from stores.loader import load_bundle
     from .trainer import Data
     bundle = load_bundle(store, {m: names for m, names in meta["layout"].items()},
@@ -95,13 +100,13 @@ def _data_for(meta, store: str):
         for k, n in enumerate(names):
             if data.xs[m][k].shape[1] != meta["dims"][m][k]:
                 raise ValueError(f"{store}: {m}/{n} has dim {data.xs[m][k].shape[1]}, the checkpoint expects {meta['dims'][m][k]}")
-    return data
+    return data.to(device)
 
 
 def _model(meta, state, recipe, build_model, data):
     model = build_model(meta["method"], data, recipe, meta.get("large_modality"))
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(data.device).eval()
 
 
 def _evaluate(argv):
@@ -111,10 +116,11 @@ def _evaluate(argv):
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store")
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
+    ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     from .experiment import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
-    data = _data_for(meta, _default_store(args.dataset, args.store))
+    data = _data_for(meta, _default_store(args.dataset, args.store), _device(args.device))
     model = _model(meta, state, recipe, build, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
     if args.split == "all":
@@ -136,11 +142,12 @@ def _predict(argv):
     ap.add_argument("--store", required=True)
     ap.add_argument("--ids", nargs="*", help="sample ids (default: all)")
     ap.add_argument("--out", help="write JSON lines here (default: stdout)")
+    ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     from stores.store import Store
     from .trainer import forward
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
-    data = _data_for(meta, args.store)
+    data = _data_for(meta, args.store, _device(args.device))
     model = _model(meta, state, recipe, build, data)
     ids = Store(args.store).ids()
     pos = {s: i for i, s in enumerate(ids)}
@@ -151,6 +158,9 @@ def _predict(argv):
     idx = torch.tensor([pos[s] for s in args.ids] if args.ids else list(range(len(ids))))
     with torch.no_grad():
         out = forward(model, data, idx)
+    out.logits = out.logits.cpu()
+    out.router = {m: g.cpu() for m, g in out.router.items()}
+    out.fusion = None if out.fusion is None else out.fusion.cpu()
     lines = []
     for r, i in enumerate(idx.tolist()):
         rec = {"id": ids[i], "available": {m: bool(data.masks[m][i].any()) for m in data.layout}}

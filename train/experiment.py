@@ -46,35 +46,59 @@ def val_thresholds(model, data: Data) -> dict:
     return out
 
 
+def _peak_rss_increase_mb(fn) -> float | None:
+    """Peak resident memory above the level before ``fn`` (MB), via Linux's resettable high-water mark
+    (/proc/self/clear_refs "5" resets VmHWM); None where the kernel does not offer it."""
+    def field(name):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name):
+                return int(line.split()[1]) / 1024
+        raise KeyError(name)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = field("VmRSS:")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0.0, field("VmHWM:") - before)
+
+
+def inference_parameters(model) -> int:
+    """Parameters used at inference: training-only parts (the distillation teacher projection) are excluded."""
+    skip = {id(p) for name, mod in model.named_children() if name == "teacher_proj" for p in mod.parameters()}
+    return int(sum(p.numel() for p in model.parameters() if id(p) not in skip))
+
+
 def efficiency(model, data: Data) -> dict:
-    """Parameters, forward FLOPs per sample and peak activation memory of the fusion model."""
+    """Inference parameters, forward FLOPs per sample and peak forward memory of the fusion model.
+
+    Memory is a measured peak: CUDA's allocator peak on a GPU, the process's peak RSS increase on CPU (None where
+    the OS cannot reset the high-water mark)."""
+    from .trainer import forward
+    device = next(model.parameters()).device
+    data = data.to(device)
     idx = data.rows("test")[:64]
     if len(idx) == 0:
-        idx = torch.arange(min(64, len(data.y)))
-    params = sum(p.numel() for p in model.parameters())
+        idx = torch.arange(min(64, len(data.y)), device=data.device)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        from .trainer import forward
         forward(model, data, idx)
     flops = fc.get_total_flops() / len(idx)
-    peak = None
-    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
+    with torch.no_grad():
+        forward(model, data, idx)                          # warm-up: lazy initialisation is not the model's memory
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
             forward(model, data, idx)
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        sizes = []
-        hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size()
-                                                                        if torch.is_tensor(o) else 0))
-                 for m in model.modules()]
-        with torch.no_grad():
-            from .trainer import forward
-            forward(model, data, idx)
-        for h in hooks:
-            h.remove()
-        peak = (sum(sizes) + params * 4) / 2**20
-    return {"params": int(params), "flops_per_sample": float(flops), "peak_memory_mb": float(peak)}
+            torch.cuda.synchronize(device)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            peak = _peak_rss_increase_mb(lambda: forward(model, data, idx))
+    return {"params": inference_parameters(model), "flops_per_sample": float(flops),
+            "peak_memory_mb": None if peak is None else float(peak), "memory_measure": (
+                "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS increase (VmHWM)"),
+            "batch": int(len(idx)), "device": str(device)}
 
 
 def run_experiment(store_path: str, methods: list[str], seeds: list[int], protocols: list[str], recipe: Recipe,
@@ -86,7 +110,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
     store = Store(store_path)
     bundle = load_bundle(store, select)
     data = Data.from_bundle(bundle, tasks)
-    data = _drop_empty_experts(data)
+    data = _drop_empty_experts(data).to(device)
     roles = {k: v.get("role") for k, v in bundle.provenance.items()}
     plan = _plan(methods, data, ablations, roles)
     results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
@@ -248,15 +272,20 @@ def mean_weights(model, data: Data) -> dict:
 
 
 def _eff_scores(results: dict) -> None:
+    """EffScore = (Perf / Perf_MedMIX) / geomean of the cost ratios. Peak memory counts only when it is an allocator
+    figure (CUDA): a CPU RSS increase of a small model is page-level noise (often 0) and would dominate the ratio."""
     ref = results["methods"].get("medmix")
     if not ref or "efficiency" not in ref or "none" not in ref["protocols"]:
         return
     p_ref = ref["protocols"]["none"]["perf"]["mean"]
+    keys = ["params", "flops_per_sample"] + (["peak_memory_mb"] if ref["efficiency"].get("device", "").startswith("cuda")
+                                             else [])
+    results["eff_score_terms"] = keys
     for entry in results["methods"].values():
         if "efficiency" not in entry or "none" not in entry["protocols"]:
             continue
         e, r = entry["efficiency"], ref["efficiency"]
-        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in ("params", "flops_per_sample", "peak_memory_mb")]
+        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in keys if e.get(k) is not None and r.get(k) is not None]
         entry["eff_score"] = (entry["protocols"]["none"]["perf"]["mean"] / p_ref) / float(np.exp(np.mean(np.log(ratios))))
 
 

@@ -85,9 +85,24 @@ class Data:
     def n_out(self) -> int:
         return self.tasks[-1]["out"].stop
 
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device: torch.device | str) -> "Data":
+        """The same data on ``device`` (self when already there): the one way data reaches a model's device."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.y.device == device:
+            return self
+        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Data(self.layout, {m: [x.to(device) for x in xs] for m, xs in self.xs.items()}, mv(self.masks),
+                    self.y.to(device), self.tasks, mv(self.teachers), mv(self.teacher_masks), self.split)
+
     def rows(self, part: str) -> torch.Tensor:
         from stores.store import SPLIT_CODES
-        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part]))
+        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part])).to(self.device)
 
     def available(self) -> torch.Tensor:
         return torch.stack([self.masks[m].any(1) for m in self.layout], 1)
@@ -117,6 +132,7 @@ def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | N
 
 
 def forward(model, data: Data, idx: torch.Tensor, masks=None):
+    idx = idx.to(data.device)
     if isinstance(model, Large):
         m = model.modality
         tmask = data.teacher_masks[m][idx]
@@ -138,6 +154,7 @@ def _optimizer(model, recipe: Recipe):
 def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Protocol = Protocol("none"),
               large_modality: str | None = None, device: str = "cpu", log=None) -> tuple[torch.nn.Module, dict]:
     gen = seed_everything(seed)
+    data = data.to(device)
     model = build_model(method, data, recipe, large_modality).to(device)
     opt = _optimizer(model, recipe)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -148,7 +165,7 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
     distills = method in ("medmix",) and bool(data.teachers)
     for epoch in range(recipe.max_epochs):
         model.train()
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen).to(data.device)]
         masks = data.masks
         if protocol.phase == "train":
             keep = drop_modalities(avail, protocol.kind, protocol.rate, gen)
@@ -189,6 +206,7 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
 @torch.no_grad()
 def evaluate_loss(model, data: Data, idx: torch.Tensor) -> float:
     model.eval()
+    idx = idx.to(data.device)
     out = forward(model, data, idx)
     return float(task_loss(out.logits, data.y[idx], data.tasks))
 
