@@ -128,6 +128,7 @@ class SplitSpec(Strict):
 
 class ModalitySpec(Strict):
     kind: Kind
+    opt_in: bool = False                        # outside the paper's modality set: used only when named
     preprocess: dict[str, Any] = Field(default_factory=dict)
     experts: dict[str, dict[str, ExpertSpec]] = Field(default_factory=dict)   # profile -> extra experts
 
