@@ -44,7 +44,7 @@ class Bundle:
 TEACHER = "teacher"
 
 
-def _read(group) -> tuple[torch.Tensor, torch.Tensor]:
+def read_group(group) -> tuple[torch.Tensor, torch.Tensor]:
     valid = group.group["valid"][:]
     mask = valid == OK
     vec = group.group["vectors"][:].astype(np.float32)
@@ -52,32 +52,59 @@ def _read(group) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(vec), torch.from_numpy(mask)
 
 
+def group_profile(attrs: dict) -> str | None:
+    """The extraction profile a group records (None when the store predates that record)."""
+    return attrs.get("profile") or (attrs.get("provenance") or {}).get("profile")
+
+
+def choose_group(store: Store, mod: str, name: str, versions: dict[str, str], profile: str | None):
+    """The group of one expert, chosen explicitly: a pinned config hash, else the newest group of ``profile``, else
+    the newest group written (the store's "latest" pointer). Returns (group, how it was chosen)."""
+    key = f"{mod}/{name}"
+    if versions.get(key):
+        return store.expert_group(mod, name, versions[key]), "pinned"
+    if profile:
+        groups = [store.expert_group(mod, name, h) for h in store.versions(mod, name)]
+        match = sorted((g for g in groups if group_profile(g.attrs) == profile), key=lambda g: g.attrs.get("created", ""))
+        if not match:
+            recorded = sorted({str(group_profile(g.attrs)) for g in groups})
+            raise StoreError(f"{store.url}: {key}: no group extracted with profile '{profile}' "
+                             f"(groups record profiles: {', '.join(recorded)})")
+        return match[-1], f"profile {profile}"
+    return store.expert_group(mod, name), "latest"
+
+
 def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, teachers: bool = True,
-                versions: dict[str, str] | None = None) -> Bundle:
+                versions: dict[str, str] | None = None, profile: str | None = None) -> Bundle:
     """Load the chosen experts (modality -> expert names; None = all) and their teachers.
 
-    ``versions`` maps "modality/expert" to a config hash; otherwise the latest group of each expert is used.
+    ``versions`` pins "modality/expert" to a config hash; else ``profile`` picks that profile's newest group; else
+    the newest group of each expert. ``provenance`` records, per expert, the hash, model and how it was chosen.
     """
     store = store if isinstance(store, Store) else Store(store)
     versions = versions or {}
     select = select or {m: [e for e in store.experts(m) if e != TEACHER] for m in store.modalities()}
     experts, masks, prov = {}, {}, {}
     t_vec, t_mask = {}, {}
+
+    def record(mod, name, g, how, role):
+        p = g.attrs.get("provenance", {})
+        prov[f"{mod}/{name}"] = {"config_hash": g.attrs["config_hash"], "model": p.get("model"),
+                                 "role": role or p.get("role"), "chosen": how, "profile": group_profile(g.attrs),
+                                 "versions_in_store": len(store.versions(mod, name))}
+
     for mod, names in select.items():
         if not names:
             continue
         experts[mod], masks[mod] = {}, {}
         for name in names:
-            g = store.expert_group(mod, name, versions.get(f"{mod}/{name}"))
-            experts[mod][name], masks[mod][name] = _read(g)
-            prov[f"{mod}/{name}"] = {"config_hash": g.attrs["config_hash"],
-                                     "model": g.attrs.get("provenance", {}).get("model"),
-                                     "role": g.attrs.get("provenance", {}).get("role")}
+            g, how = choose_group(store, mod, name, versions, profile)
+            experts[mod][name], masks[mod][name] = read_group(g)
+            record(mod, name, g, how, None)
         if teachers and mod in store.modalities() and TEACHER in store.experts(mod):
-            g = store.expert_group(mod, TEACHER, versions.get(f"{mod}/{TEACHER}"))
-            t_vec[mod], t_mask[mod] = _read(g)
-            prov[f"{mod}/{TEACHER}"] = {"config_hash": g.attrs["config_hash"],
-                                        "model": g.attrs.get("provenance", {}).get("model"), "role": "teacher"}
+            g, how = choose_group(store, mod, TEACHER, versions, profile)
+            t_vec[mod], t_mask[mod] = read_group(g)
+            record(mod, TEACHER, g, how, "teacher")
     if not experts:
         raise StoreError(f"{store.url}: no experts selected or present")
     labels, meta = {}, {}
@@ -85,3 +112,18 @@ def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, 
         labels[task] = torch.from_numpy(values.astype(np.float32))
         meta[task] = attrs
     return Bundle(store.ids(), store.split(), labels, meta, experts, masks, t_vec, t_mask, prov)
+
+
+def present_versions(store: Store | str, wanted: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """Of the "modality/expert" -> {config_hash, ...} a checkpoint records: (those the store holds -> hash, missing)."""
+    store = store if isinstance(store, Store) else Store(store)
+    found, missing = {}, []
+    for key, rec in wanted.items():
+        mod, name = key.split("/", 1)
+        h = rec["config_hash"] if isinstance(rec, dict) else rec
+        have = (mod in store.modalities() and name in store.experts(mod) and h[:12] in store.versions(mod, name))
+        if have:
+            found[key] = h
+        else:
+            missing.append(key)
+    return found, missing

@@ -127,6 +127,7 @@ class SplitSpec(Strict):
 
 class ModalitySpec(Strict):
     kind: Kind
+    opt_in: StrictBool = False                  # outside the paper's modality set: used only when named
     preprocess: dict[str, Any] = Field(default_factory=dict)   # typed per kind (stores/preprocess.py); kept as written
     experts: dict[str, dict[str, ExpertSpec]] = Field(default_factory=dict)   # profile -> extra experts
 

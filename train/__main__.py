@@ -25,9 +25,9 @@ def _recipe_args(ap):
 
 
 def _recipe(args):
-    from .trainer import Recipe
+    from .trainer import RECIPES, Recipe
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
-    return Recipe(**kw)
+    return dataclasses.replace(RECIPES[args.recipe], **kw)
 
 
 def _default_store(dataset: str, store: str | None, options: dict | None = None) -> str:
@@ -40,10 +40,20 @@ def _default_store(dataset: str, store: str | None, options: dict | None = None)
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if argv[:1] == ["evaluate"]:
-        return _evaluate(argv[1:])
-    if argv[:1] == ["predict"]:
-        return _predict(argv[1:])
+    from stores.store import StoreError
+    from .data_checks import TrainDataError
+    try:
+        if argv[:1] == ["evaluate"]:
+            return _evaluate(argv[1:])
+        if argv[:1] == ["predict"]:
+            return _predict(argv[1:])
+        return _train(argv)
+    except (UsageError, TrainDataError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:
         from .demo import main as demo_main
         return demo_main(argv[1:])
@@ -60,18 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", help="comma list of tasks (default: all in the store)")
     ap.add_argument("--out", default=None, help="output folder (default runs/<dataset>)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--recipe", default="robust", choices=["robust", "paper"],
+                    help="robust (default, chosen on validation; docs/train.md) or the paper's literal recipe")
+    ap.add_argument("--tune", default="default",
+                    help="validation grid every method gets, e.g. 'lr=3e-4,1e-3;dropout=0.1,0.3'; 'default' "
+                         "(lr 3e-4,1e-3,3e-3) or 'none'")
+    ap.add_argument("--modalities", help="comma list (default: all but the spec's opt-in ones)")
+    ap.add_argument("--keep-modalities", default="",
+                    help="comma list: keep these even when the class guard would leave them out")
+    ap.add_argument("--profile", help="use the expert groups extracted with this profile (when the store records it)")
+    ap.add_argument("--no-probes", action="store_true", help="skip the linear-probe diagnostics")
     _recipe_args(ap)
     args = ap.parse_args(argv)
     import torch
     from .experiment import run_experiment
     from .report import headline_rows, write_report
+    from .tuning import parse_grid
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
     results = run_experiment(_default_store(args.dataset, args.store), args.methods.split(","),
                              list(range(args.seeds)), protocols, _recipe(args), out,
                              tasks=args.tasks.split(",") if args.tasks else None, device=device,
-                             ablations=args.ablations)
+                             ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
+                             profile=args.profile, keep_modalities=set(filter(None, args.keep_modalities.split(","))),
+                             tune_grid=parse_grid(args.tune), recipe_name=args.recipe, probes=not args.no_probes)
     report = write_report(results, out)
     print(format_table(headline_rows(results)))
     print(f"report: {report}")
@@ -85,46 +108,132 @@ def _load_checkpoint(path: str):
     return meta, torch.load(path, map_location="cpu", weights_only=True), Recipe(**meta["recipe"]), build_model
 
 
-def _data_for(meta, store: str):
-    from stores.loader import load_bundle
+def _device(name: str | None) -> str:
+    import torch
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class UsageError(Exception):
+    """A refusal with a one-line reason (exit status 2)."""
+
+
+def _checkpoint_groups(meta) -> list[str]:
+    return ([f"{m}/{n}" for m, names in meta["layout"].items() for n in names]
+            + [f"{m}/teacher" for m in meta.get("teacher_dims", {})])
+
+
+def _data_for(meta, store: str, device: str = "cpu", allow_other: bool = False, notes: list | None = None):
+    """The checkpoint's expert groups, chosen by the config hashes it records. A group this store lacks is missing
+    for every sample (the model masks it exactly), or with ``allow_other`` the store's own group of that expert is
+    used (said in ``notes``). A store holding none of them is refused unless ``allow_other``."""
+    import numpy as np
+    import torch
+
+    from stores.loader import TEACHER, Bundle, choose_group, present_versions, read_group
+    from stores.store import Store
     from .trainer import Data
-    bundle = load_bundle(store, {m: names for m, names in meta["layout"].items()},
-                         teachers=bool(meta["teacher_dims"]))
+    notes = [] if notes is None else notes
+    st = Store(store)
+    recorded = meta.get("store_config_hashes", {})
+    wanted = _checkpoint_groups(meta)
+    found, missing = present_versions(st, {k: recorded[k] for k in wanted if k in recorded})
+    missing += [k for k in wanted if k not in recorded]
+    if not found and not allow_other:
+        eg = ", ".join(f"{k} {recorded[k]['config_hash'][:12]}" for k in wanted[:3] if k in recorded)
+        raise UsageError(f"{store} holds none of the {len(wanted)} expert groups the checkpoint was trained on "
+                         f"({eg}, ...): features would differ; pass --allow-other-features to evaluate deliberately "
+                         "on this store's own features")
+    vecs, masks, prov = {}, {}, {}
+    n = st.n
+    for key in wanted:
+        mod, name = key.split("/", 1)
+        m_i = meta["layout"].get(mod, [])
+        dim = meta["teacher_dims"][mod] if name == TEACHER else meta["dims"][mod][m_i.index(name)]
+        have_expert = mod in st.modalities() and name in st.experts(mod)
+        if key in found or (allow_other and have_expert):
+            g, how = choose_group(st, mod, name, {key: found[key]} if key in found else {}, None)
+            if key not in found:
+                notes.append(f"{key}: OTHER features (store config {g.attrs['config_hash'][:12]}, checkpoint "
+                             f"{recorded.get(key, {}).get('config_hash', '?')[:12]}) used (--allow-other-features)")
+            vecs[key], masks[key] = read_group(g)
+            prov[key] = {"config_hash": g.attrs["config_hash"], "chosen": how}
+            if vecs[key].shape[1] != dim:
+                raise UsageError(f"{store}: {key} has dim {vecs[key].shape[1]}, the checkpoint expects {dim}")
+        else:
+            notes.append(f"{key}: not in this store with the checkpoint's config: missing for every sample")
+            vecs[key], masks[key] = torch.zeros(n, dim), torch.zeros(n, dtype=torch.bool)
+    labels, lmeta = {}, {}
+    for task, (values, attrs) in st.labels().items():
+        labels[task], lmeta[task] = torch.from_numpy(values.astype(np.float32)), attrs
+    missing_tasks = [t["name"] for t in meta["tasks"] if t["name"] not in labels]
+    for t in meta["tasks"]:                                   # a cohort without labels can still be predicted
+        if t["name"] in missing_tasks:
+            width = t["cols"][1] - t["cols"][0]
+            labels[t["name"]] = torch.full((n, width), float("nan"))
+            lmeta[t["name"]] = {"type": t["type"], "labels": t["labels"]}
+    bundle = Bundle(st.ids(), st.split(), labels, lmeta,
+                    {m: {e: vecs[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
+                    {m: {e: masks[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
+                    {m: vecs[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
+                    {m: masks[f"{m}/teacher"] for m in meta.get("teacher_dims", {})}, prov)
     data = Data.from_bundle(bundle, [t["name"] for t in meta["tasks"]])
-    for m, names in meta["layout"].items():
-        for k, n in enumerate(names):
-            if data.xs[m][k].shape[1] != meta["dims"][m][k]:
-                raise ValueError(f"{store}: {m}/{n} has dim {data.xs[m][k].shape[1]}, the checkpoint expects {meta['dims'][m][k]}")
-    return data
+    if meta.get("normalisation"):
+        from .normalise import apply_stats
+        data = apply_stats(data, meta["normalisation"])
+    return data.to(device)
 
 
 def _model(meta, state, recipe, build_model, data):
     model = build_model(meta["method"], data, recipe, meta.get("large_modality"))
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(data.device).eval()
+
+
+def _common_args(ap):
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--allow-other-features", action="store_true",
+                    help="use this store's expert groups where the checkpoint's config hashes are absent (a deliberate "
+                         "cross-config evaluation; said in the output)")
+
+
+def _no_modality(data):
+    """Rows with no modality at all: reported, never scored (their output would be the heads' bias)."""
+    return ~data.available().any(1).cpu().numpy()
 
 
 def _evaluate(argv):
     import numpy as np
     ap = argparse.ArgumentParser(prog="python -m train evaluate", description="external validation of a checkpoint")
-    ap.add_argument("--checkpoint", required=True)
+    _common_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store")
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
     args = ap.parse_args(argv)
+    from stores.store import SPLIT_CODES
     from .experiment import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
-    data = _data_for(meta, _default_store(args.dataset, args.store))
+    notes = []
+    store = _default_store(args.dataset, args.store)
+    data = _data_for(meta, store, _device(args.device), args.allow_other_features, notes)
     model = _model(meta, state, recipe, build, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
-    if args.split == "all":
-        data.split = np.zeros_like(data.split)      # every sample counts ("train" code 0 = all rows)
-        part = "train"
-    else:
-        part = args.split
+    part = "train" if args.split == "all" else args.split
+    split = np.zeros_like(data.split) if args.split == "all" else data.split.copy()   # "all": every row as code 0
+    empty = _no_modality(data) & (split == SPLIT_CODES[part])
+    split[empty] = -1
+    data.split = split
+    if not (split == SPLIT_CODES[part]).any():
+        raise UsageError(f"{store}: no sample of split '{args.split}' has any modality the checkpoint uses")
     res = evaluate_split(model, data, part, th)
-    rows = [{"task": t, **{k: f"{v:.4f}" for k, v in m.items() if isinstance(v, float)}} for t, m in res.items()]
+    for line in notes:
+        print(f"note: {line}")
+    print(f"{int((split == SPLIT_CODES[part]).sum())} samples scored; {int(empty.sum())} with no modality not scored")
+    rows = [{"task": t, **{k: f"{v:.4f}" for k, v in m.items() if isinstance(v, float)}} for t, m in res.items()
+            if t != "degenerate"]
     print(format_table(rows))
+    for t, why in res["degenerate"].items():
+        print(f"warning: task {t}: degenerate predictions: {why}")
     return 0
 
 
@@ -132,7 +241,7 @@ def _predict(argv):
     import torch
     ap = argparse.ArgumentParser(prog="python -m train predict",
                                  description="predictions + router/fusion weights for samples with any modalities")
-    ap.add_argument("--checkpoint", required=True)
+    _common_args(ap)
     ap.add_argument("--store", required=True)
     ap.add_argument("--ids", nargs="*", help="sample ids (default: all)")
     ap.add_argument("--out", help="write JSON lines here (default: stdout)")
@@ -140,20 +249,27 @@ def _predict(argv):
     from stores.store import Store
     from .trainer import forward
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
-    data = _data_for(meta, args.store)
+    notes = []
+    data = _data_for(meta, args.store, _device(args.device), args.allow_other_features, notes)
     model = _model(meta, state, recipe, build, data)
     ids = Store(args.store).ids()
     pos = {s: i for i, s in enumerate(ids)}
     missing = [s for s in (args.ids or []) if s not in pos]
     if missing:
-        print(f"error: unknown sample ids {missing[:5]}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown sample ids {missing[:5]}")
     idx = torch.tensor([pos[s] for s in args.ids] if args.ids else list(range(len(ids))))
     with torch.no_grad():
         out = forward(model, data, idx)
+    out.logits = out.logits.cpu()
+    out.router = {m: g.cpu() for m, g in out.router.items()}
+    out.fusion = None if out.fusion is None else out.fusion.cpu()
+    empty = _no_modality(data)
     lines = []
     for r, i in enumerate(idx.tolist()):
         rec = {"id": ids[i], "available": {m: bool(data.masks[m][i].any()) for m in data.layout}}
+        if empty[i]:
+            lines.append(json.dumps({**rec, "prediction": None, "reason": "no modality available"}))
+            continue
         for t in meta["tasks"]:
             lo = out.logits[r, t["out"][0]:t["out"][1]]
             prob = torch.softmax(lo, 0) if t["type"] == "multiclass" else torch.sigmoid(lo)
@@ -168,6 +284,9 @@ def _predict(argv):
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
+    print(f"{int(empty[idx.numpy()].sum())} of {len(idx)} samples have no modality: no prediction", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stores.loader import load_bundle
 from stores.spec import canonical_hash
 from stores.store import Store
 
@@ -32,6 +31,10 @@ def evaluate_split(model, data: Data, part: str, thresholds: dict | None, masks=
         res[t["name"]] = task_metrics(t, logits[:, t["out"]], y[:, t["cols"]], th)
     res["mean"] = {k: float(np.nanmean([res[t["name"]][k] for t in data.tasks])) for k in METRICS}
     res["mean"]["perf"] = perf(res["mean"])
+    from .diagnostics import degenerate
+    flags = {t["name"]: degenerate(t, logits[:, t["out"]], thresholds.get(t["name"]) if thresholds else None)
+             for t in data.tasks}
+    res["degenerate"] = {k: v for k, v in flags.items() if v}
     return res
 
 
@@ -42,63 +45,98 @@ def val_thresholds(model, data: Data) -> dict:
     out = {}
     for t in data.tasks:
         if t["type"] != "multiclass":
-            out[t["name"]] = tune_thresholds(1 / (1 + np.exp(-logits[:, t["out"]])), y[:, t["cols"]])
+            out[t["name"]] = tune_thresholds(1 / (1 + np.exp(-logits[:, t["out"]])), y[:, t["cols"]],
+                                             "macro" if t["type"] == "binary" else "binary")
     return out
 
 
+def _peak_rss_increase_mb(fn) -> float | None:
+    """Peak resident memory above the level before ``fn`` (MB), via Linux's resettable high-water mark
+    (/proc/self/clear_refs "5" resets VmHWM); None where the kernel does not offer it."""
+    def field(name):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name):
+                return int(line.split()[1]) / 1024
+        raise KeyError(name)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = field("VmRSS:")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0.0, field("VmHWM:") - before)
+
+
+def inference_parameters(model) -> int:
+    """Parameters used at inference: training-only parts (the distillation teacher projection) are excluded."""
+    skip = {id(p) for name, mod in model.named_children() if name == "teacher_proj" for p in mod.parameters()}
+    return int(sum(p.numel() for p in model.parameters() if id(p) not in skip))
+
+
 def efficiency(model, data: Data) -> dict:
-    """Parameters, forward FLOPs per sample and peak activation memory of the fusion model."""
+    """Inference parameters, forward FLOPs per sample and peak forward memory of the fusion model.
+
+    Memory is a measured peak: CUDA's allocator peak on a GPU, the process's peak RSS increase on CPU (None where
+    the OS cannot reset the high-water mark)."""
+    from .trainer import forward
+    device = next(model.parameters()).device
+    data = data.to(device)
     idx = data.rows("test")[:64]
     if len(idx) == 0:
-        idx = torch.arange(min(64, len(data.y)))
-    params = sum(p.numel() for p in model.parameters())
+        idx = torch.arange(min(64, len(data.y)), device=data.device)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        from .trainer import forward
         forward(model, data, idx)
     flops = fc.get_total_flops() / len(idx)
-    peak = None
-    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
+    with torch.no_grad():
+        forward(model, data, idx)                          # warm-up: lazy initialisation is not the model's memory
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
             forward(model, data, idx)
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        sizes = []
-        hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size()
-                                                                        if torch.is_tensor(o) else 0))
-                 for m in model.modules()]
-        with torch.no_grad():
-            from .trainer import forward
-            forward(model, data, idx)
-        for h in hooks:
-            h.remove()
-        peak = (sum(sizes) + params * 4) / 2**20
-    return {"params": int(params), "flops_per_sample": float(flops), "peak_memory_mb": float(peak)}
+            torch.cuda.synchronize(device)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            peak = _peak_rss_increase_mb(lambda: forward(model, data, idx))
+    return {"params": inference_parameters(model), "flops_per_sample": float(flops),
+            "peak_memory_mb": None if peak is None else float(peak), "memory_measure": (
+                "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS increase (VmHWM)"),
+            "batch": int(len(idx)), "device": str(device)}
 
 
 def run_experiment(store_path: str, methods: list[str], seeds: list[int], protocols: list[str], recipe: Recipe,
                    out_dir: Path, select: dict | None = None, tasks: list[str] | None = None, device: str = "cpu",
-                   ablations: bool = False, reuse: bool = False) -> dict:
+                   ablations: bool = False, reuse: bool = False, modalities: list[str] | None = None,
+                   versions: dict | None = None, profile: str | None = None, keep_modalities: set | None = None,
+                   tune_grid: dict | None = None, recipe_name: str = "custom", probes: bool = True) -> dict:
     """Train and evaluate every planned method; ``reuse`` returns an existing results.json of the same config hash
-    (same store contents, recipe, seeds, protocols, plan and code version: CPU training is deterministic)."""
+    (same store contents, recipe, seeds, protocols, plan and code version: CPU training is deterministic).
+    ``tune_grid`` ({recipe field: [values]}) gives every method the same validation search (seed ``seeds[0]``)."""
+    from stores.provenance import code_version
+
+    from .diagnostics import diagnose
+    from .prepare import prepare
+    from .tuning import tune
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(store_path)
-    bundle = load_bundle(store, select)
-    data = Data.from_bundle(bundle, tasks)
-    data = _drop_empty_experts(data)
-    roles = {k: v.get("role") for k, v in bundle.provenance.items()}
-    plan = _plan(methods, data, ablations, roles)
+    prep = prepare(store_path, recipe, select, tasks, modalities, versions, profile, keep_modalities)
+    data = prep.data.to(device)
+    plan = _plan(methods, data, ablations, prep.roles)
     results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
-               "seeds": seeds, "protocols": protocols, "store_config_hashes": bundle.provenance,
-               "layout": data.layout, "teachers": sorted(data.teachers),
-               "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "methods": {}}
-    from extract.runner import code_version
+               "recipe_name": recipe_name, "seeds": seeds, "protocols": protocols,
+               "store_config_hashes": prep.selection, "selection": {"profile": profile, "pinned": versions or {}},
+               "layout": data.layout, "teachers": sorted(data.teachers), "notes": prep.notes,
+               "no_modality": prep.no_modality, "coverage": prep.coverage, "normalisation": prep.normalisation,
+               "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "tune_grid": tune_grid,
+               "methods": {}}
     results["code_version"] = code_version()
     results["train_code_sha256"] = _train_code_fingerprint()
     results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols",
-                                                                      "store_config_hashes", "train_code_sha256")},
-                                             "plan": sorted(plan), "select": select, "tasks": tasks})
+                                                                      "store_config_hashes", "train_code_sha256",
+                                                                      "tune_grid")},
+                                             "plan": sorted(plan), "select": select, "tasks": tasks,
+                                             "modalities": modalities, "keep": sorted(keep_modalities or [])})
     previous = out_dir / "results.json"
     if reuse and previous.exists():
         old = json.loads(previous.read_text())
@@ -106,9 +144,14 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             log.info("%s: results for config %s already there: reused", out_dir, results["config_hash"][:12])
             return old
     t_start = time.perf_counter()
+    results["diagnostics"] = diagnose(data, probes=probes)
     for name, (method, sub, large_mod) in plan.items():
         mdata = sub(data) if sub else data
         entry = {"method": method, "protocols": {}}
+        m_recipe = recipe
+        if tune_grid:
+            m_recipe, entry["tuning"] = tune(method, mdata, recipe, tune_grid, seeds[0], large_mod, device)
+            entry["recipe"] = recipe_dict(m_recipe)
         trained = {}
         for proto_name in protocols:
             proto = Protocol.parse(proto_name)
@@ -118,7 +161,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                 key = (seed, train_proto.name)
                 if key not in trained:        # test-time protocols reuse the model trained without drops
                     t0 = time.perf_counter()
-                    model, info = train_one(method, mdata, recipe, seed, train_proto, large_mod, device)
+                    model, info = train_one(method, mdata, m_recipe, seed, train_proto, large_mod, device)
                     log.info("%s seed %d (%s): %d epochs, best %d, %.0f s", name, seed, train_proto.name,
                              info["epochs_run"], info["best_epoch"], time.perf_counter() - t0)
                     trained[key] = (model, info, val_thresholds(model, mdata))
@@ -129,10 +172,13 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                     keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
                     masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
                 res = evaluate_split(model, mdata, "test", th, masks)
-                per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items() if k != "mean"},
-                                 "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"]})
+                per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items() if k not in ("mean", "degenerate")},
+                                 "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+                                 "degenerate": res["degenerate"]})
+                if res["degenerate"]:
+                    log.warning("%s seed %d (%s): degenerate predictions: %s", name, seed, proto_name, res["degenerate"])
                 if proto_name == "none" and seed == seeds[0]:
-                    _save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, recipe, seed,
+                    _save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, m_recipe, seed,
                                      large_mod, th, results)
                     entry["efficiency"] = efficiency(model, mdata)
                     if method == "medmix":
@@ -174,23 +220,6 @@ def summarise(per_seed: list[dict]) -> dict:
         out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
     out["per_seed"] = per_seed
     return out
-
-
-def _drop_empty_experts(data: Data) -> Data:
-    """Experts with no valid training row carry nothing to learn from: left out (and said so in the layout)."""
-    tr = data.rows("train")
-    layout, xs, masks = {}, {}, {}
-    for m, names in data.layout.items():
-        keep = [k for k in range(len(names)) if data.masks[m][tr, k].any()]
-        if keep:
-            layout[m] = [names[k] for k in keep]
-            xs[m] = [data.xs[m][k] for k in keep]
-            masks[m] = data.masks[m][:, keep]
-        else:
-            log.info("modality %s left out: no expert has a valid training row", m)
-    teachers = {m: t for m, t in data.teachers.items() if m in layout and data.teacher_masks[m][tr].any()}
-    tmasks = {m: data.teacher_masks[m] for m in teachers}
-    return Data(layout, xs, masks, data.y, data.tasks, teachers, tmasks, data.split)
 
 
 def _subset(modalities=None, drop_role_experts=None, roles=None, only_expert=None):
@@ -239,24 +268,31 @@ def mean_weights(model, data: Data) -> dict:
     """Mean router weight per expert (over samples with the modality) and mean fusion weight per modality."""
     idx = data.rows("test")
     out = predict(model, data, idx)
-    router = {}
-    for m, g in out.router.items():
-        a = data.masks[m][idx].any(1)
-        router[m] = {n: float(g[a, k].mean()) if a.any() else float("nan") for k, n in enumerate(data.layout[m])}
-    fusion = {m: float(out.fusion[:, i].mean()) for i, m in enumerate(data.layout)}
-    return {"router": router, "fusion": fusion}
+    router, fusion = {}, {}
+    for i, m in enumerate(data.layout):
+        a = data.masks[m][idx].any(1)                     # only patients who HAVE the modality
+        if m in out.router:
+            router[m] = {n: float(out.router[m][a, k].mean()) if a.any() else float("nan")
+                         for k, n in enumerate(data.layout[m])}
+        fusion[m] = float(out.fusion[a, i].mean()) if a.any() else float("nan")
+    return {"router": router, "fusion": fusion, "averaged_over": "test patients who have the modality"}
 
 
 def _eff_scores(results: dict) -> None:
+    """EffScore = (Perf / Perf_MedMIX) / geomean of the cost ratios. Peak memory counts only when it is an allocator
+    figure (CUDA): a CPU RSS increase of a small model is page-level noise (often 0) and would dominate the ratio."""
     ref = results["methods"].get("medmix")
     if not ref or "efficiency" not in ref or "none" not in ref["protocols"]:
         return
     p_ref = ref["protocols"]["none"]["perf"]["mean"]
+    keys = ["params", "flops_per_sample"] + (["peak_memory_mb"] if ref["efficiency"].get("device", "").startswith("cuda")
+                                             else [])
+    results["eff_score_terms"] = keys
     for entry in results["methods"].values():
         if "efficiency" not in entry or "none" not in entry["protocols"]:
             continue
         e, r = entry["efficiency"], ref["efficiency"]
-        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in ("params", "flops_per_sample", "peak_memory_mb")]
+        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in keys if e.get(k) is not None and r.get(k) is not None]
         entry["eff_score"] = (entry["protocols"]["none"]["perf"]["mean"] / p_ref) / float(np.exp(np.mean(np.log(ratios))))
 
 
@@ -269,5 +305,6 @@ def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed
                       for t in data.tasks],
             "recipe": recipe_dict(recipe), "seed": seed, "large_modality": large_mod,
             "thresholds": {k: v.tolist() for k, v in thresholds.items()},
-            "store": results["store"], "store_config_hashes": results["store_config_hashes"]}
+            "store": results["store"], "store_config_hashes": results["store_config_hashes"],
+            "normalisation": results.get("normalisation"), "recipe_name": results.get("recipe_name")}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))

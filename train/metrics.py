@@ -15,8 +15,10 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def tune_thresholds(prob: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per column: the probability cut that maximises F1 on the given (validation) rows."""
+def tune_thresholds(prob: np.ndarray, y: np.ndarray, average: str = "macro") -> np.ndarray:
+    """Per column: the probability cut that maximises the REPORTED F1 on the given (validation) rows: macro-F1 over
+    the two classes for a binary task (``average="macro"``), the label's own F1 for a multi-label task ("binary"),
+    which the report then averages over labels."""
     th = np.full(prob.shape[1], 0.5)
     for j in range(prob.shape[1]):
         known = ~np.isnan(y[:, j])
@@ -24,7 +26,7 @@ def tune_thresholds(prob: np.ndarray, y: np.ndarray) -> np.ndarray:
         if len(np.unique(yy)) < 2:
             continue
         cands = np.unique(np.quantile(pp, np.linspace(0.01, 0.99, 99)))
-        f1s = [f1_score(yy, pp >= c, zero_division=0) for c in cands]
+        f1s = [f1_score(yy, pp >= c, average=average, zero_division=0) for c in cands]
         th[j] = float(cands[int(np.argmax(f1s))])
     return th
 

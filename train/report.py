@@ -96,6 +96,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
              + f". Teachers: {', '.join(results['teachers']) or 'none'}.", "",
              "## Test set, no modality removed (mean ± std over seeds; thresholds tuned on validation)", "",
              md_table(headline_rows(results))]
+    lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     others = [p for p in results["protocols"] if p != "none"]
     if others:
         lines += ["## Missing-modality protocols (AUROC)", ""]
@@ -113,6 +114,42 @@ def write_report(results: dict, out_dir: Path) -> Path:
     path = out_dir / "results.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _selection_lines(results: dict) -> list[str]:
+    rows = [{"group": k, "config": v["config_hash"][:12], "model": v.get("model"), "chosen": v.get("chosen", "latest"),
+             "groups in store": v.get("versions_in_store", "")} for k, v in results["store_config_hashes"].items()]
+    lines = [f"Recipe: **{results.get('recipe_name', 'custom')}**; inputs normalised: "
+             f"{'yes (train-split mean/std per expert)' if results.get('normalisation') else 'no'}.", "",
+             "## Expert groups used", "", md_table(rows)]
+    if results.get("notes"):
+        lines += ["## Warnings and exclusions", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    return lines
+
+
+def _diagnostic_lines(results: dict) -> list[str]:
+    from .diagnostics import diagnostics_rows
+    diag = results.get("diagnostics")
+    if not diag:
+        return []
+    return ["## Diagnostics (inputs as trained on; probe = logistic regression on that input alone, fit on train, "
+            "C on validation, AUROC on test rows that have it)", "", md_table(diagnostics_rows(diag))]
+
+
+def _run_lines(results: dict) -> list[str]:
+    rows = []
+    for name, e in results["methods"].items():
+        p = e["protocols"].get("none")
+        if not p:
+            continue
+        seeds = p["per_seed"]
+        degen = [f"seed {s['seed']}: {', '.join(f'{t}: {w}' for t, w in s['degenerate'].items())}"
+                 for s in seeds if s.get("degenerate")]
+        rows.append({"method": name, "best / total epochs per seed": ", ".join(
+            f"{s['best_epoch']}/{s['epochs_run']}" for s in seeds),
+            "tuned (validation)": ", ".join(f"{k}={v}" for k, v in e.get("tuning", {}).get("chosen", {}).items()),
+            "degenerate predictions": "; ".join(degen) or "none"})
+    return ["## Training runs (no modality removed)", "", md_table(rows)] if rows else []
 
 
 def load_results(out_dir: Path) -> dict:

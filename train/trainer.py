@@ -1,8 +1,10 @@
-"""Training recipe (METHOD section 5) over in-memory tensors: batches are index slices, never a per-sample Dataset.
+"""Training recipe over in-memory tensors: batches are index slices, never a per-sample Dataset.
 
-AdamW (0.9/0.999, wd 1e-2), grad-norm clip 1.0, base lr 1e-5 (router 0.3x), linear warm-up over 50 epochs,
-<= 200 epochs, batch 256, distillation weight ramped 0 -> 0.3 over 30 epochs, early stop after 20 epochs without a
-better validation loss, best checkpoint kept. Everything is a field of ``Recipe`` and overridable from the CLI.
+``RECIPES["paper"]`` is METHOD section 5 literally: AdamW (0.9/0.999, wd 1e-2), grad-norm clip 1.0, base lr 1e-5
+(router 0.3x), linear warm-up over 50 epochs, <= 200 epochs, batch 256, distillation weight ramped 0 -> 0.3 over 30
+epochs, early stop after 20 epochs without a better validation loss, best checkpoint kept. ``RECIPES["robust"]``
+(the default; chosen on validation, docs/train.md) counts the warm-up in optimizer steps, standardises the inputs,
+starts fusion uniform, adds per-modality auxiliary losses and modality dropout. Every field is a CLI flag.
 """
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ class Recipe:
     hidden: int = 256
     dropout: float = 0.1
     cotrain_weight: float = 0.1        # AdaCoMed's contrastive co-training term
+    warmup_steps: int = 0              # > 0: warm-up counted in optimizer steps (replaces warmup_epochs)
+    normalise: str = "none"            # none | standard (train-split mean/std per expert, train/normalise.py)
+    fusion_init: str = "default"       # default | uniform (router and fusion scorers start at zero: equal weights)
+    aux_weight: float = 0.0            # per-modality auxiliary task losses (models with per-modality heads)
+    modality_dropout: float = 0.0      # training: each available modality dropped with this probability (>= 1 kept)
+
+
+RECIPES = {
+    "paper": Recipe(),
+    "robust": Recipe(lr=1e-3, warmup_steps=20, max_epochs=100, patience=15, batch_size=64, distill_ramp_epochs=10,
+                     normalise="standard", fusion_init="uniform", aux_weight=0.3, modality_dropout=0.2),
+}
 
 
 METHODS = ["medmix", "meanavg", "concat", "max", "attention", "m3care", "adacomed"]
@@ -85,9 +99,24 @@ class Data:
     def n_out(self) -> int:
         return self.tasks[-1]["out"].stop
 
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def to(self, device: torch.device | str) -> "Data":
+        """The same data on ``device`` (self when already there): the one way data reaches a model's device."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.y.device == device:
+            return self
+        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return Data(self.layout, {m: [x.to(device) for x in xs] for m, xs in self.xs.items()}, mv(self.masks),
+                    self.y.to(device), self.tasks, mv(self.teachers), mv(self.teacher_masks), self.split)
+
     def rows(self, part: str) -> torch.Tensor:
         from stores.store import SPLIT_CODES
-        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part]))
+        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part])).to(self.device)
 
     def available(self) -> torch.Tensor:
         return torch.stack([self.masks[m].any(1) for m in self.layout], 1)
@@ -101,10 +130,11 @@ def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | N
     dims = {m: [x.shape[1] for x in xs] for m, xs in data.xs.items()}
     tdims = {m: t.shape[1] for m, t in data.teachers.items()}
     kw = {"d": recipe.hidden, "dropout": recipe.dropout}
+    uniform = recipe.fusion_init == "uniform"
     if method in ("medmix", "medmix_nodistill"):
-        return MedMIX(dims, data.n_out, teacher_dims=tdims if method == "medmix" else None, **kw)
+        return MedMIX(dims, data.n_out, teacher_dims=tdims if method == "medmix" else None, uniform_init=uniform, **kw)
     if method == "medmix_mean":
-        return MedMIX(dims, data.n_out, teacher_dims=tdims, intra="mean", **kw)
+        return MedMIX(dims, data.n_out, teacher_dims=tdims, intra="mean", uniform_init=uniform, **kw)
     if method in ("meanavg", "concat", "max", "attention"):
         return SimpleFusion(dims, data.n_out, rule={"meanavg": "mean"}.get(method, method), **kw)
     if method == "m3care":
@@ -117,6 +147,7 @@ def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | N
 
 
 def forward(model, data: Data, idx: torch.Tensor, masks=None):
+    idx = idx.to(data.device)
     if isinstance(model, Large):
         m = model.modality
         tmask = data.teacher_masks[m][idx]
@@ -125,6 +156,24 @@ def forward(model, data: Data, idx: torch.Tensor, masks=None):
         return model(data.teachers[m][idx], tmask)
     xs, mk = data.batch(idx, masks)
     return model(xs, mk)
+
+
+def available_from(masks: dict[str, torch.Tensor], order: list[str]) -> torch.Tensor:
+    return torch.stack([masks[m].any(1) for m in order], 1)
+
+
+def modality_dropout(avail: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Each available modality dropped with probability p; a sample keeps at least one of its modalities."""
+    keep = avail & (torch.rand(avail.shape, generator=gen) >= p).to(avail.device)
+    lost = avail.any(1) & ~keep.any(1)
+    return torch.where(lost.unsqueeze(1), avail, keep)
+
+
+def aux_loss(out, y: torch.Tensor, tasks: list[dict], order: list[str]) -> torch.Tensor:
+    """Mean over modalities of the task loss of each modality's own head, on the samples that have the modality."""
+    losses = [task_loss(out.modality_logits[m], y, tasks, out.available[:, i])
+              for i, m in enumerate(order) if out.available[:, i].any()]
+    return torch.stack(losses).mean() if losses else out.logits.new_zeros(())
 
 
 def _optimizer(model, recipe: Recipe):
@@ -138,6 +187,7 @@ def _optimizer(model, recipe: Recipe):
 def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Protocol = Protocol("none"),
               large_modality: str | None = None, device: str = "cpu", log=None) -> tuple[torch.nn.Module, dict]:
     gen = seed_everything(seed)
+    data = data.to(device)
     model = build_model(method, data, recipe, large_modality).to(device)
     opt = _optimizer(model, recipe)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -145,23 +195,29 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
     avail = data.available()
     best, best_state, best_epoch, history = float("inf"), None, -1, []
     steps_per_epoch = max(1, -(-len(train_idx) // recipe.batch_size))
-    distills = method in ("medmix",) and bool(data.teachers)
+    distills = method in ("medmix", "medmix_mean") and bool(data.teachers)   # the ablation removes routing only
+    warmup = recipe.warmup_steps or recipe.warmup_epochs * steps_per_epoch
     for epoch in range(recipe.max_epochs):
         model.train()
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen).to(data.device)]
         masks = data.masks
         if protocol.phase == "train":
             keep = drop_modalities(avail, protocol.kind, protocol.rate, gen)
             masks = apply_to_masks(data.masks, keep, list(data.layout))
+        if recipe.modality_dropout > 0:
+            masks = apply_to_masks(masks, modality_dropout(available_from(masks, data.layout), recipe.modality_dropout,
+                                                           gen), list(data.layout))
         lam = recipe.lambda_d * min(1.0, epoch / max(1, recipe.distill_ramp_epochs))
         total = 0.0
         for step in range(steps_per_epoch):
-            progress = (epoch * steps_per_epoch + step + 1) / max(1, recipe.warmup_epochs * steps_per_epoch)
+            progress = (epoch * steps_per_epoch + step + 1) / max(1, warmup)
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * min(1.0, progress)
             idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             out = forward(model, data, idx, masks)
             loss = task_loss(out.logits, data.y[idx], data.tasks)
+            if recipe.aux_weight > 0 and out.modality_logits and not isinstance(model, AdaCoMed):
+                loss = loss + recipe.aux_weight * aux_loss(out, data.y[idx], data.tasks, list(data.layout))
             if distills and lam > 0:
                 mk = {m: masks[m][idx].any(1) for m in data.layout}
                 loss = loss + lam * distill_loss(out.modality_z, mk, {m: t[idx] for m, t in data.teachers.items()},
@@ -189,6 +245,7 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
 @torch.no_grad()
 def evaluate_loss(model, data: Data, idx: torch.Tensor) -> float:
     model.eval()
+    idx = idx.to(data.device)
     out = forward(model, data, idx)
     return float(task_loss(out.logits, data.y[idx], data.tasks))
 

@@ -60,7 +60,7 @@ class Output:
 
 class MedMIX(nn.Module):
     def __init__(self, layout: dict[str, list[int]], n_out: int, d: int = 256, dropout: float = 0.1,
-                 teacher_dims: dict[str, int] | None = None, intra: str = "router"):
+                 teacher_dims: dict[str, int] | None = None, intra: str = "router", uniform_init: bool = False):
         super().__init__()
         self.modalities = list(layout)
         self.intra = intra                                  # router | mean (ablation: uniform mean over experts)
@@ -70,6 +70,10 @@ class MedMIX(nn.Module):
         self.heads = nn.ModuleDict({m: nn.Linear(d, n_out) for m in layout})
         self.scorer = nn.ModuleDict({m: nn.Linear(d, 1) for m in layout})
         self.teacher_proj = nn.ModuleDict({m: nn.Linear(dt, d) for m, dt in (teacher_dims or {}).items() if m in layout})
+        if uniform_init:              # equal router and fusion weights at the start; learned away from there
+            for lin in [*self.router.values(), *self.scorer.values()]:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     def router_parameters(self):
         return list(self.router.parameters())

@@ -1,0 +1,95 @@
+"""Store -> the Data a run trains on, every choice explicit and recorded: which expert groups (config hash + model,
+and how each was chosen), opt-in modalities left out, rows without any modality, the class guard, normalisation."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from stores.loader import load_bundle
+from stores.store import Store
+
+from .data_checks import TrainDataError, check_trainable, class_guard, exclude_rows_without_modality, modality_counts
+from .normalise import apply_stats, fit_stats
+from .trainer import Data, Recipe
+
+log = logging.getLogger("medmix.train")
+
+
+@dataclass
+class Prepared:
+    data: Data
+    selection: dict                       # "m/e" -> {config_hash, model, role, chosen, profile, versions_in_store}
+    roles: dict
+    notes: list[str] = field(default_factory=list)
+    no_modality: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    normalisation: dict | None = None
+    opt_in_left_out: list[str] = field(default_factory=list)
+
+
+def opt_in_modalities(dataset: str) -> set[str]:
+    """Modalities the pipeline spec marks opt-in for this dataset (trained on only when asked by name)."""
+    try:
+        from stores.spec import load_spec
+        spec = load_spec().dataset(dataset)
+    except Exception:                     # a store of a dataset the spec does not describe (benches, tests)
+        return set()
+    return {m for m, ms in spec.modalities.items() if getattr(ms, "opt_in", False)}
+
+
+def _drop_empty_experts(data: Data) -> Data:
+    """Experts with no valid training row carry nothing to learn from: left out (and said so in the log)."""
+    tr = data.rows("train")
+    layout, xs, masks = {}, {}, {}
+    for m, names in data.layout.items():
+        keep = [k for k in range(len(names)) if data.masks[m][tr, k].any()]
+        if keep:
+            layout[m] = [names[k] for k in keep]
+            xs[m] = [data.xs[m][k] for k in keep]
+            masks[m] = data.masks[m][:, keep]
+        else:
+            log.warning("modality %s left out: no expert has a valid training row", m)
+    if not layout:
+        raise TrainDataError("no expert of any modality has a valid training row (is the store extracted?)")
+    teachers = {m: t for m, t in data.teachers.items() if m in layout and data.teacher_masks[m][tr].any()}
+    return Data(layout, xs, masks, data.y, data.tasks, teachers, {m: data.teacher_masks[m] for m in teachers},
+                data.split)
+
+
+def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: list[str] | None = None,
+            modalities: list[str] | None = None, versions: dict | None = None, profile: str | None = None,
+            keep_modalities: set[str] | None = None) -> Prepared:
+    store = Store(store_path)
+    notes, opt_out = [], []
+    if select is None:
+        asked = set(modalities or [])
+        opt_in = opt_in_modalities(store.meta.get("dataset", ""))
+        mods = [m for m in store.modalities() if (m in asked if asked else m not in opt_in)]
+        opt_out = sorted(m for m in store.modalities() if m in opt_in and m not in asked)
+        if opt_out:
+            notes.append(f"opt-in modalities not used (name them in --modalities to use them): {', '.join(opt_out)}")
+        unknown = sorted(asked - set(store.modalities()))
+        if unknown:
+            raise TrainDataError(f"{store.url}: no modality {unknown} (store has {store.modalities()})")
+        select = {m: [e for e in store.experts(m) if e != "teacher"] for m in mods}
+    bundle = load_bundle(store, select, versions=versions, profile=profile)
+    for key, p in bundle.provenance.items():
+        log.info("expert group %s: config %s, model %s (%s; %d group(s) in the store)", key, p["config_hash"][:12],
+                 p["model"], p["chosen"], p["versions_in_store"])
+    data = Data.from_bundle(bundle, tasks)
+    data, empty = exclude_rows_without_modality(data)
+    if any(empty.values()):
+        notes.append(f"samples with no modality (not trained on, not scored): {empty}")
+    data = _drop_empty_experts(data)
+    check_trainable(data, store.url)
+    data, guard = class_guard(data, keep_modalities)
+    notes += guard
+    check_trainable(data, store.url)
+    stats = None
+    if recipe.normalise == "standard":
+        stats = fit_stats(data)
+        data = apply_stats(data, stats)
+    elif recipe.normalise != "none":
+        raise TrainDataError(f"recipe normalise={recipe.normalise!r}: expected none | standard")
+    roles = {k: v.get("role") for k, v in bundle.provenance.items()}
+    return Prepared(data, bundle.provenance, roles, notes, empty, modality_counts(data), stats, opt_out)
