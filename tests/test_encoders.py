@@ -212,3 +212,22 @@ def test_raw_weight_shards_from_several_packages_are_joined_in_order(tmp_path):
     (tmp_path / "x_p1" / "part.bin").write_bytes(blob)
     with pytest.raises(SourceError, match="plain file name"):
         _join_parts(tmp_path / "x_p*" / "part.bin", "../evil.pt", "test2")
+
+
+def test_images_keep_their_aspect_ratio_through_the_models_own_transform(tmp_path):
+    """A wide image is resized on its short side and centre-cropped (timm's eval transform), never squashed: an
+    image whose central square is black and whose sides are white reaches the model all black."""
+    from tiny_models import tiny_timm_vit
+    path, params = tiny_timm_vit(tmp_path)
+    enc = build_encoder("dinov2_b", EncoderOptions(source=str(path), params=params)).load()
+    cfg = enc.eval_config()
+    assert cfg["input_size"] == (3, 56, 56) and cfg["crop_mode"] == "center"
+    wide = torch.ones(1, 3, 100, 300)
+    wide[..., 100:200] = 0.0                                  # the central 100 x 100 square
+    x = enc._prepare(wide)
+    assert x.shape == (1, 3, 56, 56)
+    black = (torch.zeros(1, 3, 1, 1) - torch.tensor(enc.mean).view(1, 3, 1, 1)) / torch.tensor(enc.std).view(1, 3, 1, 1)
+    inner = x[..., :, 3:-3]                                   # the crop edge touches the white sides (resampling)
+    torch.testing.assert_close(inner, black.expand_as(inner), atol=0.02, rtol=0)
+    squashed = torch.nn.functional.interpolate(wide, size=(56, 56), mode="bilinear")
+    assert squashed.mean() > 0.5                              # what the old square resize fed the model

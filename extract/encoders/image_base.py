@@ -1,34 +1,44 @@
-"""Shared image path: stacks of [0,1] float (or uint8) images per item -> resize + normalize -> batched forward -> mean.
+"""Shared image path: stacks of [0,1] float (or uint8) images per item -> the encoder's own eval transform ->
+batched forward -> mean.
 
-One item may hold several images (2.5D CT slices, WSI tiles, one CXR): all images of a batch of items run through
-the model together in fixed-size chunks, so memory stays bounded however many slices or tiles an item has.
+The transform is the model's own (timm ``create_transform`` from its data config: resize keeping the aspect ratio,
+centre crop, normalise — open_clip's preprocess settings mapped to the same), applied to tensors, so a non-square
+X-ray is never squashed. One item may hold several images (2.5D CT slices, WSI tiles, one CXR): all images of a
+batch of items run through the model together in fixed-size chunks, so memory stays bounded however many slices or
+tiles an item has.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..registry import Encoder
 
 
 class ImageEncoder(Encoder):
     batch_size = 64                       # images per forward
+    version = "2"                         # 2: the model's own eval transform (aspect kept, centre crop)
     input_size: int = 224
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
+    data_config: dict | None = None       # timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode)
 
     def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalized -> (B, D)."""
         raise NotImplementedError
 
+    def eval_config(self) -> dict:
+        """The model's eval preprocessing; families set ``data_config`` from the loaded model."""
+        default = {"input_size": (3, self.input_size, self.input_size), "interpolation": "bicubic",
+                   "crop_pct": 1.0, "crop_mode": "center"}
+        return {**default, **(self.data_config or {}), "mean": tuple(self.mean), "std": tuple(self.std)}
+
     def _prepare(self, imgs: torch.Tensor) -> torch.Tensor:
-        if imgs.shape[-2:] != (self.input_size, self.input_size):
-            imgs = F.interpolate(imgs, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
-            imgs = imgs.clamp(0, 1)
-        mean = torch.tensor(self.mean, device=imgs.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=imgs.device).view(1, 3, 1, 1)
-        return (imgs - mean) / std
+        """(B, 3, H, W) in [0, 1] -> the model's input: timm's eval transform works on tensors as well as images."""
+        if getattr(self, "_transform", None) is None:
+            from timm.data import create_transform
+            self._transform = create_transform(**self.eval_config(), is_training=False)
+        return self._transform(imgs)
 
     def _forward(self, items: list) -> np.ndarray:
         stacks = []

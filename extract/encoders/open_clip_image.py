@@ -7,6 +7,9 @@ from ..registry import register
 from .image_base import ImageEncoder
 
 
+RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
+
+
 class OpenClipImageEncoder(ImageEncoder):
     def _build(self):
         import open_clip
@@ -18,6 +21,9 @@ class OpenClipImageEncoder(ImageEncoder):
         self.mean, self.std = tuple(cfg.get("mean", self.mean)), tuple(cfg.get("std", self.std))
         size = cfg.get("size", self.input_size)
         self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        # open_clip's eval preprocess, as a timm data config (resize_mode shortest = resize + centre crop)
+        self.data_config = {"interpolation": cfg.get("interpolation", "bicubic"), "crop_pct": 1.0,
+                            "crop_mode": RESIZE_MODES[cfg.get("resize_mode", "shortest")]}
         return model, None, self.gpu_precision()
 
     def _embed_images(self, x: torch.Tensor) -> torch.Tensor:

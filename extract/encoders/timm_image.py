@@ -47,11 +47,17 @@ class TimmImageEncoder(ImageEncoder):
 
     def _build(self):
         model = self._create().to(self.device).eval()
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(cfg.get("mean", self.mean))
-        self.std = tuple(cfg.get("std", self.std))
-        self.input_size = int(self._arch_kwargs().get("img_size") or cfg.get("input_size", (3, 224, 224))[-1])
+        self._use_data_config(model)
         return model, None, self.gpu_precision()
+
+    def _use_data_config(self, model, mean: tuple | None = None, std: tuple | None = None) -> None:
+        """The model's own eval preprocessing (timm resolve_model_data_config), at the size the model runs at."""
+        from timm.data import resolve_model_data_config
+        cfg = dict(resolve_model_data_config(model))
+        self.input_size = int(self._arch_kwargs().get("img_size") or cfg["input_size"][-1])
+        cfg["input_size"] = (3, self.input_size, self.input_size)
+        self.mean, self.std = tuple(mean or cfg["mean"]), tuple(std or cfg["std"])
+        self.data_config = cfg
 
     def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -103,5 +109,5 @@ class EfficientNetLite0(TimmImageEncoder):
             mapped[dk] = sv
         model.load_state_dict(mapped, strict=True)
         model.reset_classifier(0)
-        self.input_size = 224
+        self._use_data_config(model, type(self).mean, type(self).std)     # timm's resize/crop, these weights' scaling
         return model.to(self.device).eval(), None, self.gpu_precision()
