@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="run committed units again where rows failed (rows whose input changed are retried anyway)")
+    ap.add_argument("--replace-split", action="store_true",
+                    help="rewrite an existing store's split when the dataset's split changed (default: refuse)")
     return ap
 
 
@@ -77,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from stores.spec import SpecError
+    from stores.store import StoreError
     try:
         return _run(args)
-    except (SpecError, FileNotFoundError, NotImplementedError, ValueError) as exc:
+    except (SpecError, StoreError, FileNotFoundError, NotImplementedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -91,8 +96,8 @@ def _run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet)
-    return 0 if summary is not None else 1
+        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split)
+    return 0 if summary is not None and not summary.unit_errors else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ information and are rejected with the reason.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,13 @@ def read_image(path: str | Path, size: int | None = None, max_pixels: int | None
                min_side: int = 1) -> np.ndarray:
     """The image at ``path``; ``size`` = the encoder input side it will be resized to (None: full resolution)."""
     path = Path(path)
+    with warnings.catch_warnings():
+        if max_pixels:          # our own budget applies below; PIL's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _read(path, size, max_pixels, min_side)
+
+
+def _read(path: Path, size: int | None, max_pixels: int | None, min_side: int) -> np.ndarray:
     with Image.open(path) as im:
         w, h = im.size
         if max_pixels and w * h > max_pixels:
