@@ -63,6 +63,10 @@ def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="run committed units again where rows failed (rows whose input changed are retried anyway)")
+    ap.add_argument("--replace-split", action="store_true",
+                    help="rewrite an existing store's split when the dataset's split changed (default: refuse)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -74,7 +78,9 @@ def _run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet)
+        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split)
+    if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
+        return 1
     return exit_status(sum(summary.failed.values()), args.strict)
 
 

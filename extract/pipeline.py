@@ -34,7 +34,7 @@ def check_selection(spec, dataset: str, profile: str, modalities: list[str] | No
                          f"(have: {', '.join(sorted(names))})")
 
 
-def create_store(spec, dataset: str, adapter, path: Path, limit: int | None) -> Store:
+def create_store(spec, dataset: str, adapter, path: Path, limit: int | None, replace_split: bool = False) -> Store:
     ids = adapter.ids()
     split = adapter.split()
     labels = adapter.label_arrays()
@@ -43,27 +43,27 @@ def create_store(spec, dataset: str, adapter, path: Path, limit: int | None) -> 
         labels = {k: (v[:limit], m) for k, (v, m) in labels.items()}
     return Store.create(path, dataset, ids, split, labels, chunk_rows=spec.defaults.chunk_rows,
                         attrs={"spec_file": spec.source_file, "limit": limit, "adapter": adapter.identity(),
-                               "split_spec": spec.dataset(dataset).split.model_dump()})
+                               "split_spec": spec.dataset(dataset).split.model_dump()}, replace_split=replace_split)
 
 
 def extract_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,
                     store: str | None = None, scheduler: str | None = None, workers: int = 0, gpus: int = 0,
                     device: str | None = None, modalities: list[str] | None = None, experts: list[str] | None = None,
                     options: dict | None = None, limit: int | None = None, rag: bool = True,
-                    progress: bool = True) -> Summary:
+                    progress: bool = True, retry_failed: bool = False, replace_split: bool = False) -> Summary:
     spec = load_spec(config)
     root = paths.data_root(spec, data_root)
     adapter = get_adapter(spec.dataset(dataset), root, options)
     check_selection(spec, dataset, profile, modalities, experts)
     path = paths.store_path(spec, dataset, options, limit, store)
-    st = create_store(spec, dataset, adapter, path, limit)
+    st = create_store(spec, dataset, adapter, path, limit, replace_split)
     log.info("store %s: %d samples", path, st.n)
     plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts)
     threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
     ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads)
     executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()
     try:
-        summary = run(ctx, plans, executor, progress=progress)
+        summary = run(ctx, plans, executor, progress=progress, retry_failed=retry_failed)
     finally:
         executor.close()
     if rag and (not experts or "rag" in experts):
@@ -85,3 +85,7 @@ def print_summary(summary: Summary) -> None:
     for k, reasons in summary.reasons.items():
         top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
         print(f"  failed in {k}: " + "; ".join(f"{r} (x{c})" for r, c in top))
+    for k, n in getattr(summary, "retried_units", {}).items():
+        print(f"  retried in {k}: {n} committed unit(s) with failed/missing rows whose input changed (or --retry-failed)")
+    for reason in getattr(summary, "unit_errors", []):
+        print(f"  unit error (left pending; rerun to retry): {reason}")

@@ -27,6 +27,7 @@ from stores.store import FAILED, MISSING, OK, Store, Unit
 from stores.tiles import require_slide_tiles, tiles_path
 
 from .datasets.base import DatasetAdapter, Failed, Missing, get_adapter
+from .inputs import check_input, describe, load_rows
 from .readers.lazy import LazyView
 from .readers.wsi import TiledSlide
 from .registry import Encoder, EncoderOptions, build_encoder, model_options
@@ -67,6 +68,8 @@ class Summary:
     missing: dict = field(default_factory=dict)
     skipped_units: dict = field(default_factory=dict)
     reasons: dict = field(default_factory=dict)    # "modality/expert" -> {reason: count}
+    retried_units: dict = field(default_factory=dict)   # "modality/expert" -> committed units run again
+    unit_errors: list = field(default_factory=list)     # "modality unit k: reason" (left pending; rerun retries)
 
     def add(self, other: dict) -> None:
         for key, (ok, miss, fail, reasons) in other.items():
@@ -128,7 +131,7 @@ def encode_isolated(enc: Encoder, items: list) -> tuple[np.ndarray | None, list[
             log.warning("%s: CUDA out of memory, batch size -> %d", enc.card.key, enc.batch_size)
         except Exception as batch_error:  # noqa: BLE001  (any bad input must not stop the run)
             if len(items) == 1:
-                return None, [f"{type(batch_error).__name__}: {batch_error}"[:500]]
+                return None, [describe(batch_error)[:500]]
             vecs, reasons = [], []
             for it in items:
                 v, r = encode_isolated(enc, [it])
@@ -152,6 +155,7 @@ def _view(inp, view: str):
 
 
 LAZY_GROUP = 4        # raw volumes decoded at a time: memory stays bounded however large chunk_rows is
+IMAGE_GROUP = 16      # 2-D images decoded at a time (each <= 2x the encoder's input side after decode)
 
 
 def _peek(inp, view: str):
@@ -167,7 +171,12 @@ def _decode(value):
     try:
         return value.get()
     except Exception as exc:  # noqa: BLE001  (an unreadable volume fails its row, the unit goes on)
-        return Failed(f"{type(exc).__name__}: {exc}"[:500])
+        return Failed(describe(exc)[:500])
+
+
+def lazy_group(kind: str) -> int:
+    """Rows decoded at a time: 2-D images are small once downscaled (an encoder batch); volumes are not."""
+    return IMAGE_GROUP if kind == "image" else LAZY_GROUP
 
 
 @dataclass
@@ -191,19 +200,45 @@ def _encode_into(st: _JobRows, enc: Encoder, rows: list[int], items: list) -> No
             st.valid[i], st.reasons[i] = FAILED, errs[j] or "non-finite embedding"
 
 
-def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
+def run_unit_task(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bool = False) -> dict:
+    """run_unit for a Dask worker: an error comes back as a plain RuntimeError whose message names the unit
+    (some exceptions lose their message, or fail to unpickle, on the way back)."""
+    try:
+        return run_unit(ctx, modality, unit, jobs, force)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"{modality} unit {unit.index} (rows {unit.start}-{unit.stop - 1}): "
+                           f"{describe(exc)}"[:1000]) from None
+
+
+def _sources(adapter: DatasetAdapter, modality: str, rows: list[int]) -> list[str]:
+    out = []
+    for r in rows:
+        try:
+            out.append(adapter.fingerprint(modality, r))
+        except Exception:  # noqa: BLE001  (no fingerprint: the row is retried only with --retry-failed)
+            out.append("")
+    return out
+
+
+def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bool = False) -> dict:
     """Load the unit's inputs; run every pending job on them; write data then markers. Returns counts per job.
 
-    Raw volumes (lazy views) are decoded LAZY_GROUP rows at a time, each view once for every job that reads it;
-    slides go tile batch by tile batch (``_embed_slides``); everything else is encoded in one call per job.
+    Loading is isolated per row (``inputs.load_rows``) and every input passes the input rules (``check_input``),
+    so a bad record fails its row, never the unit. Raw volumes (lazy views) are decoded a few rows at a time, each
+    view once for every job that reads it; slides go tile batch by tile batch (``_embed_slides``); everything else
+    is encoded in one call per job. ``force``: run the jobs even where the unit is committed (a retry).
     """
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     store = _store(ctx.store_url)
     rows = list(range(unit.start, unit.stop))
-    inputs = _adapter(ctx).load(modality, rows)
+    adapter = _adapter(ctx)
+    mspec = adapter.spec.modalities.get(modality)
+    preprocess = dict(mspec.preprocess) if mspec is not None else {}
+    inputs = [check_input(x, preprocess) for x in load_rows(adapter, modality, rows)]
+    sources = _sources(adapter, modality, rows)
     groups = {j.name: store.expert_group(modality, j.name, j.config_hash) for j in jobs}
-    pending = [j for j in jobs if not groups[j.name].done_units()[unit.index]]
+    pending = jobs if force else [j for j in jobs if not groups[j.name].done_units()[unit.index]]
     slides = _embed_slides(ctx, store, modality, unit, pending, inputs)
     states = []
     for job in pending:
@@ -228,8 +263,10 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
             _encode_into(st, _encoder(job, ctx.device), eager, [st.values[i] for i in eager])
         states.append(st)
     lazy_rows = sorted({i for st in states for i in st.lazy})
-    for g in range(0, len(lazy_rows), LAZY_GROUP):
-        group_rows, decoded = lazy_rows[g:g + LAZY_GROUP], {}
+    kinds = {st.values[i].kind for st in states for i in st.lazy}
+    step = min((lazy_group(k) for k in kinds), default=LAZY_GROUP)
+    for g in range(0, len(lazy_rows), step):
+        group_rows, decoded = lazy_rows[g:g + step], {}
         for st in states:
             todo, items = [], []
             for i in (r for r in group_rows if r in st.lazy):
@@ -247,7 +284,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job]) -> dict:
     counts = {}
     for st in states:
         job = st.job
-        st.group.write_unit(unit, st.vectors, st.valid, st.reasons)
+        st.group.write_unit(unit, st.vectors, st.valid, st.reasons, sources=sources)
         for i in st.tiled:
             if not _keep_tiles(inputs[i], job.view):
                 _drop_tiles(store, modality, job, unit.start + i)
@@ -283,7 +320,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
                 state[j.name] = (s, enc, require_slide_tiles(store.root, modality, j.name, j.config_hash, row, ids[row],
                                                              s.coords, enc.dim, s.batch, s.info))
             except Exception as exc:  # noqa: BLE001
-                out[(j.name, k)] = Failed(f"{type(exc).__name__}: {exc}"[:500])
+                out[(j.name, k)] = Failed(describe(exc)[:500])
         try:
             for b in range(max((s.n_batches for s, _, _ in state.values()), default=0)):
                 need = [(n, s, enc, t) for n, (s, enc, t) in state.items()
@@ -301,7 +338,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
                 out.setdefault((n, k), t.mean())
         except Exception as exc:  # noqa: BLE001  (an unreadable region: the slide fails, the run goes on)
             for n in state:
-                out.setdefault((n, k), Failed(f"{type(exc).__name__}: {exc}"[:500]))
+                out.setdefault((n, k), Failed(describe(exc)[:500]))
         finally:
             for s, _, _ in state.values():
                 s.close()
@@ -364,9 +401,17 @@ class LocalExecutor:
     def probe(self, ctx, job):
         return probe(ctx, job)
 
-    def run(self, ctx, units, on_done):
-        for mod, unit, jobs in units:
-            on_done(mod, unit, jobs, run_unit(ctx, mod, unit, jobs))
+    def run(self, ctx, units, on_done, on_error=None):
+        for mod, unit, jobs, force in units:
+            try:
+                counts = run_unit(ctx, mod, unit, jobs, force)
+            except Exception as exc:  # noqa: BLE001  (the unit stays pending; the run goes on)
+                if on_error is None:
+                    raise
+                on_error(mod, unit, jobs, f"{mod} unit {unit.index} (rows {unit.start}-{unit.stop - 1}): "
+                                          f"{describe(exc)}")
+                continue
+            on_done(mod, unit, jobs, counts)
 
     def close(self):
         pass
@@ -395,16 +440,23 @@ class DaskExecutor:
     def probe(self, ctx, job):
         return self.client.submit(probe, ctx, job, pure=False).result()
 
-    def run(self, ctx, units, on_done):
+    def run(self, ctx, units, on_done, on_error=None):
         from distributed import as_completed
         futures = {}
-        for mod, unit, jobs in units:
-            f = self.client.submit(run_unit, ctx, mod, unit, jobs, pure=False, retries=1,
+        for mod, unit, jobs, force in units:
+            f = self.client.submit(run_unit_task, ctx, mod, unit, jobs, force, pure=False, retries=1,
                                    key=f"unit-{mod}-{unit.index}-{time.monotonic_ns()}")
             futures[f] = (mod, unit, jobs)
         for f in as_completed(futures):
             mod, unit, jobs = futures[f]
-            on_done(mod, unit, jobs, f.result())
+            try:
+                counts = f.result()
+            except Exception as exc:  # noqa: BLE001
+                if on_error is None:
+                    raise
+                on_error(mod, unit, jobs, describe(exc))
+                continue
+            on_done(mod, unit, jobs, counts)
 
     def close(self):
         self.client.close()
@@ -419,8 +471,38 @@ def _cached_group(store: Store, modality: str, job: Job):
         return None
 
 
-def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool = True) -> Summary:
-    """Create/reuse each job's group, then run every pending unit. Returns the per-expert summary."""
+def retry_units(group, adapter: DatasetAdapter, modality: str, retry_failed: bool = False) -> set[int]:
+    """Committed units to run again: those holding a failed row (``retry_failed``), or a failed / missing row
+    whose input fingerprint changed since it was written (a fixed file is picked up without any flag)."""
+    from stores.store import FAILED as _F, MISSING as _M
+    valid = group.group["valid"][:]
+    done = group.done_units()
+    out = set()
+    bad_rows = np.flatnonzero((valid == _F) | (valid == _M))
+    if not bad_rows.size:
+        return out
+    stored = group.sources()
+    for r in bad_rows:
+        u = int(r) // group.chunk_rows
+        if u in out or not done[u]:
+            continue
+        if retry_failed and valid[r] == _F:
+            out.add(u)
+        elif stored is not None and str(stored[r]):
+            try:
+                now = adapter.fingerprint(modality, int(r))
+            except Exception:  # noqa: BLE001
+                now = ""
+            if now and now != str(stored[r]):
+                out.add(u)
+    return out
+
+
+def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool = True,
+        retry_failed: bool = False) -> Summary:
+    """Create/reuse each job's group, then run every pending unit (and committed units to retry, see
+    ``retry_units``). Returns the per-expert summary; a unit that errors as a whole stays pending and is listed in
+    ``summary.unit_errors`` while the run goes on."""
     executor = executor or LocalExecutor()
     store = Store(ctx.store_url, mode="a")
     summary = Summary()
@@ -437,19 +519,24 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
                 group = store.require_expert_group(mod, job.name, job.config_hash, dim, prov)
             else:
                 store.root[f"embeddings/{mod}/{job.name}"].attrs["latest"] = job.config_hash[:12]
-            pend = group.pending_units()
-            summary.skipped_units[f"{mod}/{job.name}"] = group.n_units - len(pend)
-            if pend:
-                pending_jobs.append((job, {u.index for u in pend}))
+            pend = {u.index for u in group.pending_units()}
+            retry = retry_units(group, _adapter(ctx), mod, retry_failed) - pend
+            key = f"{mod}/{job.name}"
+            summary.skipped_units[key] = group.n_units - len(pend) - len(retry)
+            if retry:
+                summary.retried_units[key] = len(retry)
+            if pend or retry:
+                pending_jobs.append((job, pend, retry))
                 if progress:
-                    bars[f"{mod}/{job.name}"] = tqdm(total=sum(u.stop - u.start for u in pend), unit="item",
-                                                     desc=f"{mod}/{job.name} ({job.model})", leave=True)
+                    bars[key] = tqdm(total=sum(u.stop - u.start for u in group.units() if u.index in pend | retry),
+                                     unit="item", desc=f"{key} ({job.model})", leave=True)
         if not pending_jobs:
             continue
         for unit in store.expert_group(mod, pending_jobs[0][0].name, pending_jobs[0][0].config_hash).units():
-            todo = [j for j, idx in pending_jobs if unit.index in idx]
+            todo = [j for j, pend, retry in pending_jobs if unit.index in pend or unit.index in retry]
+            force = any(unit.index in retry for _, _, retry in pending_jobs)
             if todo:
-                work.append((mod, unit, todo))
+                work.append((mod, unit, todo, force))
 
     def on_done(mod, unit, jobs, counts):
         summary.add(counts)
@@ -458,8 +545,12 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
             if bar is not None:
                 bar.update(unit.stop - unit.start)
 
+    def on_error(mod, unit, jobs, reason):
+        log.error("unit failed (left pending, a rerun retries it): %s", reason)
+        summary.unit_errors.append(reason)
+
     try:
-        executor.run(ctx, work, on_done)
+        executor.run(ctx, work, on_done, on_error)
     finally:
         for b in bars.values():
             b.close()

@@ -7,7 +7,7 @@ import sys
 
 from .store import SPLIT_CODES, Store, StoreError
 from .table import format_table
-from .verify import coverage, failure_reasons, verify
+from .verify import check, coverage, failure_reasons
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001  (truncated / corrupt root metadata: a finding, not a traceback)
+        if args.cmd == "verify":
+            print(f"FAIL {args.store}/zarr.json: unreadable store metadata ({type(exc).__name__}: {exc})"[:500])
+            return 1
+        print(f"error: {args.store}: unreadable store ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
     if args.cmd == "verify":
-        problems = verify(store)
-        for line in problems:
+        report = check(store)
+        for line in report.notes:
+            print(f"note {line}")
+        for line in report.problems:
             print(f"FAIL {line}")
+        problems = report.problems
         print(f"{store.url}: {'consistent' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     split = store.split()

@@ -11,8 +11,14 @@ Layout (docs/store.md is the reference):
           vectors (N, D) float32|float16       fill NaN
           valid   (N,)   uint8                 0 missing, 1 ok, 2 failed, 255 never written
           reason  (N,)   str                   why a row is missing or failed
+          source  (N,)   str                   fingerprint of each row's input (a changed input is retried)
+          checksum (U,)  str                   sha256 of each unit's vectors/valid/reason, written just before
           done    (U,)   uint8                 one marker per unit of work, chunk size 1, written LAST
           <extra> (N, ...)                     optional per-row arrays (e.g. retrieval audit)
+
+Groups and the store's fixed part are built in a staging folder beside the store and renamed into place, so a
+concurrent run sees a group complete (attributes and arrays) or not at all. ``medmix.split_hash`` versions the
+split: a store never silently takes another split (``Store.split_hash()``; ``replace_split`` rewrites it).
 
 Units of work are row ranges aligned to ``chunk_rows``, so every chunk of every array has exactly one writer
 (Zarr 3 has no synchronizer). A unit writes its data chunks first and its marker last: a marker means done.
@@ -21,7 +27,10 @@ No pickle anywhere: strings, numbers, JSON attributes.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,6 +53,65 @@ def _now() -> str:
 
 def _open(url: str | os.PathLike, mode: str) -> zarr.Group:
     return zarr.open_group(str(url), mode=mode, zarr_format=3)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def _local_path(url: str) -> Path:
+    return Path(str(url).removeprefix("file://"))
+
+
+def _staging(store_path: Path) -> Path:
+    """A fresh folder on the store's filesystem but outside its hierarchy (so a rename into place is atomic)."""
+    base = store_path.parent / f".{store_path.name}.staging"
+    for _ in range(20):                 # another process may remove the (empty) base between mkdir and mkdtemp
+        base.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+        except FileNotFoundError:
+            continue
+    raise StoreError(f"{base}: cannot create a staging folder")
+
+
+def _publish(stage: Path, target: Path) -> bool:
+    """Rename a built folder into place; False (and the stage removed) when another process got there first."""
+    try:
+        os.rename(stage, target)
+        return True
+    except OSError:
+        shutil.rmtree(stage, ignore_errors=True)
+        return False
+    finally:
+        try:
+            stage.parent.rmdir()            # the staging base, once empty
+        except OSError:
+            pass
+
+
+def array_digest(name: str, values) -> str:
+    """sha256 of one unit's slice of an array as stored (numbers: storage dtype, C order; strings: NUL-joined)."""
+    a = np.asarray(values)
+    if a.dtype.kind in "UOT":
+        data = "\x00".join(str(x) for x in a.reshape(-1)).encode("utf-8", "surrogatepass")
+    else:
+        data = np.ascontiguousarray(a).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def unit_checksum(vectors: np.ndarray, valid: np.ndarray, reasons) -> str:
+    """'vectors=<sha256>,valid=<sha256>,reason=<sha256>' of a unit as stored: verify names the array that changed."""
+    return ",".join(f"{n}={array_digest(n, v)}" for n, v in
+                    (("vectors", vectors), ("valid", np.asarray(valid, np.uint8)), ("reason", np.asarray(reasons, str))))
+
+
+def parse_checksum(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in str(text).split(",") if "=" in part)
+
+
+def split_codes_hash(codes: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int8).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,8 +156,12 @@ class ExpertGroup:
         return [u for u in self.units() if not done[u.index]]
 
     def write_unit(self, unit: Unit, vectors: np.ndarray, valid: np.ndarray, reasons: list[str],
-                   extras: dict[str, np.ndarray] | None = None) -> None:
-        """Write one unit's rows (chunk-aligned, idempotent), then its marker."""
+                   extras: dict[str, np.ndarray] | None = None, sources: list[str] | None = None) -> None:
+        """Write one unit's rows (chunk-aligned, idempotent), its checksum, then its marker.
+
+        ``sources``: one fingerprint per row of what the row was computed from (size/mtime or content hash), so a
+        later run retries failed or missing rows whose input changed. Groups written before these arrays existed
+        are written without them."""
         n = unit.stop - unit.start
         vec = self.group["vectors"]
         if vectors.shape != (n, vec.shape[1]):
@@ -101,9 +173,22 @@ class ExpertGroup:
         vec[unit.rows] = vectors
         for name, arr in (extras or {}).items():
             self.group[name][unit.rows] = arr
-        self.group["reason"][unit.rows] = np.asarray([r or "" for r in reasons], dtype=object).astype(str)
+        reasons = [r or "" for r in reasons]
+        self.group["reason"][unit.rows] = np.asarray(reasons, dtype=object).astype(str)
         self.group["valid"][unit.rows] = valid
+        members = set(self.group.array_keys())
+        if sources is not None and "source" in members:
+            self.group["source"][unit.rows] = np.asarray([s or "" for s in sources], dtype=object).astype(str)
+        if "checksum" in members:
+            self.group["checksum"][unit.index] = unit_checksum(vectors, valid, reasons)
         self.group["done"][unit.index] = 1          # the marker, last
+
+    def has(self, name: str) -> bool:
+        return name in set(self.group.array_keys())
+
+    def sources(self) -> np.ndarray | None:
+        """Per-row input fingerprints, or None for a group written before they were recorded."""
+        return self.group["source"][:] if self.has("source") else None
 
 
 class Store:
@@ -124,45 +209,93 @@ class Store:
     # ---- creation -------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, url: str | os.PathLike, dataset: str, ids: list[str], split: list[str],
-               labels: dict[str, tuple[np.ndarray, dict]], chunk_rows: int = 256, attrs: dict | None = None) -> "Store":
-        """Create the store's fixed part, or check that an existing one holds the same samples."""
+               labels: dict[str, tuple[np.ndarray, dict]], chunk_rows: int = 256, attrs: dict | None = None,
+               replace_split: bool = False) -> "Store":
+        """Create the store's fixed part, or check that an existing one holds the same samples and split.
+
+        A local store is built in a staging folder and renamed into place: two runs started on one fresh store
+        both succeed (the loser opens the winner's). An existing store whose split differs from ``split`` is
+        refused unless ``replace_split`` (results computed on the old split must not be reused silently)."""
         if len(set(ids)) != len(ids):
             raise StoreError(f"{url}: sample ids are not unique")
-        if Path(str(url)).exists() and (Path(str(url)) / "zarr.json").exists():
-            store = cls(url, mode="a")
-            have = store.ids()
-            if have != list(ids):
-                raise StoreError(f"{url}: holds {len(have)} samples that differ from the dataset's {len(ids)}; "
-                                 "use another --store (a store never changes its rows)")
-            store._write_labels(labels, split)   # labels/splits may be refreshed (same rows), embeddings stay
-            return store
+        bad = sorted(set(split) - set(SPLIT_CODES))
+        if bad:
+            raise StoreError(f"{url}: unknown split names {bad}")
+        path = _local_path(str(url))
+        if _is_local(str(url)):
+            if not (path / "zarr.json").exists():
+                stage = _staging(path)
+                cls._build(stage, dataset, ids, split, labels, chunk_rows, attrs)
+                _publish(stage, path)
+            return cls(url, mode="a")._reuse(ids, split, labels, replace_split)
+        if _open(url, "a").attrs.get("medmix") is not None:      # remote: no atomic rename; first writer wins
+            return cls(url, mode="a")._reuse(ids, split, labels, replace_split)
+        cls._build(url, dataset, ids, split, labels, chunk_rows, attrs)
+        return cls(url, mode="a")
+
+    @staticmethod
+    def _build(url, dataset: str, ids: list[str], split: list[str], labels: dict, chunk_rows: int,
+               attrs: dict | None) -> None:
         root = _open(url, "w")
         n = len(ids)
+        codes = np.asarray([SPLIT_CODES[s] for s in split], dtype="int8")
         root.attrs["medmix"] = {"format": FORMAT_VERSION, "dataset": dataset, "n_samples": n,
-                                "chunk_rows": int(chunk_rows), "created": _now(), **(attrs or {})}
+                                "chunk_rows": int(chunk_rows), "created": _now(), "split_hash": split_codes_hash(codes),
+                                **(attrs or {})}
         s = root.require_group("samples")
         s.create_array("id", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype=str, dimension_names=["sample"])
         s["id"][:] = np.asarray(ids, dtype=str)
         s.create_array("split", shape=(n,), chunks=(max(1, min(n, chunk_rows)),), dtype="int8", fill_value=-1,
                         dimension_names=["sample"])
         s["split"].attrs["codes"] = SPLIT_CODES
+        s["split"][:] = codes
         root.require_group("labels")
         root.require_group("embeddings")
-        store = cls(url, mode="a")
-        store._write_labels(labels, split)
-        return store
+        store = Store.__new__(Store)
+        store.url, store.root, store.meta = str(url), root, dict(root.attrs["medmix"])
+        store.chunk_rows, store.n = int(chunk_rows), n
+        store._write_labels(labels)
 
-    def _write_labels(self, labels: dict[str, tuple[np.ndarray, dict]], split: list[str]) -> None:
-        bad = sorted(set(split) - set(SPLIT_CODES))
-        if bad:
-            raise StoreError(f"{self.url}: unknown split names {bad}")
-        self.root["samples/split"][:] = np.asarray([SPLIT_CODES[s] for s in split], dtype="int8")
+    def _reuse(self, ids: list[str], split: list[str], labels: dict, replace_split: bool) -> "Store":
+        have = self.ids()
+        if have != list(ids):
+            raise StoreError(f"{self.url}: holds {len(have)} samples that differ from the dataset's {len(ids)}; "
+                             "use another --store (a store never changes its rows)")
+        codes = np.asarray([SPLIT_CODES[s] for s in split], dtype="int8")
+        old = self.split()
+        if not np.array_equal(codes, old):
+            changed = int((codes != old).sum())
+            new_hash = split_codes_hash(codes)
+            if not replace_split:
+                raise StoreError(
+                    f"{self.url}: the dataset's split differs from the stored one in {changed} of {self.n} rows "
+                    f"(split hash {self.split_hash()[:12]} -> {new_hash[:12]}; e.g. a new split seed). Results "
+                    "computed on the stored split would be mixed with the new one: use another --store, or "
+                    "--replace-split to rewrite the split (its hash changes, so results keyed on it are recomputed)")
+            self.root["samples/split"][:] = codes
+            meta = dict(self.root.attrs["medmix"])
+            meta["split_history"] = [*meta.get("split_history", []),
+                                     {"replaced": _now(), "old": self.split_hash(old), "rows_changed": changed}]
+            meta["split_hash"] = new_hash
+            self.root.attrs["medmix"] = meta
+            self.meta = meta
+        self._write_labels(labels)   # labels may be refreshed (same rows); unchanged ones are not rewritten
+        return self
+
+    def split_hash(self, codes: np.ndarray | None = None) -> str:
+        """sha256 of the split codes (int8, row order): include it in any results hash computed on this store."""
+        return split_codes_hash(self.split() if codes is None else codes)
+
+    def _write_labels(self, labels: dict[str, tuple[np.ndarray, dict]]) -> None:
         lg = self.root["labels"]
         for task, (values, meta) in labels.items():
             values = np.asarray(values, dtype="float32").reshape(self.n, -1)
             if task not in lg:
                 lg.create_array(task, shape=values.shape, chunks=(min(self.n, self.chunk_rows), values.shape[1]),
                                 dtype="float32", fill_value=float("nan"), dimension_names=["sample", f"{task}_label"])
+            elif lg[task].shape == values.shape and np.array_equal(lg[task][:], values, equal_nan=True) \
+                    and all(lg[task].attrs.get(k) == v for k, v in meta.items()):
+                continue
             lg[task][:] = values
             lg[task].attrs.update(meta)
 
@@ -214,22 +347,37 @@ class Store:
             if g["vectors"].shape[1] != dim:
                 raise StoreError(f"{self.url}: {g.path}: stored dim {g['vectors'].shape[1]} != encoder dim {dim}")
         else:
-            g = parent.create_group(key)
-            c = min(self.n, self.chunk_rows)
-            g.create_array("vectors", shape=(self.n, dim), chunks=(c, dim), dtype=dtype, fill_value=float("nan"),
-                           dimension_names=["sample", "dim"])
-            g.create_array("valid", shape=(self.n,), chunks=(c,), dtype="uint8", fill_value=UNWRITTEN,
-                           dimension_names=["sample"])
-            g.create_array("reason", shape=(self.n,), chunks=(c,), dtype=str, dimension_names=["sample"])
-            n_units = -(-self.n // self.chunk_rows)
-            g.create_array("done", shape=(n_units,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=["unit"])
-            for name, (tail, dt, fill) in (extras or {}).items():
-                g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
-                               dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
-            g.attrs.update({"config_hash": config_hash, "modality": modality, "expert": expert,
-                            "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance})
+            attrs = {"config_hash": config_hash, "modality": modality, "expert": expert,
+                     "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance}
+            if _is_local(self.url):
+                stage = _staging(_local_path(self.url))
+                self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
+                target = _local_path(self.url) / parent.path / key
+                _publish(stage, target)     # False: another run published it first; theirs is used (checked below)
+            else:
+                self._build_group(parent.create_group(key, attributes=attrs), attrs, dim, dtype, extras)
+            g = parent[key]
+            if g.attrs.get("config_hash") != config_hash:
+                raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
         parent.attrs["latest"] = key
         return ExpertGroup(g, self.chunk_rows)
+
+
+    def _build_group(self, g: zarr.Group, attrs: dict, dim: int, dtype: str, extras: dict | None) -> None:
+        c = min(self.n, self.chunk_rows)
+        g.create_array("vectors", shape=(self.n, dim), chunks=(c, dim), dtype=dtype, fill_value=float("nan"),
+                       dimension_names=["sample", "dim"])
+        g.create_array("valid", shape=(self.n,), chunks=(c,), dtype="uint8", fill_value=UNWRITTEN,
+                       dimension_names=["sample"])
+        g.create_array("reason", shape=(self.n,), chunks=(c,), dtype=str, dimension_names=["sample"])
+        g.create_array("source", shape=(self.n,), chunks=(c,), dtype=str, dimension_names=["sample"])
+        n_units = -(-self.n // self.chunk_rows)
+        g.create_array("checksum", shape=(n_units,), chunks=(1,), dtype=str, dimension_names=["unit"])
+        g.create_array("done", shape=(n_units,), chunks=(1,), dtype="uint8", fill_value=0, dimension_names=["unit"])
+        for name, (tail, dt, fill) in (extras or {}).items():
+            g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
+                           dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
+        g.attrs.update(attrs)
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> Store:

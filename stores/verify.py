@@ -1,70 +1,191 @@
-"""Consistency checks and a coverage summary of a store (`python -m stores verify|info`)."""
+"""Consistency and integrity checks and a coverage summary of a store (`python -m stores verify|info`).
+
+Integrity: every unit committed since checksums exist carries sha256 digests of its vectors / valid / reason
+slices (``checksum``, written just before the marker); verify recomputes them, so flipped bytes that still decode to
+finite numbers, or a chunk swapped for another unit's, are caught and named (array and unit). Unreadable chunks
+and metadata are reported the same way, never as a traceback. Groups written before checksums existed still verify
+(with a note).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .store import FAILED, MISSING, OK, SPLIT_CODES, UNWRITTEN, Store
+from .store import FAILED, MISSING, OK, SPLIT_CODES, UNWRITTEN, ExpertGroup, Store, array_digest, parse_checksum
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)     # FAIL lines: the store is not consistent
+    notes: list[str] = field(default_factory=list)        # worth knowing (pending units, no checksums)
+
+
+def _err(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
 
 
 def verify(store: Store) -> list[str]:
     """Every inconsistency found, as a sentence naming the array (empty list = consistent)."""
-    problems: list[str] = []
+    return check(store).problems
+
+
+def check(store: Store) -> Report:
+    rep = Report()
     n = store.n
-    if len(store.ids()) != n:
-        problems.append(f"samples/id has {len(store.ids())} rows, attrs say {n}")
-    split = store.split()
-    if not np.isin(split, list(SPLIT_CODES.values())).all():
-        problems.append(f"samples/split: {(~np.isin(split, list(SPLIT_CODES.values()))).sum()} rows without a split")
-    for task, (values, _meta) in store.labels().items():
-        if values.shape[0] != n:
-            problems.append(f"labels/{task}: {values.shape[0]} rows != {n}")
-    for mod, exp, key, g in store.iter_groups():
-        where = f"embeddings/{mod}/{exp}/{key}"
-        vec, valid, done = g.group["vectors"], g.group["valid"][:], g.done_units()
-        if vec.shape[0] != n or valid.shape[0] != n:
-            problems.append(f"{where}: row count {vec.shape[0]}/{valid.shape[0]} != {n}")
+    try:
+        ids = store.ids()
+        if len(ids) != n:
+            rep.problems.append(f"samples/id has {len(ids)} rows, attrs say {n}")
+    except Exception as exc:  # noqa: BLE001
+        ids = [str(i) for i in range(n)]
+        rep.problems.append(f"samples/id: unreadable ({_err(exc)})")
+    try:
+        split = store.split()
+        if not np.isin(split, list(SPLIT_CODES.values())).all():
+            rep.problems.append(f"samples/split: {(~np.isin(split, list(SPLIT_CODES.values()))).sum()} rows "
+                                "without a split")
+        recorded = store.meta.get("split_hash")
+        if recorded and recorded != store.split_hash(split):
+            rep.problems.append(f"samples/split: content does not match the recorded split_hash {recorded[:12]}")
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(f"samples/split: unreadable ({_err(exc)})")
+    try:
+        for task, (values, _meta) in store.labels().items():
+            if values.shape[0] != n:
+                rep.problems.append(f"labels/{task}: {values.shape[0]} rows != {n}")
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(f"labels: unreadable ({_err(exc)})")
+    for where, g in _groups(store, rep):
+        _check_group(store, where, g, ids, rep)
+    _verify_tiles(store, rep)
+    return rep
+
+
+def _groups(store: Store, rep: Report):
+    """(path, ExpertGroup) for every expert group; an unreadable level is a problem, the walk goes on."""
+    def children(path):
+        try:
+            return sorted(k for k, _ in store.root[path].groups())
+        except Exception as exc:  # noqa: BLE001
+            rep.problems.append(f"{path}: unreadable group metadata ({_err(exc)})")
+            return []
+    for m in children("embeddings"):
+        for e in children(f"embeddings/{m}"):
+            for h in children(f"embeddings/{m}/{e}"):
+                where = f"embeddings/{m}/{e}/{h}"
+                try:
+                    yield where, ExpertGroup(store.root[where], store.chunk_rows)
+                except Exception as exc:  # noqa: BLE001
+                    rep.problems.append(f"{where}: unreadable group metadata ({_err(exc)})")
+
+
+def _open_arrays(where: str, g: ExpertGroup, rep: Report) -> dict | None:
+    arrays = {}
+    for name in ("vectors", "valid", "reason", "done", "checksum"):
+        try:
+            arrays[name] = g.group[name]
+        except KeyError:
+            if name != "checksum":
+                rep.problems.append(f"{where}/{name}: array missing")
+                return None
+        except Exception as exc:  # noqa: BLE001  (truncated / corrupt zarr.json)
+            rep.problems.append(f"{where}/{name}: unreadable array metadata ({_err(exc)})")
+            return None
+    return arrays
+
+
+def _read(arrays: dict, name: str, sel, where: str, unit, rep: Report):
+    try:
+        return arrays[name][sel]
+    except Exception as exc:  # noqa: BLE001  (a corrupt or truncated chunk)
+        what = f"unit {unit.index} (rows {unit.start}-{unit.stop - 1})" if name != "done" else f"unit {unit.index}"
+        rep.problems.append(f"{where}/{name}: {what}: unreadable chunk ({_err(exc)})")
+        return None
+
+
+def _check_group(store: Store, where: str, g: ExpertGroup, ids: list[str], rep: Report) -> None:
+    arrays = _open_arrays(where, g, rep)
+    if arrays is None:
+        return
+    n = store.n
+    vec = arrays["vectors"]
+    if vec.shape[0] != n or arrays["valid"].shape[0] != n:
+        rep.problems.append(f"{where}: row count {vec.shape[0]}/{arrays['valid'].shape[0]} != {n}")
+        return
+    pending, unchecked, nonfinite, no_reason = [], 0, [], 0
+    for u in g.units():
+        done = _read(arrays, "done", u.index, where, u, rep)
+        v = _read(arrays, "valid", u.rows, where, u, rep)
+        x = _read(arrays, "vectors", u.rows, where, u, rep)
+        r = _read(arrays, "reason", u.rows, where, u, rep)
+        if done is None or v is None or x is None or r is None:
             continue
-        bad_codes = ~np.isin(valid, [MISSING, OK, FAILED, UNWRITTEN])
+        bad_codes = ~np.isin(v, [MISSING, OK, FAILED, UNWRITTEN])
         if bad_codes.any():
-            problems.append(f"{where}/valid: {bad_codes.sum()} rows with an unknown code")
-        for u in g.units():
-            v = valid[u.rows]
-            if done[u.index] and (v == UNWRITTEN).any():
-                problems.append(f"{where}: unit {u.index} (rows {u.start}-{u.stop - 1}) has a marker but "
+            rep.problems.append(f"{where}/valid: unit {u.index}: {bad_codes.sum()} rows with an unknown code")
+        if not done:
+            pending.append(u.index)
+        elif (v == UNWRITTEN).any():
+            rep.problems.append(f"{where}: unit {u.index} (rows {u.start}-{u.stop - 1}) has a marker but "
                                 f"{int((v == UNWRITTEN).sum())} rows were never written")
-        ok_rows = np.flatnonzero(valid == OK)
-        if ok_rows.size:
-            x = vec[:].astype(np.float32)[ok_rows]
-            nonfinite = ~np.isfinite(x).all(axis=1)
-            if nonfinite.any():
-                ids = store.ids()
-                first = [ids[i] for i in ok_rows[nonfinite][:3]]
-                problems.append(f"{where}/vectors: {nonfinite.sum()} valid rows hold NaN/inf (e.g. {first})")
-        reasons = g.group["reason"][:]
-        failed_without_reason = np.flatnonzero((valid == FAILED) & (reasons == ""))
-        if failed_without_reason.size:
-            problems.append(f"{where}: {failed_without_reason.size} failed rows without a reason")
-    problems += _verify_tiles(store)
-    return problems
+        ok = v == OK
+        bad = ok & ~np.isfinite(x.astype(np.float32)).all(axis=1)
+        nonfinite += [ids[u.start + i] for i in np.flatnonzero(bad)]
+        no_reason += sum(1 for code, why in zip(v, r) if code == FAILED and str(why) == "")
+        if done:
+            unchecked += _check_digest(arrays, where, u, {"vectors": x, "valid": v, "reason": r}, rep)
+    if nonfinite:
+        rep.problems.append(f"{where}/vectors: {len(nonfinite)} valid rows hold NaN/inf (e.g. {nonfinite[:3]})")
+    if no_reason:
+        rep.problems.append(f"{where}: {no_reason} failed rows without a reason")
+    if pending:
+        rep.notes.append(f"{where}: {len(pending)} of {g.n_units} units pending (no marker): "
+                         f"{pending[:10]}{' ...' if len(pending) > 10 else ''}")
+    if unchecked:
+        rep.notes.append(f"{where}: no content hash recorded for {unchecked} committed unit(s) "
+                         "(written before checksums existed); their data is checked for consistency only")
 
 
-def _verify_tiles(store: Store) -> list[str]:
+def _check_digest(arrays: dict, where: str, u, data: dict, rep: Report) -> int:
+    """Compare a committed unit's slices with their recorded digests; 1 when the unit has none."""
+    if "checksum" not in arrays:
+        return 1
+    text = _read(arrays, "checksum", u.index, where, u, rep)
+    digests = parse_checksum(text) if text is not None else {}
+    if not digests:
+        return 1 if text is not None else 0
+    for name, values in data.items():
+        want = digests.get(name)
+        if want and array_digest(name, values) != want:
+            rep.problems.append(f"{where}/{name}: unit {u.index} (rows {u.start}-{u.stop - 1}): content hash "
+                                "mismatch (the chunk changed after it was committed)")
+    return 0
+
+
+def _verify_tiles(store: Store, rep: Report) -> None:
     """Per-slide tile groups: a tile batch with a marker must hold finite embeddings for all its tiles."""
     from .tiles import SlideTiles
-    if "tiles" not in store.root:
-        return []
-    problems = []
-    for mod in store.root["tiles"].group_keys():
-        for exp in store.root[f"tiles/{mod}"].group_keys():
-            for key in store.root[f"tiles/{mod}/{exp}"].group_keys():
-                for row in store.root[f"tiles/{mod}/{exp}/{key}"].group_keys():
-                    t = SlideTiles(store.root[f"tiles/{mod}/{exp}/{key}/{row}"])
-                    emb = t.group["embeddings"][:]
-                    for b in np.flatnonzero(t.done()):
-                        if not np.isfinite(emb[t.batch_rows(int(b))]).all():
-                            problems.append(f"tiles/{mod}/{exp}/{key}/{row}: tile batch {b} has a marker but "
-                                            "NaN/inf embeddings")
-    return problems
+    try:
+        if "tiles" not in store.root:
+            return
+        paths = [f"tiles/{mod}/{exp}/{key}/{row}"
+                 for mod in store.root["tiles"].group_keys()
+                 for exp in store.root[f"tiles/{mod}"].group_keys()
+                 for key in store.root[f"tiles/{mod}/{exp}"].group_keys()
+                 for row in store.root[f"tiles/{mod}/{exp}/{key}"].group_keys()]
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(f"tiles: unreadable group metadata ({_err(exc)})")
+        return
+    for path in paths:
+        try:
+            t = SlideTiles(store.root[path])
+            emb = t.group["embeddings"][:]
+            for b in np.flatnonzero(t.done()):
+                if not np.isfinite(emb[t.batch_rows(int(b))]).all():
+                    rep.problems.append(f"{path}: tile batch {b} has a marker but NaN/inf embeddings")
+        except Exception as exc:  # noqa: BLE001
+            rep.problems.append(f"{path}/embeddings: unreadable ({_err(exc)})")
 
 
 def coverage(store: Store) -> list[dict]:

@@ -100,7 +100,7 @@ def test_every_key_in_the_spec_is_declared_and_read_by_code(section):
 
 
 def test_the_key_check_can_fail():
-    assert not _read_in_code("bin_hours") and not _read_in_code("interpolation")
+    assert not _read_in_code("bin_hours") and not _read_in_code("sett")
     assert _read_in_code("tissue_threshold")
 
 

@@ -76,7 +76,7 @@ def test_mimic4mm_stays_tasks_ehr_cxr_notes(mimic_root):
     assert "HR: 100" in ehr[1]["text"] and "Creatinine: 1.2" in ehr[1]["text"]
     assert isinstance(ehr[2], Missing) and "Creatinine: 2.5" in ehr[0]["text"]
     front, lat = a.load("frontal", [1])[0], a.load("lateral", [1])[0]
-    assert front["image"].shape == (1, 3, 64, 64) and isinstance(lat, Missing) and "not on disk" in lat.reason
+    assert front["image"].get().shape == (1, 3, 64, 64) and isinstance(lat, Missing) and "not on disk" in lat.reason
     notes = a.load("note", [1, 2])
     assert notes[0]["text"] == "FINDINGS: no focal consolidation." and isinstance(notes[1], Missing)
 

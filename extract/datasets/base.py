@@ -81,6 +81,37 @@ class DatasetAdapter:
         """What the adapter read (file names and sizes), for provenance."""
         return {"adapter": self.name, "root": str(self.root), "options": self.options}
 
+    def where(self, modality: str, row: int) -> str:
+        """The record and file a row comes from, for failure reasons (adapters name their file and member)."""
+        return f"{self.name}: sample {self.ids()[row]}"
+
+    def fingerprint(self, modality: str, row: int) -> str:
+        """What a row's input is now (content hash or size/mtime; '' = unknown): a failed or missing row whose
+        fingerprint changed since it was written is retried by the next run."""
+        return ""
+
+    # ---- safe paths -----------------------------------------------------------------------------------------
+    @staticmethod
+    def under(folder: Path, name: str, what: str = "id") -> Path:
+        """``folder / name`` for a name read from a data file, refused when it leads outside ``folder``
+        (``../../x``, an absolute path, a symlink out): ids never reach files outside the dataset's folder."""
+        folder = Path(folder).resolve()
+        p = (folder / name).resolve()
+        if not p.is_relative_to(folder):
+            raise ValueError(f"{what} {name!r} points outside {folder}")
+        return p
+
+    @staticmethod
+    def stat_fingerprint(*paths: Path) -> str:
+        parts = []
+        for p in paths:
+            try:
+                st = Path(p).stat()
+                parts.append(f"{Path(p).name}:{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                parts.append(f"{Path(p).name}:absent")
+        return ";".join(parts)
+
     # ---- shared ---------------------------------------------------------------------------------------------
     @classmethod
     def check_options(cls, options: dict) -> AdapterOptions:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..readers.image import read_image
+from ..readers.lazy import LazyView
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 # name -> (table, itemids). MIMIC-IV MetaVision / lab itemids.
@@ -173,13 +173,15 @@ class MIMIC4MM(DatasetAdapter):
             return Missing("no such CXR in the admission's first 48 h of ICU")
         r = m.iloc[-1]
         sid = str(int(r["subject_id"]))
-        path = self.path_option("cxr_dir") / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{int(r['study_id'])}" / f"{r['dicom_id']}.jpg"
+        rel = f"files/p{sid[:2]}/p{sid}/s{int(r['study_id'])}/{r['dicom_id']}.jpg"
+        try:
+            path = self.under(self.path_option("cxr_dir"), rel, "mimic-cxr metadata: dicom_id")
+        except ValueError as exc:
+            return Failed(str(exc))
         if not path.exists():
             return Missing(f"{path.name}: image file not on disk")
-        try:
-            return {"image": read_image(path), "file": str(path)}
-        except Exception as exc:  # noqa: BLE001
-            return Failed(f"{path.name}: {exc}")
+        mspec = self.spec.modalities.get("frontal" if views is FRONTAL else "lateral")
+        return {"image": LazyView("image", path, dict(mspec.preprocess) if mspec else {}), "file": str(path)}
 
     @cached_property
     def _notes(self) -> pd.DataFrame:

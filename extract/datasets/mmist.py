@@ -8,6 +8,7 @@ variables serialized as text (never the label or the split). CT/MRI feature file
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import tarfile
 from functools import cached_property
@@ -133,7 +134,11 @@ class MMIST(DatasetAdapter):
                 if feat is not None:
                     views["features"] = feat
             if raw_dir is not None:
-                views.update(self._raw_views(modality, raw_dir, case))
+                try:
+                    views.update(self._raw_views(modality, raw_dir, case))
+                except ValueError as exc:       # a case id leading outside the raw folder
+                    out.append(Failed(str(exc)))
+                    continue
             if not views:
                 out.append(Missing(f"no {modality} for {case}"))
             else:
@@ -142,14 +147,38 @@ class MMIST(DatasetAdapter):
 
     def _raw_views(self, modality: str, raw_dir: Path, case: str) -> dict:
         """Lazy raw inputs: the runner decodes them once, only when an expert of that view runs."""
+        p = self._raw_path(modality, raw_dir, case)
+        if p is None:
+            return {}
         from ..readers.lazy import LazyView
+        pre = self.spec.modalities[modality].preprocess
         if modality == "ct":
-            for ext in (".nii.gz", ".nii", ".npy", ".npz"):
-                if (p := raw_dir / f"{case}{ext}").exists():
-                    pre = self.spec.modalities["ct"].preprocess
-                    return {"image": LazyView("ct", p, pre), "volume": LazyView("ct_volume", p, pre)}
-        if modality == "wsi":
-            for ext in (".svs", ".tif", ".tiff", ".ndpi", ".mrxs"):
-                if (p := raw_dir / f"{case}{ext}").exists():
-                    return {"image": LazyView("wsi", p, self.spec.modalities["wsi"].preprocess)}
-        return {}
+            return {"image": LazyView("ct", p, pre), "volume": LazyView("ct_volume", p, pre)}
+        return {"image": LazyView("wsi", p, pre)}
+
+    RAW_EXTS = {"ct": (".nii.gz", ".nii", ".npy", ".npz", "/"), "wsi": (".svs", ".tif", ".tiff", ".ndpi", ".mrxs")}
+
+    def _raw_path(self, modality: str, raw_dir: Path, case: str) -> Path | None:
+        """The case's raw file: <case>.<ext>, or for CT a folder <case>/ holding a DICOM series."""
+        for ext in self.RAW_EXTS.get(modality, ()):
+            p = self.under(raw_dir, case if ext == "/" else f"{case}{ext}", "case id")
+            if (p.is_dir() and any(p.iterdir())) if ext == "/" else p.is_file():
+                return p
+        return None
+
+    def where(self, modality: str, row: int) -> str:
+        return f"clinical+genomic_split.csv: case {self.ids()[row]}"
+
+    def fingerprint(self, modality: str, row: int) -> str:
+        case = self.ids()[row]
+        if modality == "note":
+            return hashlib.sha256(self.note(self._clinical[row]).encode()).hexdigest()[:32]
+        parts = []
+        if modality in FEATURE_DIRS:
+            parts.append(self.stat_fingerprint(self.path_option("features") or self.root / "mmist_features.tar.gz"))
+        raw_dir = self.path_option(f"{modality}_dir") if self.options.get(f"{modality}_dir") else None
+        if raw_dir is not None:
+            p = self._raw_path(modality, raw_dir, case)
+            files = ([p] if p.is_file() else sorted(p.iterdir())) if p is not None else [raw_dir / f"{case}"]
+            parts.append(self.stat_fingerprint(*files))
+        return ";".join(parts)

@@ -7,6 +7,7 @@ reports without labels have NaN labels (unknown) and are used only where labels 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from functools import cached_property
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..readers.image import read_image
+from ..readers.lazy import LazyView
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 
@@ -64,11 +65,25 @@ class OpenI(DatasetAdapter):
                 y[i] = lab[key]
         return {"findings": y}
 
+    def where(self, modality: str, row: int) -> str:
+        return f"reports_ori.json:{list(self._reports)[row]}"
+
+    def fingerprint(self, modality: str, row: int) -> str:
+        key = list(self._reports)[row]
+        if modality == "note":
+            return hashlib.sha256(json.dumps(self._reports[key], sort_keys=True, default=str).encode()).hexdigest()[:32]
+        img_id, path = self._image_for(key, modality)
+        return self.stat_fingerprint(path) if path is not None else f"{img_id}:absent"
+
     def note(self, key: str) -> str:
-        rep = self._reports[key]["report"]
+        rep = self._reports[key].get("report")
+        if not isinstance(rep, dict):
+            raise ValueError(f"reports_ori.json:{key}: 'report' is {'null' if rep is None else type(rep).__name__}, "
+                             "not an object of sections")
         parts = []
         for sec in self.options.get("report_sections", ["FINDINGS", "IMPRESSION"]):
-            txt = (rep.get(sec) or "").strip()
+            txt = rep.get(sec) or ""
+            txt = (txt if isinstance(txt, str) else str(txt)).strip()
             if txt and txt.lower() not in ("none", "none."):
                 parts.append(f"{sec.lower()}: {txt}")
         return "\n".join(parts)
@@ -84,8 +99,9 @@ class OpenI(DatasetAdapter):
                 continue
             if image_dir is not None:
                 for name in (f"{img_id}.png", f"{img_id[3:]}.dcm.png", f"{img_id}.jpg"):
-                    if (image_dir / name).exists():
-                        return img_id, image_dir / name
+                    path = self.under(image_dir, name, f"reports_ori.json:{key}: image id")
+                    if path.exists():
+                        return img_id, path
             return img_id, None
         return None, None
 
@@ -95,17 +111,23 @@ class OpenI(DatasetAdapter):
         for r in rows:
             key = keys[r]
             if modality == "note":
-                text = self.note(key)
+                try:
+                    text = self.note(key)
+                except ValueError as exc:
+                    out.append(Failed(str(exc)))
+                    continue
                 out.append({"text": text} if text.strip() else Missing("report has no text"))
                 continue
-            img_id, path = self._image_for(key, modality)
+            try:
+                img_id, path = self._image_for(key, modality)
+            except ValueError as exc:       # an id leading outside the image folder
+                out.append(Failed(str(exc)))
+                continue
             if img_id is None:
                 out.append(Missing(f"no {modality} image listed"))
             elif path is None:
                 out.append(Missing(f"{img_id}: image file not on disk"))
-            else:
-                try:
-                    out.append({"image": read_image(path), "file": str(path)})
-                except Exception as exc:  # unreadable file: recorded, the run goes on
-                    out.append(Failed(f"{path.name}: {exc}"))
+            else:        # decoded by the runner a few rows at a time, downscaled to what the encoder needs
+                out.append({"image": LazyView("image", path, dict(self.spec.modalities[modality].preprocess)),
+                            "file": str(path)})
         return out

@@ -7,7 +7,10 @@ observed value), the serialized form METHOD section 4 bridges to retrieval. Sets
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import math
+import re
 import tarfile
 from functools import cached_property
 
@@ -23,6 +26,8 @@ SERIES = ["Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Cr
           "NISysABP", "PaCO2", "PaO2", "pH", "Platelets", "RespRate", "SaO2", "SysABP", "Temp", "TroponinI",
           "TroponinT", "Urine", "WBC"]
 ICU = {1: "coronary care unit", 2: "cardiac surgery recovery unit", 3: "medical ICU", 4: "surgical ICU"}
+ABSURD = 1e6          # no challenge variable comes near it (largest real value: AST 18,430); beyond = corrupt
+_TIME = re.compile(r"(\d{1,3}):([0-5]\d)")
 
 
 def _fmt(v: float) -> str:
@@ -57,27 +62,60 @@ class PhysioNet2012(DatasetAdapter):
 
     def _record(self, rid: str) -> dict:
         if rid not in self._parsed:
-            self._parsed[rid] = self._parse(self._raw[rid].decode(), f"set-{self.set_name}.tar.gz:{rid}.txt")
+            self._parsed[rid] = self._parse(self._raw[rid], self._member(rid))
         return self._parsed[rid]
+
+    def _member(self, rid: str) -> str:
+        return f"set-{self.set_name}.tar.gz:{rid}.txt"
+
+    def where(self, modality: str, row: int) -> str:
+        return self._member(self.ids()[row])
+
+    def fingerprint(self, modality: str, row: int) -> str:
+        return hashlib.sha256(self._raw[self.ids()[row]]).hexdigest()[:32]
 
     @cached_property
     def _parsed(self) -> dict[str, dict]:
         return {}
 
-    def _parse(self, raw: str, where: str) -> dict:
+    def _parse(self, raw: bytes, where: str) -> dict:
+        """One record -> hourly means; any malformed line fails the record with a reason naming file and line.
+
+        Rules (docs/datasets.md): bytes must be UTF-8; every line is Time,Parameter,Value; Time is HH:MM with
+        minutes < 60 and not negative; Value is a finite number within +-1e6. Well-formed observations after the
+        window (Time > hours:00) are outside the task and dropped; one at exactly hours:00 goes to the last bin.
+        """
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return {"error": f"{where}: invalid UTF-8 at byte {exc.start:,}"}
         hours = int(self.spec.modalities["ehr"].preprocess.get("hours", 48))
         sums = np.zeros((hours, len(SERIES)))
         counts = np.zeros((hours, len(SERIES)))
         last = {}
         desc = {}
         col = {v: i for i, v in enumerate(SERIES)}
+        reader = csv.reader(io.StringIO(text))
         try:
-            for row in csv.reader(io.StringIO(raw)):
+            for row in reader:
                 if not row or row[0] == "Time":
                     continue
-                t, param, value = row[0], row[1], float(row[2])
-                hh, mm = t.split(":")
-                minute = int(hh) * 60 + int(mm)
+                line = f"{where}: line {reader.line_num}"
+                if len(row) != 3:
+                    return {"error": f"{line}: {len(row)} fields, expected 3 (Time,Parameter,Value)"}
+                t, param, raw_value = row
+                m = _TIME.fullmatch(t.strip())
+                if m is None:
+                    return {"error": f"{line}: time {t[:20]!r} is not HH:MM (minutes 00-59, not negative)"}
+                try:
+                    value = float(raw_value)
+                except ValueError:
+                    return {"error": f"{line}: {param[:30]} value {raw_value[:20]!r} is not a number"}
+                if not math.isfinite(value) or abs(value) > ABSURD:
+                    return {"error": f"{line}: {param[:30]} value {raw_value[:20]} is not finite or beyond +-{ABSURD:g}"}
+                minute = int(m[1]) * 60 + int(m[2])
+                if minute > hours * 60:
+                    continue                      # after the window: not part of the task
                 if param in DESCRIPTORS and minute == 0 and param not in desc:
                     desc[param] = value
                 if param in col and value >= 0 or (param in col and param == "pH"):
@@ -85,11 +123,11 @@ class PhysioNet2012(DatasetAdapter):
                     sums[h, col[param]] += value
                     counts[h, col[param]] += 1
                     last[param] = value
-            with np.errstate(invalid="ignore", divide="ignore"):
-                series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-            return {"series": series, "last": last, "desc": desc}
-        except (ValueError, IndexError) as exc:
-            return {"error": f"{where}: unparseable row ({exc})"}
+        except csv.Error as exc:
+            return {"error": f"{where}: line {reader.line_num}: {exc}"}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+        return {"series": series, "last": last, "desc": desc}
 
     @cached_property
     def _outcomes(self) -> dict[str, dict]:
@@ -141,7 +179,7 @@ class PhysioNet2012(DatasetAdapter):
             if "error" in rec:
                 out.append(Failed(rec["error"]))
             elif not np.isfinite(rec["series"]).any():
-                out.append(Failed(f"record {keys[r]}: all series are empty"))
+                out.append(Failed(f"{self._member(keys[r])}: all series are empty"))
             else:
                 out.append({"series": rec["series"], "text": self.serialize(rec)})
         return out

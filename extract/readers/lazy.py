@@ -7,11 +7,16 @@ from pathlib import Path
 
 @dataclass
 class LazyView:
-    kind: str          # ct (2.5D slice stack) | ct_volume (3-D, RAS + spacing) | wsi
+    kind: str          # image (2-D, downscaled at decode) | ct (2.5D slice stack) | ct_volume (3-D) | wsi
     path: Path
     preprocess: dict
 
     def get(self):
+        if self.kind == "image":
+            from .image import MAX_PIXELS, MIN_SIDE, read_image
+            p = self.preprocess
+            return read_image(self.path, size=p.get("size", 224), max_pixels=p.get("max_pixels", MAX_PIXELS),
+                              min_side=p.get("min_side", MIN_SIDE))
         if self.kind == "ct":
             from .ct import ct_slices_25d, read_volume
             reader = {k: v for k, v in self.preprocess.get("reader", {}).items() if k != "spacing"}
