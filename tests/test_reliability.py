@@ -239,6 +239,10 @@ def test_openi_bad_reports_and_images_are_recorded_with_reasons(openi_spec, tmp_
             else:
                 assert valid[i] == FAILED and w in reasons[i], (modality, sid, reasons[i])
         assert np.isfinite(vec[valid == OK]).all()
+    _, reasons, _ = _group_rows(tmp_path / "o.zarr", "note", "bert")
+    assert reasons[ids.index("8")].startswith("reports_ori.json:ecgen-radiology/8.xml: binary content")
+    _, reasons, _ = _group_rows(tmp_path / "o.zarr", "frontal", "vit")
+    assert "CXR10_IM-0-1001.png: 1x1 px" in reasons[ids.index("10")]
     assert verify(st) == []
 
 

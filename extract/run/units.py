@@ -9,7 +9,7 @@ import torch
 from stores.store import FAILED, MISSING, OK, Unit
 
 from ..datasets.base import DatasetAdapter, Failed, Missing
-from ..inputs import check_input, describe, load_rows
+from ..inputs import check_input, describe, load_rows, where
 from ..readers.lazy import LazyView
 from ..readers.wsi import TiledSlide
 from ..registry import Encoder
@@ -75,7 +75,12 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
     adapter = _adapter(ctx)
     mspec = adapter.spec.modalities.get(modality)
     preprocess = dict(mspec.preprocess) if mspec is not None else {}
-    inputs = [check_input(x, preprocess) for x in load_rows(adapter, modality, rows)]
+    inputs = []
+    for r, x in zip(rows, load_rows(adapter, modality, rows)):
+        checked = check_input(x, preprocess)
+        if isinstance(checked, Failed) and checked is not x:        # a rule broken: name the record
+            checked = Failed(f"{where(adapter, modality, r)}: {checked.reason}")
+        inputs.append(checked)
     sources = _sources(adapter, modality, rows)
     groups = {j.name: store.expert_group(modality, j.name, j.config_hash) for j in jobs}
     pending = jobs if force else [j for j in jobs if not groups[j.name].done_units()[unit.index]]
