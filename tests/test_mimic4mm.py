@@ -52,7 +52,7 @@ def mimic_root(tmp_path):
                     "PatientOrientationCodeSequence_CodeMeaning": ["Erect"] * 2}), "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz")
     img = root / "mimic-cxr-jpg/files/p10/p10000032/s50414267"
     img.mkdir(parents=True)
-    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(img / "abc-1.jpg")
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 2, (64, 1))).save(img / "abc-1.jpg")   # not blank
     w(pd.DataFrame({"note_id": ["10000032-RR-1", "10000032-RR-2"], "subject_id": [10000032] * 2,
                     "hadm_id": [22595853] * 2, "note_type": ["RR"] * 2, "note_seq": [1, 2],
                     "charttime": ["2180-05-07 11:00:00", "2180-05-12 11:00:00"], "storetime": [None] * 2,

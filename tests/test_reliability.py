@@ -239,6 +239,10 @@ def test_openi_bad_reports_and_images_are_recorded_with_reasons(openi_spec, tmp_
             else:
                 assert valid[i] == FAILED and w in reasons[i], (modality, sid, reasons[i])
         assert np.isfinite(vec[valid == OK]).all()
+    _, reasons, _ = _group_rows(tmp_path / "o.zarr", "note", "bert")
+    assert reasons[ids.index("8")].startswith("reports_ori.json:ecgen-radiology/8.xml: binary content")
+    _, reasons, _ = _group_rows(tmp_path / "o.zarr", "frontal", "vit")
+    assert "CXR10_IM-0-1001.png: 1x1 px" in reasons[ids.index("10")]
     assert verify(st) == []
 
 
@@ -402,3 +406,27 @@ def test_two_concurrent_runs_on_a_fresh_store_both_succeed(ehr_spec, data_root, 
             assert got[k][2] == ref[k][2] and (got[k][3] == ref[k][3]).all()
         assert verify(Store(path)) == []
         assert not list(tmp_path.glob(f".c{trial}.zarr.staging/*"))        # no leftovers
+
+
+def test_a_unit_error_keeps_its_reason_through_pickling_and_the_run_goes_on(monkeypatch):
+    import pickle
+
+    from extract.run import executors, units
+    from stores.store import Unit
+
+    def boom(ctx, modality, unit, jobs, force=False):
+        if unit.index == 1:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return {f"{modality}/e": (unit.stop - unit.start, 0, 0, {})}
+
+    monkeypatch.setattr(units, "run_unit", boom)
+    with pytest.raises(RuntimeError) as err:
+        units.run_unit_task(None, "ehr", Unit(1, 8, 16), [])
+    back = pickle.loads(pickle.dumps(err.value))                      # what Dask sends back
+    assert "ehr unit 1 (rows 8-15): UnicodeDecodeError" in str(back)
+
+    monkeypatch.setattr(executors, "run_unit", boom)
+    done, errors = [], []
+    executors.LocalExecutor().run(None, [("ehr", Unit(k, 8 * k, 8 * k + 8), [], False) for k in range(3)],
+                                  lambda m, u, j, c: done.append(u.index), lambda m, u, j, r: errors.append(r))
+    assert done == [0, 2] and len(errors) == 1 and "UnicodeDecodeError" in errors[0] and "unit 1" in errors[0]

@@ -94,10 +94,12 @@ class DatasetAdapter:
     @staticmethod
     def under(folder: Path, name: str, what: str = "id") -> Path:
         """``folder / name`` for a name read from a data file, refused when it leads outside ``folder``
-        (``../../x``, an absolute path, a symlink out): ids never reach files outside the dataset's folder."""
-        folder = Path(folder).resolve()
-        p = (folder / name).resolve()
-        if not p.is_relative_to(folder):
+        (``../../x``, an absolute path): ids never reach files outside the dataset's folder. Checked on the
+        name itself, so symlinks the user placed in the folder (e.g. to a shared slide) still work."""
+        import os
+        folder = Path(os.path.abspath(folder))
+        p = Path(os.path.normpath(folder / name))
+        if not p.is_relative_to(folder) or p == folder:
             raise ValueError(f"{what} {name!r} points outside {folder}")
         return p
 

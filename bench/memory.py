@@ -1,0 +1,109 @@
+"""bench/memory: peak RSS of extracting N = 2, 16, 64 large CXRs (3000 x 2500 PNG, written here) through
+`python -m extract` (EfficientNet-Lite0, real weights; one unit holds all N rows, the worst case), plus one
+valid 12000 x 12000 PNG (about 140 KB on disk). Peak RSS should stay flat in N.
+
+    python bench/memory.py [--repo /path/to/another/checkout]   # --repo: measure that code (e.g. before a change)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import ROOT
+from PIL import Image
+
+SIZES = (2, 16, 64)
+
+
+def write_cxr(path: Path, w: int = 3000, h: int = 2500) -> None:
+    """A smooth radiograph-like 8-bit image (gradient + disc + mild noise): compresses like a real CXR."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 60 + 120 * (x / w) + 50 * (((x - w / 2) ** 2 + (y - h / 2) ** 2) < (0.3 * h) ** 2)
+    img += np.random.default_rng(0).normal(0, 4, size=(h, w))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+
+
+def write_png_zeros(path: Path, side: int = 12000) -> None:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    comp, parts, row = zlib.compressobj(9), [], b"\x00" * (side + 1)
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def write_dataset(root: Path, n: int, image: Path) -> None:
+    """An OpenI-layout folder: n reports, each with one frontal image (hard links to one file: no disk cost)."""
+    root.mkdir(parents=True)
+    reports = {}
+    for i in range(1, n + 1):
+        os.link(image, root / f"CXR{i}_IM-0-1001.png")
+        reports[f"ecgen-radiology/{i}.xml"] = {"image": [f"CXR{i}_IM-0-1001"],
+                                               "report": {"FINDINGS": "lungs clear."}}
+    (root / "reports_ori.json").write_text(json.dumps(reports))
+
+
+def write_spec(folder: Path, chunk_rows: int) -> Path:
+    raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
+    raw["defaults"]["chunk_rows"] = chunk_rows
+    ds = raw["datasets"]["openi"]
+    ds["modalities"] = {"frontal": {"kind": "cxr", "preprocess": {"size": 224}}}
+    ds["split"] = {"method": "random", "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}, "seed": 0}
+    path = folder / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    """Peak resident memory (MB) of a child process and its exit code (os.wait4: the child's own rusage)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONPATH": str(cwd)}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(err[-2000:], file=sys.stderr)
+    return usage.ru_maxrss / 1024, code
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", default=str(ROOT), help="checkout whose code runs the extraction")
+    args = ap.parse_args()
+    repo = Path(args.repo).resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_cxr(tmp / "cxr.png")
+        write_png_zeros(tmp / "huge.png")
+        spec = write_spec(tmp, chunk_rows=64)
+        rows = []
+        cases = [(f"{n} CXRs 3000x2500", n, tmp / "cxr.png") for n in SIZES]
+        cases.append(("1 PNG 12000x12000 (140 KB)", 1, tmp / "huge.png"))
+        for name, n, image in cases:
+            data = tmp / f"data-{name.split()[0]}-{image.stem}"
+            write_dataset(data / "openi", n, image)
+            cmd = [sys.executable, "-m", "extract", "--dataset", "openi", "--config", str(spec), "--data-root",
+                   str(data), "--store", str(tmp / f"{data.name}.zarr"), "--no-rag", "--quiet"]
+            mb, code = peak_rss_mb(cmd, repo)
+            rows.append((name, n, mb, code))
+            print(f"{name:28s} peak RSS {mb:8.0f} MB   exit {code}", flush=True)
+        base = rows[0][2]
+        print(f"\ncode: {repo}")
+        print("peak RSS relative to N=2: " + ", ".join(f"N={n}: {mb / base:.2f}x" for _, n, mb, _ in rows[:len(SIZES)]))
+        print(f"12000x12000 PNG vs N=2: {rows[-1][2] / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Planning and identity: which experts run per modality, and the config hash that names their groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stores.paths import model_cache
+from stores.spec import PipelineSpec, canonical_hash
+
+from ..datasets.base import DatasetAdapter
+from ..registry import EncoderOptions, build_encoder, model_options
+
+TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One expert (or the teacher) of one modality: everything a worker needs, and nothing heavy."""
+    modality: str
+    name: str
+    role: str
+    model: str
+    options: EncoderOptions
+    view: str
+    config: dict
+    config_hash: str
+
+
+
+def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAdapter,
+              only_modality: list[str] | None = None, only_expert: list[str] | None = None) -> dict[str, list[Job]]:
+    """The non-RAG experts and teachers to run, per modality, each with its config hash."""
+    ds = spec.dataset(dataset)
+    prof = spec.profile(profile)
+    cache = model_cache(spec)
+    plans: dict[str, list[Job]] = {}
+    for mod, mspec in ds.modalities.items():
+        if only_modality and mod not in only_modality:
+            continue
+        entries = [(n, e.role, e.model, e.view, e.params) for n, e in spec.experts_for(dataset, mod, profile).items()
+                   if e.role != "rag"]
+        t = spec.teacher_for(dataset, mod, profile)
+        if t:
+            entries.append((TEACHER, "teacher", t.model, t.view, t.params))
+        jobs = []
+        for name, role, model, view, params in entries:
+            if only_expert and name not in only_expert:
+                continue
+            options = model_options(prof, model, params, cache)
+            enc = build_encoder(model, options, device="cpu")
+            view = view or enc.input_view()
+            config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
+                      "dataset": {"adapter": ds.adapter, "version": adapter.version,
+                                  "options": {**ds.options, **adapter.options}}}
+            jobs.append(Job(mod, name, role, model, options, view, config, canonical_hash(config)))
+        if jobs:
+            plans[mod] = jobs
+    return plans
