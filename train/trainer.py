@@ -181,7 +181,7 @@ def _optimizer(model, recipe: Recipe):
     groups = [{"params": [p for p in model.parameters() if id(p) not in router], "lr": recipe.lr}]
     if router:
         groups.append({"params": [p for p in model.parameters() if id(p) in router], "lr": recipe.lr * recipe.router_lr_scale})
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=recipe.weight_decay, foreach=True)
 
 
 def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Protocol = Protocol("none"),
