@@ -192,6 +192,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             log.info("%s %s: AUROC %.4f ± %.4f", name, proto_name, entry["protocols"][proto_name]["auroc"]["mean"],
                      entry["protocols"][proto_name]["auroc"]["std"])
         results["methods"][name] = entry
+        (out_dir / "results.partial.json").write_text(json.dumps(results, indent=2, default=_json_default))
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     _eff_scores(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
