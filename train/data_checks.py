@@ -75,6 +75,11 @@ def class_guard(data: Data, keep: set[str] | None = None, min_per_class: int = M
                          + ("KEPT (--keep-modalities)" if kept else "left out (--keep-modalities to insist)"))
             if not kept and m not in drop:
                 drop.append(m)
+    for t in data.tasks:                          # the task itself, over all training rows: warned, never dropped
+        counts = _classes(t, y[tr])
+        if all(c.min() < min_per_class for c in counts):
+            notes.append(f"task '{t['name']}': training rows hold class counts {[c.tolist() for c in counts][:3]} "
+                         f"(< {min_per_class} of a class): its metrics rest on very few cases")
     for line in notes:
         log.warning(line)
     if drop:

@@ -102,6 +102,12 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
     text += ["### Missing modalities at test time", "",
              f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", "",
              "### Store coverage", "", md_table(rows), ""]
+    if results.get("diagnostics"):
+        from .diagnostics import diagnostics_rows
+        text += ["### Inputs: coverage, scale, linear probe (test AUROC of each input alone)", "",
+                 md_table(diagnostics_rows(results["diagnostics"])), ""]
+    if results.get("notes"):
+        text += ["Warnings: " + "; ".join(results["notes"]), ""]
     if fails:
         text += ["Failures: " + "; ".join(f"{g}: " + ", ".join(f"{r} (x{c})" for r, c in rs.items())
                                           for g, rs in fails.items()), ""]

@@ -137,9 +137,9 @@ def degenerate(task: dict, logits: np.ndarray, thresholds) -> str | None:
 
 def diagnostics_rows(diag: dict) -> list[dict]:
     rows = []
-    for kind in ("experts", "teachers", "modalities"):
+    for kind, label in (("experts", "expert"), ("teachers", "teacher"), ("modalities", "modality")):
         for name, e in diag.get(kind, {}).items():
-            rows.append({"input": f"{kind[:-1]} {name}", "coverage": f"{e['coverage']:.2f}",
+            rows.append({"input": f"{label} {name}", "coverage": f"{e['coverage']:.2f}",
                          "train classes": "; ".join(f"{t}: {c}" for t, c in list(e["train_class_counts"].items())[:2]),
                          "mean norm": f"{e['mean_norm']:.3g}", "dim std": f"{e['mean_dim_std']:.3g}",
                          "mean cos": f"{e['mean_cosine']:.3f}",

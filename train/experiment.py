@@ -145,13 +145,18 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             return old
     t_start = time.perf_counter()
     results["diagnostics"] = diagnose(data, probes=probes)
+    tuned = {}
     for name, (method, sub, large_mod) in plan.items():
         mdata = sub(data) if sub else data
         entry = {"method": method, "protocols": {}}
         m_recipe = recipe
-        if tune_grid:
+        if tune_grid and (sub is not None or name != method) and "medmix" in tuned:
+            m_recipe = tuned["medmix"]                    # an ablation keeps MedMIX's tuned recipe: one change each
+            entry["tuning"] = {"inherited_from": "medmix", "chosen": results["methods"]["medmix"]["tuning"]["chosen"]}
+        elif tune_grid:
             m_recipe, entry["tuning"] = tune(method, mdata, recipe, tune_grid, seeds[0], large_mod, device)
-            entry["recipe"] = recipe_dict(m_recipe)
+            tuned[name] = m_recipe
+        entry["recipe"] = recipe_dict(m_recipe)
         trained = {}
         for proto_name in protocols:
             proto = Protocol.parse(proto_name)
@@ -187,6 +192,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             log.info("%s %s: AUROC %.4f ± %.4f", name, proto_name, entry["protocols"][proto_name]["auroc"]["mean"],
                      entry["protocols"][proto_name]["auroc"]["std"])
         results["methods"][name] = entry
+        (out_dir / "results.partial.json").write_text(json.dumps(results, indent=2, default=_json_default))
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     _eff_scores(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))

@@ -17,9 +17,9 @@ import torch
 
 from stores.loader import Bundle
 
+from . import methods as registry
+from .methods import Batch
 from .losses import distill_loss, task_loss
-from .models.baselines import AdaCoMed, Large, M3Care, SimpleFusion
-from .models.medmix import MedMIX
 from .protocols import Protocol, apply_to_masks, drop_modalities
 
 
@@ -53,7 +53,7 @@ RECIPES = {
 }
 
 
-METHODS = ["medmix", "meanavg", "concat", "max", "attention", "m3care", "adacomed"]
+METHODS = registry.main_methods()          # medmix, meanavg, concat, max, attention, m3care, adacomed
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -129,26 +129,14 @@ class Data:
 def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | None = None):
     dims = {m: [x.shape[1] for x in xs] for m, xs in data.xs.items()}
     tdims = {m: t.shape[1] for m, t in data.teachers.items()}
-    kw = {"d": recipe.hidden, "dropout": recipe.dropout}
-    uniform = recipe.fusion_init == "uniform"
-    if method in ("medmix", "medmix_nodistill"):
-        return MedMIX(dims, data.n_out, teacher_dims=tdims if method == "medmix" else None, uniform_init=uniform, **kw)
-    if method == "medmix_mean":
-        return MedMIX(dims, data.n_out, teacher_dims=tdims, intra="mean", uniform_init=uniform, **kw)
-    if method in ("meanavg", "concat", "max", "attention"):
-        return SimpleFusion(dims, data.n_out, rule={"meanavg": "mean"}.get(method, method), **kw)
-    if method == "m3care":
-        return M3Care(dims, data.n_out, **kw)
-    if method == "adacomed":
-        return AdaCoMed(dims, data.n_out, teacher_dims=tdims, **kw)
-    if method == "large":
-        return Large(tdims[large_modality], data.n_out, modality=large_modality, **kw)
-    raise ValueError(f"unknown method {method!r} (have: {', '.join(METHODS + ['large', 'medmix_nodistill', 'medmix_mean'])})")
+    model = registry.get(method).build(dims, data.n_out, tdims, recipe, large_modality)
+    model.method = method
+    return model
 
 
 def forward(model, data: Data, idx: torch.Tensor, masks=None):
     idx = idx.to(data.device)
-    if isinstance(model, Large):
+    if registry.get(model.method).input == "teacher":
         m = model.modality
         tmask = data.teacher_masks[m][idx]
         if masks is not None and m in masks:              # a dropped modality takes its teacher input with it
@@ -181,7 +169,7 @@ def _optimizer(model, recipe: Recipe):
     groups = [{"params": [p for p in model.parameters() if id(p) not in router], "lr": recipe.lr}]
     if router:
         groups.append({"params": [p for p in model.parameters() if id(p) in router], "lr": recipe.lr * recipe.router_lr_scale})
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=recipe.weight_decay, foreach=True)
 
 
 def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Protocol = Protocol("none"),
@@ -195,7 +183,8 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
     avail = data.available()
     best, best_state, best_epoch, history = float("inf"), None, -1, []
     steps_per_epoch = max(1, -(-len(train_idx) // recipe.batch_size))
-    distills = method in ("medmix", "medmix_mean") and bool(data.teachers)   # the ablation removes routing only
+    spec = registry.get(method)
+    distills = spec.distill and bool(data.teachers)
     warmup = recipe.warmup_steps or recipe.warmup_epochs * steps_per_epoch
     for epoch in range(recipe.max_epochs):
         model.train()
@@ -216,17 +205,18 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
             idx = perm[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             out = forward(model, data, idx, masks)
             loss = task_loss(out.logits, data.y[idx], data.tasks)
-            if recipe.aux_weight > 0 and out.modality_logits and not isinstance(model, AdaCoMed):
+            if recipe.aux_weight > 0 and spec.aux_heads and out.modality_logits:
                 loss = loss + recipe.aux_weight * aux_loss(out, data.y[idx], data.tasks, list(data.layout))
             if distills and lam > 0:
                 mk = {m: masks[m][idx].any(1) for m in data.layout}
                 loss = loss + lam * distill_loss(out.modality_z, mk, {m: t[idx] for m, t in data.teachers.items()},
                                                  {m: t[idx] for m, t in data.teacher_masks.items()},
                                                  model.teacher_proj, recipe.lambda_rkd)
-            if isinstance(model, AdaCoMed):
-                loss = loss + recipe.cotrain_weight * model.co_training_loss(
-                    out, {m: t[idx] for m, t in data.teachers.items()}, {m: t[idx] for m, t in data.teacher_masks.items()},
-                    lambda lo, ok, _y=data.y[idx]: task_loss(lo, _y, data.tasks, ok))
+            if spec.extra_loss is not None:
+                loss = loss + spec.extra_loss(model, out, Batch(data.y[idx], data.tasks,
+                                                                {m: t[idx] for m, t in data.teachers.items()},
+                                                                {m: t[idx] for m, t in data.teacher_masks.items()}),
+                                              recipe)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)

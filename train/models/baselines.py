@@ -184,3 +184,28 @@ class Large(nn.Module):
         x = torch.where(mask.unsqueeze(-1), teacher, torch.zeros_like(teacher))
         out = self.net(x)
         return Output(logits=torch.where(mask.unsqueeze(-1), out, self.net[-1].bias.expand_as(out)))
+
+
+def _co_training(model, out, batch, recipe):
+    from ..losses import task_loss
+    return recipe.cotrain_weight * model.co_training_loss(
+        out, batch.teachers, batch.teacher_masks, lambda lo, ok: task_loss(lo, batch.y, batch.tasks, ok))
+
+
+def _register():
+    from ..methods import Method, register
+
+    def simple(rule):
+        return lambda dims, n_out, tdims, r, lm=None: SimpleFusion(dims, n_out, d=r.hidden, dropout=r.dropout, rule=rule)
+    for name, rule in (("meanavg", "mean"), ("concat", "concat"), ("max", "max"), ("attention", "attention")):
+        register(Method(name, simple(rule)))
+    register(Method("m3care", lambda dims, n_out, tdims, r, lm=None: M3Care(dims, n_out, d=r.hidden, dropout=r.dropout)))
+    register(Method("adacomed", lambda dims, n_out, tdims, r, lm=None: AdaCoMed(dims, n_out, d=r.hidden, dropout=r.dropout,
+                                                                               teacher_dims=tdims),
+                    extra_loss=_co_training))
+    register(Method("large", lambda dims, n_out, tdims, r, lm=None: Large(tdims[lm], n_out, d=r.hidden,
+                                                                          dropout=r.dropout, modality=lm),
+                    input="teacher"))
+
+
+_register()

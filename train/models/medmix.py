@@ -106,3 +106,21 @@ class MedMIX(nn.Module):
         out.logits = (w.unsqueeze(-1) * torch.stack(logits, 1)).sum(1)
         out.fusion, out.available = w, torch.stack(avail, 1)
         return out
+
+
+def _build(intra: str, distill: bool):
+    def build(dims, n_out, teacher_dims, recipe, large_modality=None):
+        return MedMIX(dims, n_out, d=recipe.hidden, dropout=recipe.dropout, intra=intra,
+                      teacher_dims=teacher_dims if distill else None, uniform_init=recipe.fusion_init == "uniform")
+    return build
+
+
+def _register():
+    from ..methods import Method, register
+    register(Method("medmix", _build("router", True), distill=True, aux_heads=True))
+    # ablations: each removes exactly one component
+    register(Method("medmix_nodistill", _build("router", False), aux_heads=True, main=False))
+    register(Method("medmix_mean", _build("mean", True), distill=True, aux_heads=True, main=False))
+
+
+_register()
