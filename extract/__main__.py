@@ -37,7 +37,7 @@ def _fetch(argv):
         card = get(key).card
         ov = prof.models.get(key)
         source = (ov.source if ov and ov.source else None) or card.source
-        if card.family == "imported":
+        if card.family == "imported" or get(key).needs_fit:        # no weights to fetch
             continue
         r = resolve_source(source)
         print(f"{key:20s} {r.kind:6s} {r.location}")
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--modality", action="append", help="only this modality (repeatable)")
     ap.add_argument("--only-expert", action="append", help="only this expert name (repeatable; 'teacher' too)")
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
+    ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
+                    "tabular fields) this cohort reuses: external validation")
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -91,7 +93,7 @@ def _run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet)
+        progress=not args.quiet, encoding_from=args.encoding_from)
     return 0 if summary is not None else 1
 
 

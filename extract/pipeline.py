@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stores.spec import data_root as _data_root
 from stores.spec import load_spec, store_root
-from stores.store import Store
+from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
 from .datasets.base import get_adapter
@@ -40,14 +40,15 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
                     store: str | None = None, scheduler: str | None = None, workers: int = 0, gpus: int = 0,
                     device: str | None = None, modalities: list[str] | None = None, experts: list[str] | None = None,
                     options: dict | None = None, limit: int | None = None, rag: bool = True,
-                    progress: bool = True) -> Summary:
+                    progress: bool = True, encoding_from: str | None = None) -> Summary:
     spec = load_spec(config)
     root = _data_root(spec, data_root)
     adapter = get_adapter(spec.dataset(dataset), root, options)
     path = default_store_path(spec, dataset, store, options, limit)
     st = create_store(spec, dataset, adapter, path, limit)
     log.info("store %s: %d samples", path, st.n)
-    plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts)
+    train_rows = [int(i) for i in (st.split() == SPLIT_CODES["train"]).nonzero()[0]]   # fitted experts: train only
+    plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts, train_rows, encoding_from)
     threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
     ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads)
     executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()

@@ -25,7 +25,7 @@ from .sources import Resolved, resolve_source
 class ModelCard:
     key: str
     modality: str            # input view it reads: text | image | series | volume | features
-    role: str                # default role: general | biomedical | teacher | rag-lm | imported
+    role: str                # default role: general | biomedical | teacher | rag-lm | imported | classical
     dim: int | None          # None = known only after loading (tiny test models, imported features)
     licence: str
     source: str              # default source (hub id or pypi:...)
@@ -40,7 +40,7 @@ class ModelCard:
 
 REGISTRY: dict[str, type["Encoder"]] = {}
 _FAMILIES = ["hf_text", "hf_decoder", "timm_image", "open_clip_image", "chronos", "moirai", "fracast", "i3resnet",
-             "radfm", "imported"]
+             "radfm", "imported", "tabular", "stats"]
 
 
 def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = ""):
@@ -98,6 +98,7 @@ class Encoder:
     max_length: ClassVar[int | None] = None
     batch_size: ClassVar[int] = 32
     version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
+    needs_fit: ClassVar[bool] = False   # True: fitted on the training split first (extract/fitting.py)
 
     def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
         self.options = options or EncoderOptions()

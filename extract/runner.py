@@ -25,6 +25,7 @@ from stores.store import FAILED, MISSING, OK, Store, Unit
 from stores.tiles import require_slide_tiles, tiles_path
 
 from .datasets.base import DatasetAdapter, Failed, Missing, get_adapter
+from .fitting import fitted_options
 from .readers.lazy import LazyView
 from .readers.wsi import TiledSlide
 from .registry import Encoder, EncoderOptions, build_encoder
@@ -325,8 +326,13 @@ def probe(ctx: Context, job: Job) -> tuple[int, dict]:
 
 # ---- planning -------------------------------------------------------------------------------------------------
 def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAdapter,
-              only_modality: list[str] | None = None, only_expert: list[str] | None = None) -> dict[str, list[Job]]:
-    """The non-RAG experts and teachers to run, per modality, each with its config hash."""
+              only_modality: list[str] | None = None, only_expert: list[str] | None = None,
+              train_rows: list[int] | None = None, encoding_from: str | None = None) -> dict[str, list[Job]]:
+    """The non-RAG experts and teachers to run, per modality, each with its config hash.
+
+    Experts that need fitting (``Encoder.needs_fit``) are fitted here on ``train_rows`` (default: the adapter's
+    training split), or take ``encoding_from``'s encoding (extract/fitting.py), before any unit runs.
+    """
     ds = spec.dataset(dataset)
     prof = spec.profile(profile)
     plans: dict[str, list[Job]] = {}
@@ -349,6 +355,11 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
                                      trust_remote_code=ov.trust_remote_code if ov else False, params=dict(params))
             enc = build_encoder(model, options, device="cpu")
             view = view or enc.input_view()
+            if enc.needs_fit:
+                if train_rows is None:
+                    train_rows = [i for i, p in enumerate(adapter.split()) if p == "train"]
+                options = fitted_options(enc, options, adapter, mod, view, name, train_rows, encoding_from)
+                enc = build_encoder(model, options, device="cpu")
             config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version,
                                   "options": {**ds.options, **adapter.options}}}

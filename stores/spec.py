@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "pipelines.yaml"
 
 Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri"]
-Role = Literal["general", "biomedical", "rag", "imported"]
+Role = Literal["general", "biomedical", "rag", "imported", "classical"]
 
 
 class SpecError(ValueError):
