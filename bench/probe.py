@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 from _common import timed
 
-C_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+C_GRID = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 
 
 def probe(store_path: str, expert: str, task: str) -> dict:

@@ -18,6 +18,7 @@ from extract.runner import clear_caches
 from stores.spec import SpecError, load_spec
 from stores.store import OK, SPLIT_CODES, Store
 from stores.verify import verify
+from test_mimic4mm import mimic_root  # noqa: F401  (the fixture: a small MIMIC-IV in the official layout)
 
 W = 48.0
 # fixture stay: HR several points (one tie in time, one at the window end), Na one observation, Lactate empty,
@@ -131,7 +132,7 @@ def test_tabular_is_fitted_on_train_rows_only_and_reused_for_a_new_cohort(classi
               modalities=["note"], experts=["tabular"])
     a = tmp_path / "mmist.zarr"
     s = extract_dataset("mmist", store=str(a), **kw)
-    assert s.done == {"note/tabular": 618} and s.failed == {}
+    assert s.done == {"note/tabular": 618} and s.failed == {"note/tabular": 0}
     g = _group(a, "note", "tabular")
     state = g.attrs["provenance"]["encoding"]
     spec = load_spec(classical_spec)
@@ -256,3 +257,25 @@ def test_classical_role_is_valid_in_the_spec(spec_writer):
     bad = spec_writer(lambda raw: raw["profiles"]["offline"]["kinds"]["ehr"]["experts"]["stats"].update(role="classic"))
     with pytest.raises(SpecError, match="role"):
         load_spec(bad)
+
+
+def test_mimic_events_view_agrees_with_its_series_and_feeds_the_stats_expert(mimic_root):
+    from extract.datasets.base import get_adapter
+    a = get_adapter(load_spec().dataset("mimic4mm"), mimic_root)
+    ehr = a.load("ehr", [0, 1])
+    for rec in ehr:
+        ev = rec["events"]
+        assert list(ev["variables"]) == list(a.variables) and ev["window_hours"] == 48
+        for j, name in enumerate(a.variables):              # hourly means of the events == the series view
+            t, v = ev["variables"][name]
+            assert ((t >= 0) & (t < 48)).all()
+            for h in range(48):
+                obs = v[(t >= h) & (t < h + 1)]
+                got = rec["series"][h, j]
+                assert (np.isnan(got) and obs.size == 0) or got == pytest.approx(obs.mean())
+    assert 120 not in ehr[1]["events"]["variables"]["HR"][1]   # charted after 48 h
+    state = build_encoder("ehr_stats").fit([r["events"] for r in ehr])
+    enc = build_encoder("ehr_stats", EncoderOptions(params={"encoding": state}))
+    v = enc.encode([r["events"] for r in ehr])
+    assert v.shape == (2, enc.dim) and np.isfinite(v).all()
+    assert state["static"]["numeric"].keys() == {"Age"} and state["static"]["categorical"].keys() == {"Gender"}
