@@ -36,7 +36,7 @@ def _fetch(args) -> int:
     prof = spec.profile(args.profile)
     for key in sorted(spec.models_used(args.profile)):
         card = get(key).card
-        if card.family == "imported":
+        if card.family == "imported" or get(key).needs_fit:        # no weights to fetch
             continue
         r = resolve_source(model_options(prof, key).source or card.source, model_cache(spec))
         print(f"{key:20s} {r.kind:6s} {r.location}")
@@ -61,6 +61,10 @@ def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--modality", action="append", help="only this modality (repeatable)")
     ap.add_argument("--only-expert", action="append", help="only this expert name (repeatable; 'teacher' too)")
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
+    ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
+                    "tabular fields) this cohort reuses: external validation")
+    ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
+                    "tabular fields) this cohort reuses: external validation")
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
     ap.add_argument("--retry-failed", action="store_true",
@@ -78,7 +82,8 @@ def _run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split)
+        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split,
+        encoding_from=args.encoding_from)
     if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
         return 1
     return exit_status(sum(summary.failed.values()), args.strict)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stores import paths
 from stores.spec import load_spec
-from stores.store import Store
+from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
 from .datasets.base import get_adapter
@@ -50,7 +50,8 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
                     store: str | None = None, scheduler: str | None = None, workers: int = 0, gpus: int = 0,
                     device: str | None = None, modalities: list[str] | None = None, experts: list[str] | None = None,
                     options: dict | None = None, limit: int | None = None, rag: bool = True,
-                    progress: bool = True, retry_failed: bool = False, replace_split: bool = False) -> Summary:
+                    progress: bool = True, retry_failed: bool = False, replace_split: bool = False,
+                    encoding_from: str | None = None) -> Summary:
     spec = load_spec(config)
     root = paths.data_root(spec, data_root)
     adapter = get_adapter(spec.dataset(dataset), root, options)
@@ -58,7 +59,8 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
     path = paths.store_path(spec, dataset, options, limit, store)
     st = create_store(spec, dataset, adapter, path, limit, replace_split)
     log.info("store %s: %d samples", path, st.n)
-    plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts)
+    train_rows = [int(i) for i in (st.split() == SPLIT_CODES["train"]).nonzero()[0]]   # fitted experts: train only
+    plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts, train_rows, encoding_from)
     threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
     ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads)
     executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()

@@ -28,7 +28,7 @@ from .sources import Resolved, resolve_source
 class ModelCard:
     key: str
     modality: str            # input view it reads: text | image | series | volume | features
-    role: str                # default role: general | biomedical | teacher | rag-lm | imported
+    role: str                # default role: general | biomedical | teacher | rag-lm | imported | classical
     dim: int | None          # None = known only after loading (tiny test models, imported features)
     licence: str
     source: str              # default source (hub id or pypi:...)
@@ -133,6 +133,7 @@ class Encoder:
     batch_size: ClassVar[int] = 32
     version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
     Params: ClassVar[type[BaseModel]] = NoParams    # a family's settable ``params`` (subclass NoParams)
+    needs_fit: ClassVar[bool] = False   # True: fitted on the training split first (extract/fitting.py)
 
     def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
         self.options = options or EncoderOptions()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .spec import canonical_hash
 from .store import OK, SPLIT_CODES, Store, StoreError
 
 
@@ -57,6 +58,16 @@ def group_profile(attrs: dict) -> str | None:
     return attrs.get("profile") or (attrs.get("provenance") or {}).get("profile")
 
 
+def feature_hash(attrs: dict) -> str | None:
+    """What makes a group's numbers: its config without the cohort's dataset options (which name files, such as
+    PhysioNet's set). Two cohorts' groups with equal feature hashes hold the same features (external validation)."""
+    cfg = attrs.get("provenance", {}).get("config")
+    if not isinstance(cfg, dict):
+        return None
+    ds = {k: v for k, v in (cfg.get("dataset") or {}).items() if k not in ("options", "adapter")}
+    return canonical_hash({**cfg, "dataset": ds})
+
+
 def choose_group(store: Store, mod: str, name: str, versions: dict[str, str], profile: str | None):
     """The group of one expert, chosen explicitly: a pinned config hash, else the newest group of ``profile``, else
     the newest group written (the store's "latest" pointer). Returns (group, how it was chosen)."""
@@ -89,7 +100,8 @@ def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, 
 
     def record(mod, name, g, how, role):
         p = g.attrs.get("provenance", {})
-        prov[f"{mod}/{name}"] = {"config_hash": g.attrs["config_hash"], "model": p.get("model"),
+        prov[f"{mod}/{name}"] = {"config_hash": g.attrs["config_hash"], "feature_hash": feature_hash(g.attrs),
+                                 "model": p.get("model"),
                                  "role": role or p.get("role"), "chosen": how, "profile": group_profile(g.attrs),
                                  "versions_in_store": len(store.versions(mod, name))}
 
@@ -115,15 +127,21 @@ def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, 
 
 
 def present_versions(store: Store | str, wanted: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
-    """Of the "modality/expert" -> {config_hash, ...} a checkpoint records: (those the store holds -> hash, missing)."""
+    """Of the "modality/expert" -> {config_hash, feature_hash, ...} a checkpoint records: (those the store holds ->
+    its config hash, missing). A group matches by config hash, or — another cohort, same features — by feature hash."""
     store = store if isinstance(store, Store) else Store(store)
     found, missing = {}, []
     for key, rec in wanted.items():
         mod, name = key.split("/", 1)
         h = rec["config_hash"] if isinstance(rec, dict) else rec
-        have = (mod in store.modalities() and name in store.experts(mod) and h[:12] in store.versions(mod, name))
-        if have:
+        fh = rec.get("feature_hash") if isinstance(rec, dict) else None
+        held = store.versions(mod, name) if mod in store.modalities() and name in store.experts(mod) else []
+        if h[:12] in held:
             found[key] = h
+            continue
+        same = [g for g in (store.expert_group(mod, name, v) for v in held) if fh and feature_hash(g.attrs) == fh]
+        if same:
+            found[key] = same[-1].attrs["config_hash"]
         else:
             missing.append(key)
     return found, missing

@@ -17,7 +17,7 @@ from .paths import PathError, find_config
 from .preprocess import PREPROCESS
 
 Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri"]
-Role = Literal["general", "biomedical", "rag", "imported"]
+Role = Literal["general", "biomedical", "rag", "imported", "classical"]
 
 
 class SpecError(ValueError):

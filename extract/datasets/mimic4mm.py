@@ -131,23 +131,52 @@ class MIMIC4MM(DatasetAdapter):
         return pd.concat(parts) if parts else pd.DataFrame(columns=["hadm_id", "itemid", "charttime", "valuenum"])
 
     @cached_property
-    def _series(self) -> dict[int, np.ndarray]:
+    def _windowed(self) -> pd.DataFrame:
+        """Every kept event inside a stay's window: stay_id, col (variable index), t (hours since ICU admission),
+        valuenum. Both the hourly ``series`` and the ``events`` view derive from it."""
         names = list(self.variables)
         col = {(t, i): names.index(n) for n, (t, ids) in self.variables.items() for i in ids}
-        out = {}
+        parts = []
         for table in ("chart", "lab"):
             ev = self._events(table)
             if ev.empty:
                 continue
             ev = ev.merge(self.stays[["hadm_id", "stay_id", "intime", "cut"]], on="hadm_id")
-            ev = ev[(ev["charttime"] >= ev["intime"]) & (ev["charttime"] < ev["cut"])]
-            ev["hour"] = ((ev["charttime"] - ev["intime"]).dt.total_seconds() // 3600).astype(int)
+            ev = ev[(ev["charttime"] >= ev["intime"]) & (ev["charttime"] < ev["cut"])].copy()
+            ev["t"] = (ev["charttime"] - ev["intime"]).dt.total_seconds() / 3600
             ev["col"] = [col[(table, int(i))] for i in ev["itemid"]]
-            for stay, g in ev.groupby("stay_id"):
-                arr = out.setdefault(int(stay), [np.zeros((self.hours, len(names))), np.zeros((self.hours, len(names)))])
-                np.add.at(arr[0], (g["hour"].to_numpy(), g["col"].to_numpy()), g["valuenum"].to_numpy(float))
-                np.add.at(arr[1], (g["hour"].to_numpy(), g["col"].to_numpy()), 1)
-        return {k: np.where(c > 0, s / np.maximum(c, 1), np.nan).astype(np.float32) for k, (s, c) in out.items()}
+            parts.append(ev[["stay_id", "col", "t", "valuenum"]])
+        return pd.concat(parts) if parts else pd.DataFrame(columns=["stay_id", "col", "t", "valuenum"])
+
+    @cached_property
+    def _series(self) -> dict[int, np.ndarray]:
+        n = len(self.variables)
+        out = {}
+        for stay, g in self._windowed.groupby("stay_id"):
+            s, c = np.zeros((self.hours, n)), np.zeros((self.hours, n))
+            idx = (g["t"].to_numpy(float).astype(int), g["col"].to_numpy(int))
+            np.add.at(s, idx, g["valuenum"].to_numpy(float))
+            np.add.at(c, idx, 1)
+            out[int(stay)] = np.where(c > 0, s / np.maximum(c, 1), np.nan).astype(np.float32)
+        return out
+
+    @cached_property
+    def _stay_events(self) -> dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """stay -> variable -> (hours, values) of the window's events (the summary-statistics expert's view)."""
+        names = list(self.variables)
+        out = {}
+        for stay, g in self._windowed.groupby("stay_id"):
+            per = {v: (np.zeros(0, np.float32), np.zeros(0, np.float32)) for v in names}
+            for c, gc in g.groupby("col"):
+                per[names[int(c)]] = (gc["t"].to_numpy(np.float32), gc["valuenum"].to_numpy(np.float32))
+            out[int(stay)] = per
+        return out
+
+    def events(self, row) -> dict:
+        age = float(row.anchor_age) if pd.notna(row.anchor_age) else np.nan
+        gender = str(row.gender) if isinstance(row.gender, str) and row.gender else None
+        return {"variables": self._stay_events[int(row.stay_id)], "window_hours": float(self.hours),
+                "static": {"numeric": {"Age": age}, "categorical": {"Gender": gender}}}
 
     def serialize(self, row, series: np.ndarray) -> str:
         parts = [f"Age: {row.anchor_age}", f"Gender: {row.gender}"]
@@ -194,7 +223,7 @@ class MIMIC4MM(DatasetAdapter):
             if modality == "ehr":
                 s = self._series.get(int(row.stay_id))
                 out.append(Missing("no charted or lab value in the first 48 h") if s is None
-                           else {"series": s, "text": self.serialize(row, s)})
+                           else {"series": s, "text": self.serialize(row, s), "events": self.events(row)})
             elif modality in ("frontal", "lateral"):
                 out.append(self._image(row, FRONTAL if modality == "frontal" else LATERAL))
             elif modality == "note":

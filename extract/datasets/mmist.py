@@ -2,8 +2,9 @@
 
 Modalities: ``ct``, ``mri``, ``wsi`` (the owners' precomputed features, read from mmist_features.tar.gz with
 pickle disabled; raw volumes / slides from ``ct_dir`` / ``wsi_dir`` when present) and ``note`` = the clinical
-variables serialized as text (never the label or the split). CT/MRI feature files are ``<case>-<k>.npz`` with k the
-1-based row of the chosen series among that case's rows in patients_with_labels_*_final.csv.
+variables serialized as text (never the label or the split), with the same table as structured ``fields``.
+CT/MRI feature files are ``<case>-<k>.npz`` with k the 1-based row of the chosen series among that case's rows in
+patients_with_labels_*_final.csv.
 """
 from __future__ import annotations
 
@@ -76,6 +77,24 @@ class MMIST(DatasetAdapter):
             parts.append(f"{gene} mutation: " + {"1": "yes", "0": "no"}.get(v, "unknown"))
         return "; ".join(parts)
 
+    def fields(self, r: dict) -> dict:
+        """The clinical table as structured fields (the ``fields`` view, for the tabular expert).
+
+        Used: the diagnosis-time variables of NOTE_FIELDS, race and the three mutation calls. Left out: case_id (an
+        identifier; its prefix names the source cohort), the label and the Split column. Code -1 (and an empty
+        cell) = not recorded -> missing. Age bin is ordinal (numeric); grade and the AJCC T/N/M/stage codes are
+        one-hot: their code order is not documented as ordinal."""
+        def code(k):
+            v = r.get(k, "")
+            return None if v in ("", "-1", "-1.0") else v.removesuffix(".0")
+        age = code("age_diag")
+        races = [k[5:] for k in r if k.startswith("race_") and r[k] == "1"]
+        cat = {k: code(k) for k, _ in NOTE_FIELDS if k != "age_diag"}
+        cat["cancer_history"] = "yes" if code("cancer_history") == "1" else "not recorded"
+        cat["race"] = ", ".join(races) if races else None
+        cat.update({gene: code(k) for k, gene in MUTATIONS})
+        return {"numeric": {"age_diag": float(age) if age is not None else float("nan")}, "categorical": cat}
+
     # ---- the owners' features -------------------------------------------------------------------------------
     def _chosen_files(self, modality: str) -> dict[str, str]:
         """case_id -> member name of the chosen feature file for ct / mri / wsi."""
@@ -119,7 +138,7 @@ class MMIST(DatasetAdapter):
         out = []
         cases = self.ids()
         if modality == "note":
-            return [{"text": self.note(self._clinical[r])} for r in rows]
+            return [{"text": self.note(self._clinical[r]), "fields": self.fields(self._clinical[r])} for r in rows]
         chosen = self._chosen_files(modality) if modality in FEATURE_DIRS else {}
         raw_dir = self.path_option(RAW_DIR_OPTION[modality]) if modality in RAW_DIR_OPTION else None
         for r in rows:

@@ -2,7 +2,8 @@
 
 Read straight from the tar (no unpacking). Views: ``series`` = (48 hourly bins, 36 variables) means, NaN where
 not measured; ``text`` = "variable: value; ..." over the 5 descriptors and 36 series in a fixed order (last
-observed value), the serialized form METHOD section 4 bridges to retrieval. Sets a, b, c share the format.
+observed value), the serialized form METHOD section 4 bridges to retrieval; ``events`` = every kept observation
+per variable (hours, value) + the descriptors, for the summary-statistics expert. Sets a, b, c share the format.
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ class PhysioNet2012(DatasetAdapter):
         counts = np.zeros((hours, len(SERIES)))
         last = {}
         desc = {}
+        events = {v: ([], []) for v in SERIES}        # the kept observations, (hours, value), for the events view
         col = {v: i for i, v in enumerate(SERIES)}
         reader = csv.reader(io.StringIO(text))
         try:
@@ -123,11 +125,13 @@ class PhysioNet2012(DatasetAdapter):
                     sums[h, col[param]] += value
                     counts[h, col[param]] += 1
                     last[param] = value
+                    events[param][0].append(minute / 60)
+                    events[param][1].append(value)
         except csv.Error as exc:
             return {"error": f"{where}: line {reader.line_num}: {exc}"}
         with np.errstate(invalid="ignore", divide="ignore"):
             series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-        return {"series": series, "last": last, "desc": desc}
+        return {"series": series, "last": last, "desc": desc, "events": events}
 
     @cached_property
     def _outcomes(self) -> dict[str, dict]:
@@ -181,5 +185,17 @@ class PhysioNet2012(DatasetAdapter):
             elif not np.isfinite(rec["series"]).any():
                 out.append(Failed(f"{self._member(keys[r])}: all series are empty"))
             else:
-                out.append({"series": rec["series"], "text": self.serialize(rec)})
+                out.append({"series": rec["series"], "text": self.serialize(rec), "events": self.events(rec)})
         return out
+
+    def events(self, rec: dict) -> dict:
+        """The ``events`` view (summary-statistics expert): every kept observation of each series variable, in
+        hours since admission, and the descriptors as static fields (-1 = not recorded)."""
+        d = {k: v for k, v in rec["desc"].items() if v is not None and v >= 0}
+        gender = {0: "female", 1: "male"}.get(int(d["Gender"])) if "Gender" in d else None
+        return {"variables": {v: (np.asarray(t, np.float32), np.asarray(x, np.float32))
+                              for v, (t, x) in rec["events"].items()},
+                "window_hours": float(self.spec.modalities["ehr"].preprocess.get("hours", 48)),
+                "static": {"numeric": {k: d.get(k, np.nan) for k in ("Age", "Height", "Weight")},
+                           "categorical": {"Gender": gender, "ICUType": ICU.get(int(d["ICUType"])) if "ICUType" in d
+                                           else None}}}

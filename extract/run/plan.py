@@ -7,6 +7,7 @@ from stores.paths import model_cache
 from stores.spec import PipelineSpec, canonical_hash
 
 from ..datasets.base import DatasetAdapter
+from ..fitting import fitted_options
 from ..registry import EncoderOptions, build_encoder, model_options
 
 TEACHER = "teacher"
@@ -27,8 +28,13 @@ class Job:
 
 
 def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAdapter,
-              only_modality: list[str] | None = None, only_expert: list[str] | None = None) -> dict[str, list[Job]]:
-    """The non-RAG experts and teachers to run, per modality, each with its config hash."""
+              only_modality: list[str] | None = None, only_expert: list[str] | None = None,
+              train_rows: list[int] | None = None, encoding_from: str | None = None) -> dict[str, list[Job]]:
+    """The non-RAG experts and teachers to run, per modality, each with its config hash.
+
+    Experts that need fitting (``Encoder.needs_fit``) are fitted here on ``train_rows`` (default: the adapter's
+    training split), or take ``encoding_from``'s encoding (extract/fitting.py), before any unit runs.
+    """
     ds = spec.dataset(dataset)
     prof = spec.profile(profile)
     cache = model_cache(spec)
@@ -48,6 +54,11 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
             options = model_options(prof, model, params, cache)
             enc = build_encoder(model, options, device="cpu")
             view = view or enc.input_view()
+            if enc.needs_fit:
+                if train_rows is None:
+                    train_rows = [i for i, p in enumerate(adapter.split()) if p == "train"]
+                options = fitted_options(enc, options, adapter, mod, view, name, train_rows, encoding_from)
+                enc = build_encoder(model, options, device="cpu")
             config = {"expert": enc.identity(), "view": view, "modality": mspec.model_dump(exclude={"experts"}),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version,
                                   "options": {**ds.options, **adapter.options}}}
