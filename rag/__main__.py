@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from stores.spec import load_spec
 from stores.table import format_table
+
+from .evaluate import BENCHMARKS, DEFAULT_VARIANTS
+from .adapt import add_adapt_arguments, run_adapt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("text")
     s.add_argument("-k", type=int, default=None)
     s.add_argument("--passages", action="store_true", help="the top-K passages as the RAG expert pools them")
-    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports -> MeSH topics): "
-                                     "recall@1/@5, MRR per strategy")
-    ev.add_argument("--benchmark", action="append", choices=["synonyms", "openi"],
-                    help="one or more (default: both)")
+    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports and impressions -> "
+                                     "MeSH topics): recall@1/@5, MRR per encoder and retrieval variant, one table")
+    ev.add_argument("--benchmark", action="append", choices=list(BENCHMARKS), help="one or more (default: all)")
+    ev.add_argument("--encoders", help="comma-separated encoder keys to compare (default: the profile's)")
+    ev.add_argument("--variant", action="append",
+                    help=f"dense | bm25 | hybrid:W, optional +sent (default: {', '.join(DEFAULT_VARIANTS)})")
+    ev.add_argument("--out", help="also write the table as JSON here")
+    a = sub.add_parser("adapt", help="fine-tune an offline encoder on the corpus's own structure (held-out topics) "
+                                     "and save it into the model cache as a registry-loadable encoder")
+    add_adapt_arguments(a)
     e = sub.add_parser("embed", help="write the RAG expert of a dataset's modalities into its store")
     e.add_argument("--dataset", required=True)
     e.add_argument("--store")
@@ -36,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from .service import RagService
+    from .service import RagService, search_config
     spec = load_spec(args.config)
     cfg = spec.profile(args.profile).rag
     updates = {}
@@ -46,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         updates["strategy"] = args.strategy
     if args.bm25_weight is not None:
         updates["bm25_weight"] = args.bm25_weight
-    svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else None,
+    if args.cmd == "search" and not args.passages:     # typed queries: the profile's `rag.search` defaults
+        cfg = search_config(cfg)
+    svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else cfg,
                      index_dir=args.index_dir)
     if args.cmd == "build-index":
         idx = svc.index(rebuild=args.rebuild)
@@ -65,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows))
     elif args.cmd == "eval":
         from .evaluate import evaluate
-        print(format_table(evaluate(svc, benchmarks=tuple(args.benchmark or ("synonyms", "openi")))))
+        rows = []
+        for key in (args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]):
+            one = svc if not args.encoders else RagService(
+                spec, args.profile, args.data_root, svc.cfg.model_copy(update={"query_encoder": key, "article_encoder": key}))
+            rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS))
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+        print(format_table(rows))
+    elif args.cmd == "adapt":
+        print(format_table([run_adapt(args, spec, svc)]))
     elif args.cmd == "embed":
         from .embed import embed_dataset
         counts = embed_dataset(args.dataset, args.profile, args.config, args.data_root, args.store, args.modality,

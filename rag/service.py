@@ -6,12 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.registry import EncoderOptions, build_encoder
+from extract.registry import EncoderOptions, build_encoder, load_all
 from stores.spec import PipelineSpec, RagSpec, canonical_hash, data_root, model_cache
 
-from .corpus import load_topics, to_passages
+from .adapted import attach, resolve_encoder
+from .corpus import corpus_hash, load_topics, to_passages
+from .fusion import fused_search
 from .index import RetrievalIndex, normalise, open_index
 from .softprompt import Projection, projection_for
+
+
+def search_config(cfg: RagSpec) -> RagSpec:
+    """The RAG spec `rag search` uses: the profile's ``rag.search`` defaults (short queries) over the expert's."""
+    if cfg.search is None:
+        return cfg
+    return cfg.model_copy(update={k: v for k, v in cfg.search.model_dump().items() if v is not None})
 
 
 def _options(spec: PipelineSpec, profile: str, key: str) -> EncoderOptions:
@@ -34,10 +43,22 @@ class RagService:
         self._index_dir = Path(index_dir) if index_dir else None
         self._encoders = {}
 
-    def encoder(self, key: str):
-        if key not in self._encoders:
-            self._encoders[key] = build_encoder(key, _options(self.spec, self.profile, key), self.device).load()
+    def encoder(self, key: str, fresh: bool = False):
+        """The loaded encoder a config key names (a registry key or an adapted encoder); ``fresh``: a new,
+        uncached instance (`rag adapt` trains it in place)."""
+        if fresh or key not in self._encoders:
+            base, options = resolve_encoder(key, _options(self.spec, self.profile, key), model_cache(self.spec),
+                                            load_all())
+            enc = attach(build_encoder(base, options, self.device).load(), options)
+            if fresh:
+                return enc
+            self._encoders[key] = enc
         return self._encoders[key]
+
+    def heldout_topics(self, key: str) -> set[str] | None:
+        """The topics an adapted encoder never trained on (None for a published encoder)."""
+        enc = self.encoder(key)
+        return set(enc.adapted["heldout_topics"]) if getattr(enc, "adapted", None) else None
 
     @property
     def query_encoder(self):
@@ -63,8 +84,9 @@ class RagService:
     def index_dir(self) -> Path:
         if self._index_dir:
             return self._index_dir
-        tag = canonical_hash({"corpus": str(self.corpus_path), "article": self.cfg.article_encoder,
-                              "words": self.cfg.passage_words, "index": self.cfg.index})[:12]
+        # keyed by the passages' content, not the corpus path: one build per corpus and encoder, reused everywhere
+        tag = canonical_hash({"corpus": corpus_hash(self.passages), "article": self.cfg.article_encoder,
+                              "index": self.cfg.index})[:12]
         return model_cache(self.spec).parent / "rag" / f"{self.cfg.article_encoder}-{tag}"
 
     def index(self, rebuild: bool = False) -> RetrievalIndex:
@@ -73,9 +95,9 @@ class RagService:
         return self._index
 
     def retrieve(self, texts: list[str], k: int | None = None, strategy: str | None = None):
-        strategy = strategy or self.cfg.strategy
-        qv = None if strategy == "bm25" else self.query_encoder.encode(texts)
-        return self.index().search(texts, qv, k or self.cfg.k, strategy, self.cfg.rrf_k, self.cfg.bm25_weight)
+        """Top-k passage ids and scores per text (sentence fusion when the config asks for it)."""
+        return fused_search(self.index(), self.query_encoder.encode, texts, k or self.cfg.k, strategy or self.cfg.strategy,
+                            self.cfg.rrf_k, self.cfg.bm25_weight, self.cfg.sentence_fusion)
 
     def retrieve_topics(self, text: str, k: int | None = None, strategy: str | None = None) -> list[tuple[int, float]]:
         """The top-k topics for a text, each as (its best passage id, score): what `rag search` lists."""
@@ -104,6 +126,9 @@ class RagService:
     def identity(self) -> dict:
         idx = self.index()
         # generators enter the hash of the modality they bridge (rag/embed.py), not of every RAG expert
-        return {"rag": self.cfg.model_dump(exclude={"generators"}), "index": idx.meta["config_hash"],
+        rag = self.cfg.model_dump(exclude={"generators", "search", "sentence_fusion"})   # search: `rag search` only
+        if self.cfg.sentence_fusion:            # only when on: configs from before the field keep their hash
+            rag["sentence_fusion"] = True
+        return {"rag": rag, "index": idx.meta["config_hash"],
                 "corpus": idx.meta["corpus_hash"],
                 "query": self.query_encoder.identity(), "lm": self.lm.identity()}
