@@ -175,3 +175,27 @@ def test_a_killed_build_leaves_the_saved_index_intact(tmp_path, tiny_bert_dir, m
     assert {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()} == before
     assert load_index(folder).index.ntotal == len(passages)
     assert os.listdir(tmp_path).count("index") == 1
+
+
+def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_text_dir, tiny_qwen_dir, tmp_path,
+                                                               data_root, capsys):
+    """`rag eval` end to end on the real corpus and reports with a tiny encoder: one row per variant, all and
+    held-out queries, each benchmark's recall@1/@5 and MRR side by side."""
+    from rag.__main__ import main
+
+    def edit(raw):
+        prof = raw["profiles"]["offline"]
+        prof["models"] = {"minilm": {"source": str(tiny_text_dir)}, "qwen2_0_5b": {"source": str(tiny_qwen_dir)}}
+        prof["rag"] = {"query_encoder": "minilm", "article_encoder": "minilm", "lm": "qwen2_0_5b",
+                       "passage_words": 400}
+    out = tmp_path / "table.json"
+    assert main(["--config", str(spec_writer(edit)), "--data-root", str(data_root), "--index-dir",
+                 str(tmp_path / "index"), "eval", "--benchmark", "impressions", "--benchmark", "synonyms",
+                 "--variant", "dense", "--variant", "hybrid:0.25+sent", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["queries"], r["variant"]) for r in rows] == [
+        ("all", "dense"), ("all", "hybrid:0.25+sent"), ("held-out topics", "dense"), ("held-out topics", "hybrid:0.25+sent")]
+    assert rows[0]["syn n"] == 901 and 500 < rows[0]["imp n"] < 700 and rows[2]["syn n"] < 901
+    assert all(0 <= r[f"{b} {m}"] <= 1 for r in rows for b in ("syn", "imp") for m in ("R@1", "R@5", "mrr"))
+    assert all(r["syn R@1"] <= r["syn R@5"] for r in rows)
+    assert "imp R@5" in capsys.readouterr().out
