@@ -1,4 +1,4 @@
-"""`python -m rag`: build-index | search | eval | embed (the retrieval-augmented expert, METHOD section 4)."""
+"""`python -m rag`: build-index | search | eval | adapt | embed (the retrieval-augmented expert, METHOD section 4)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", help="override the query/article encoder (a registry key)")
     ap.add_argument("--strategy", choices=["dense", "bm25", "hybrid"], help="override the retrieval strategy")
     ap.add_argument("--bm25-weight", type=float, help="override hybrid's BM25 share in the rank fusion")
+    ap.add_argument("--sentence-fusion", action=argparse.BooleanOptionalAction, default=None,
+                    help="override: rank each sentence of a long text and fuse the rankings (RRF)")
     ap.add_argument("--index-dir", help="where the index lives (default: under the model cache)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-index", help="index the MedlinePlus corpus (rebuilt when stale)")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         updates["strategy"] = args.strategy
     if args.bm25_weight is not None:
         updates["bm25_weight"] = args.bm25_weight
+    if args.sentence_fusion is not None:
+        updates["sentence_fusion"] = args.sentence_fusion
     if args.cmd == "search" and not args.passages:     # typed queries: the profile's `rag.search` defaults
         cfg = search_config(cfg)
     svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else cfg,
@@ -74,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         passages = svc.index().passages
         rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": passages[p].title, "url": passages[p].url,
                  **({"passage": p} if args.passages else {})} for r, (p, sc) in enumerate(hits)]
-        print(f"strategy {svc.cfg.strategy}, encoder {svc.cfg.query_encoder}")
+        w = f" (BM25 weight {svc.cfg.bm25_weight:g})" if svc.cfg.strategy == "hybrid" else ""
+        print(f"strategy {svc.cfg.strategy}{w}, encoder {svc.cfg.query_encoder}"
+              f"{', sentence fusion' if svc.cfg.sentence_fusion else ''}")
         print(format_table(rows))
     elif args.cmd == "eval":
         from .evaluate import evaluate

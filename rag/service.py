@@ -1,6 +1,7 @@
 """Everything retrieval needs for one profile, built once: encoders, corpus, index, projection."""
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import numpy as np
 from extract.registry import EncoderOptions, build_encoder, load_all
 from stores.spec import PipelineSpec, RagSpec, canonical_hash, data_root, model_cache
 
-from .adapted import attach, resolve_encoder
+from .adapted import adapted_root, attach, resolve_encoder
 from .corpus import corpus_hash, load_topics, to_passages
 from .fusion import fused_search
 from .index import RetrievalIndex, normalise, open_index
 from .softprompt import Projection, projection_for
+
+log = logging.getLogger("medmix.rag")
 
 
 def search_config(cfg: RagSpec) -> RagSpec:
@@ -47,13 +50,34 @@ class RagService:
         """The loaded encoder a config key names (a registry key or an adapted encoder); ``fresh``: a new,
         uncached instance (`rag adapt` trains it in place)."""
         if fresh or key not in self._encoders:
-            base, options = resolve_encoder(key, _options(self.spec, self.profile, key), model_cache(self.spec),
-                                            load_all())
+            options = _options(self.spec, self.profile, key)
+            try:
+                base, options = resolve_encoder(key, options, model_cache(self.spec), load_all())
+            except KeyError:
+                base = key.removesuffix("_adapted")
+                if base == key or base not in load_all() or options.source:
+                    raise
+                self._adapt_once(key, base)
+                base, options = resolve_encoder(key, options, model_cache(self.spec), load_all())
             enc = attach(build_encoder(base, options, self.device).load(), options)
             if fresh:
                 return enc
             self._encoders[key] = enc
         return self._encoders[key]
+
+    def _adapt_once(self, key: str, base: str) -> None:
+        """A config names ``BASE_adapted`` that is not in the model cache yet: adapt BASE with the default recipe
+        once (like building the index), under a lock so that concurrent callers train it once."""
+        from filelock import FileLock
+
+        from .adapt import Recipe, adapt_encoder
+        folder = adapted_root(model_cache(self.spec)) / key
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if not folder.exists():
+                log.warning("%s is not in the model cache: adapting %s once with the default recipe (`python -m rag "
+                            "adapt`; about 5 min on 2 free CPU cores for MiniLM) into %s", key, base, folder)
+                adapt_encoder(self.encoder(base, fresh=True), self.topics, self.passages, folder, Recipe())
 
     def heldout_topics(self, key: str) -> set[str] | None:
         """The topics an adapted encoder never trained on (None for a published encoder)."""

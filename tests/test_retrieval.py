@@ -199,3 +199,27 @@ def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_
     assert all(0 <= r[f"{b} {m}"] <= 1 for r in rows for b in ("syn", "imp") for m in ("R@1", "R@5", "mrr"))
     assert all(r["syn R@1"] <= r["syn R@5"] for r in rows)
     assert "imp R@5" in capsys.readouterr().out
+
+
+def test_a_missing_adapted_encoder_is_adapted_once_on_first_use(spec_writer, tiny_text_dir, tiny_qwen_dir, tmp_path,
+                                                                data_root, monkeypatch):
+    """A profile naming `minilm_adapted` on a fresh cache trains it once (default recipe) and then reuses it."""
+    from rag.adapted import read_provenance
+    from rag.service import RagService
+    from stores.spec import load_spec
+    monkeypatch.setenv("MEDMIX_MODEL_CACHE", str(tmp_path / "models"))
+
+    def edit(raw):
+        prof = raw["profiles"]["offline"]
+        prof["models"] = {"minilm": {"source": str(tiny_text_dir)}, "qwen2_0_5b": {"source": str(tiny_qwen_dir)}}
+        prof["rag"] = {"query_encoder": "minilm_adapted", "article_encoder": "minilm_adapted", "lm": "qwen2_0_5b",
+                       "passage_words": 400}
+    spec = load_spec(str(spec_writer(edit)))
+    svc = RagService(spec, "offline", str(data_root))
+    first = svc.query_encoder
+    folder = tmp_path / "models" / "adapted" / "minilm_adapted"
+    prov = read_provenance(folder)
+    assert first.adapted == prov and prov["n_pairs"] == 2000 and prov["recipe"]["passage_tokens"] == 62
+    stamp = (folder / PROVENANCE).stat().st_mtime_ns
+    again = RagService(spec, "offline", str(data_root)).query_encoder                 # reused, not retrained
+    assert (folder / PROVENANCE).stat().st_mtime_ns == stamp and again.adapted["weights_hash"] == prov["weights_hash"]
