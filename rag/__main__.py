@@ -84,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows))
     elif args.cmd == "eval":
         from .evaluate import evaluate
-        rows = []
-        for key in (args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]):
-            one = svc if not args.encoders else RagService(
-                spec, args.profile, args.data_root, svc.cfg.model_copy(update={"query_encoder": key, "article_encoder": key}))
-            rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS))
+        rows, keys = [], args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]
+        services = [svc] if not args.encoders else [RagService(spec, args.profile, args.data_root, svc.cfg.model_copy(
+            update={"query_encoder": key, "article_encoder": key})) for key in keys]
+        # every encoder is scored on the same held-out subset: an adapted encoder's, else the default split
+        heldout = next((h for one, key in zip(services, keys) if (h := one.heldout_topics(key))), None)
+        for one in services:
+            rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS),
+                             heldout=heldout)
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=1))
         print(format_table(rows))

@@ -178,7 +178,7 @@ def test_a_killed_build_leaves_the_saved_index_intact(tmp_path, tiny_bert_dir, m
 
 
 def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_text_dir, tiny_qwen_dir, tmp_path,
-                                                               data_root, capsys):
+                                                               data_root, capsys, monkeypatch):
     """`rag eval` end to end on the real corpus and reports with a tiny encoder: one row per variant, all and
     held-out queries, each benchmark's recall@1/@5 and MRR side by side."""
     from rag.__main__ import main
@@ -189,9 +189,11 @@ def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_
         prof["rag"] = {"query_encoder": "minilm", "article_encoder": "minilm", "lm": "qwen2_0_5b",
                        "passage_words": 400}
     out = tmp_path / "table.json"
-    assert main(["--config", str(spec_writer(edit)), "--data-root", str(data_root), "--index-dir",
-                 str(tmp_path / "index"), "eval", "--benchmark", "impressions", "--benchmark", "synonyms",
-                 "--variant", "dense", "--variant", "hybrid:0.25+sent", "--out", str(out)]) == 0
+    monkeypatch.setenv("MEDMIX_MODEL_CACHE", str(tmp_path / "models"))             # the index is built under it
+    assert main(["--config", str(spec_writer(edit)), "--data-root", str(data_root), "eval", "--encoders", "minilm",
+                 "--benchmark", "impressions", "--benchmark", "synonyms", "--variant", "dense",
+                 "--variant", "hybrid:0.25+sent", "--out", str(out)]) == 0
+    assert len(list((tmp_path / "rag").glob("minilm-*/index.faiss"))) == 1
     rows = json.loads(out.read_text())
     assert [(r["queries"], r["variant"]) for r in rows] == [
         ("all", "dense"), ("all", "hybrid:0.25+sent"), ("held-out topics", "dense"), ("held-out topics", "hybrid:0.25+sent")]
