@@ -1,12 +1,17 @@
-"""`python -m rag`: build-index | search | eval | embed (the retrieval-augmented expert, METHOD section 4)."""
+"""`python -m rag`: build-index | search | eval | adapt | embed (the retrieval-augmented expert, METHOD section 4)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 from stores.spec import load_spec
 from stores.table import format_table
+
+from .evaluate import BENCHMARKS, DEFAULT_VARIANTS
+from .adapt import add_adapt_arguments, run_adapt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", help="override the query/article encoder (a registry key)")
     ap.add_argument("--strategy", choices=["dense", "bm25", "hybrid"], help="override the retrieval strategy")
     ap.add_argument("--bm25-weight", type=float, help="override hybrid's BM25 share in the rank fusion")
+    ap.add_argument("--sentence-fusion", action=argparse.BooleanOptionalAction, default=None,
+                    help="override: rank each sentence of a long text and fuse the rankings (RRF)")
     ap.add_argument("--index-dir", help="where the index lives (default: under the model cache)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-index", help="index the MedlinePlus corpus (rebuilt when stale)")
@@ -25,10 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("text")
     s.add_argument("-k", type=int, default=None)
     s.add_argument("--passages", action="store_true", help="the top-K passages as the RAG expert pools them")
-    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports -> MeSH topics): "
-                                     "recall@1/@5, MRR per strategy")
-    ev.add_argument("--benchmark", action="append", choices=["synonyms", "openi"],
-                    help="one or more (default: both)")
+    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports and impressions -> "
+                                     "MeSH topics): recall@1/@5, MRR per encoder and retrieval variant, one table")
+    ev.add_argument("--benchmark", action="append", choices=list(BENCHMARKS), help="one or more (default: all)")
+    ev.add_argument("--encoders", help="comma-separated encoder keys to compare (default: the profile's)")
+    ev.add_argument("--variant", action="append",
+                    help=f"dense | bm25 | hybrid:W, optional +sent (default: {', '.join(DEFAULT_VARIANTS)})")
+    ev.add_argument("--out", help="also write the table as JSON here")
+    a = sub.add_parser("adapt", help="fine-tune an offline encoder on the corpus's own structure (held-out topics) "
+                                     "and save it into the model cache as a registry-loadable encoder")
+    add_adapt_arguments(a)
     e = sub.add_parser("embed", help="write the RAG expert of a dataset's modalities into its store")
     e.add_argument("--dataset", required=True)
     e.add_argument("--store")
@@ -36,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from .service import RagService
+    from .service import RagService, search_config
     spec = load_spec(args.config)
     cfg = spec.profile(args.profile).rag
     updates = {}
@@ -46,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         updates["strategy"] = args.strategy
     if args.bm25_weight is not None:
         updates["bm25_weight"] = args.bm25_weight
-    svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else None,
+    if args.sentence_fusion is not None:
+        updates["sentence_fusion"] = args.sentence_fusion
+    if args.cmd == "search" and not args.passages:     # typed queries: the profile's `rag.search` defaults
+        cfg = search_config(cfg)
+    svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else cfg,
                      index_dir=args.index_dir)
     if args.cmd == "build-index":
         idx = svc.index(rebuild=args.rebuild)
@@ -61,11 +78,25 @@ def main(argv: list[str] | None = None) -> int:
         passages = svc.index().passages
         rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": passages[p].title, "url": passages[p].url,
                  **({"passage": p} if args.passages else {})} for r, (p, sc) in enumerate(hits)]
-        print(f"strategy {svc.cfg.strategy}, encoder {svc.cfg.query_encoder}")
+        w = f" (BM25 weight {svc.cfg.bm25_weight:g})" if svc.cfg.strategy == "hybrid" else ""
+        print(f"strategy {svc.cfg.strategy}{w}, encoder {svc.cfg.query_encoder}"
+              f"{', sentence fusion' if svc.cfg.sentence_fusion else ''}")
         print(format_table(rows))
     elif args.cmd == "eval":
         from .evaluate import evaluate
-        print(format_table(evaluate(svc, benchmarks=tuple(args.benchmark or ("synonyms", "openi")))))
+        rows, keys = [], args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]
+        services = [svc] if not args.encoders else [RagService(spec, args.profile, args.data_root, svc.cfg.model_copy(
+            update={"query_encoder": key, "article_encoder": key})) for key in keys]
+        # every encoder is scored on the same held-out subset: an adapted encoder's, else the default split
+        heldout = next((h for one, key in zip(services, keys) if (h := one.heldout_topics(key))), None)
+        for one in services:
+            rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS),
+                             heldout=heldout)
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+        print(format_table(rows))
+    elif args.cmd == "adapt":
+        print(format_table([run_adapt(args, spec, svc)]))
     elif args.cmd == "embed":
         from .embed import embed_dataset
         counts = embed_dataset(args.dataset, args.profile, args.config, args.data_root, args.store, args.modality,

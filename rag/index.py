@@ -1,13 +1,16 @@
 """The retrieval index: FAISS over normalised article embeddings (+ BM25), saved with its metadata.
 
 Saved as a folder: index.faiss, vectors.npy (passage embeddings, for mean-pooling what is retrieved),
-passages.json, bm25/ (bm25s), meta.json (corpus hash, encoder identity, config hash). ``open_index`` rebuilds a
-stale index (another corpus, encoder or config) instead of using it.
+passages.json, bm25/ (bm25s), meta.json (corpus hash, encoder identity, config hash, file sizes). The folder is
+written whole elsewhere and renamed into place; ``open_index`` rebuilds a stale index (another corpus, encoder or
+config) and a corrupt one (truncated or missing files) instead of using it.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +24,7 @@ import faiss  # noqa: E402
 from stores.spec import canonical_hash
 
 from .corpus import Passage, corpus_hash
+from .fusion import rrf
 
 log = logging.getLogger("medmix.rag")
 
@@ -81,17 +85,12 @@ class RetrievalIndex:
         depth = min(len(self.passages), max(50, k))        # fixed: the top 5 is a prefix of the top 50
         d_ids, _ = self.dense(query_vectors, depth)
         l_ids, _ = self.lexical(texts, depth)
-        out_ids = np.zeros((len(texts), k), np.int64)
+        out_ids = np.full((len(texts), k), -1, np.int64)
         out_scores = np.zeros((len(texts), k), np.float32)
         for q in range(len(texts)):
-            fused: dict[int, float] = {}
-            for weight, ranking in ((1.0, d_ids[q]), (bm25_weight, l_ids[q])):
-                for rank, pid in enumerate(ranking):
-                    if pid >= 0:
-                        fused[int(pid)] = fused.get(int(pid), 0.0) + weight / (rrf_k + rank + 1)
-            best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-            out_ids[q, :len(best)] = [p for p, _ in best]
-            out_scores[q, :len(best)] = [s for _, s in best]
+            best, scores = rrf([d_ids[q], l_ids[q]], [1.0, bm25_weight], rrf_k, k)
+            out_ids[q, :len(best)] = best
+            out_scores[q, :len(best)] = scores
         return out_ids, out_scores
 
     def topic_ranking(self, ids: np.ndarray) -> list[list[str]]:
@@ -100,6 +99,8 @@ class RetrievalIndex:
         for row in ids:
             seen = []
             for pid in row:
+                if pid < 0:
+                    continue
                 t = self.passages[int(pid)].topic_id
                 if t not in seen:
                     seen.append(t)
@@ -114,12 +115,24 @@ def index_meta(passages: list[Passage], encoder_identity: dict, kind: str) -> di
     return meta
 
 
+FILES = ("index.faiss", "vectors.npy", "passages.json", "meta.json")
+
+
+class CorruptIndex(RuntimeError):
+    """A saved index that cannot be read or does not add up (a killed build, a truncated copy)."""
+
+
 def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "flat") -> RetrievalIndex:
+    """Embed and index the passages into a temporary sibling folder, then swap it in by rename: a killed build
+    never leaves a half-written index under ``folder``."""
     import bm25s
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     t0 = time.perf_counter()
     docs, step = [p.as_document() for p in passages], 256
-    with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:
+    with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:   # rate and ETA
         parts = []
         for i in range(0, len(docs), step):
             parts.append(encoder.encode(docs[i:i + step]))
@@ -130,33 +143,59 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
     bm25.index(_tokenize_bm25(docs), show_progress=False)
     meta = {**index_meta(passages, encoder.identity(), kind), "build_seconds": round(time.perf_counter() - t0, 2)}
     cpu_index = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() else index
-    faiss.write_index(cpu_index, str(folder / "index.faiss"))
-    np.save(folder / "vectors.npy", vectors, allow_pickle=False)
-    (folder / "passages.json").write_text(json.dumps([asdict(p) for p in passages]))
-    bm25.save(str(folder / "bm25"))
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))     # written last: its presence means complete
+    faiss.write_index(cpu_index, str(tmp / "index.faiss"))
+    np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
+    (tmp / "passages.json").write_text(json.dumps([asdict(p) for p in passages]))
+    bm25.save(str(tmp / "bm25"))
+    meta["file_sizes"] = {f: (tmp / f).stat().st_size for f in FILES[:-1]}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
     log.info("built %s index over %d passages in %.1fs", kind, len(passages), meta["build_seconds"])
     return RetrievalIndex(folder, passages, vectors, index, bm25, meta)
 
 
 def load_index(folder: Path) -> RetrievalIndex:
+    """Load a saved index; ``CorruptIndex`` (naming the file) when a part is missing, unreadable or inconsistent."""
     import bm25s
-    meta = json.loads((folder / "meta.json").read_text())
-    passages = [Passage(**p) for p in json.loads((folder / "passages.json").read_text())]
-    vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-    index = faiss.read_index(str(folder / "index.faiss"))
-    bm25 = bm25s.BM25.load(str(folder / "bm25"))
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        for name, size in meta.get("file_sizes", {}).items():
+            if (folder / name).stat().st_size != size:
+                raise CorruptIndex(f"{folder / name}: {(folder / name).stat().st_size} bytes, meta.json says {size}")
+        passages = [Passage(**p) for p in json.loads((folder / "passages.json").read_text())]
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        index = faiss.read_index(str(folder / "index.faiss"))
+        bm25 = bm25s.BM25.load(str(folder / "bm25"))
+    except CorruptIndex:
+        raise
+    except Exception as exc:  # noqa: BLE001  (json, numpy, faiss and bm25s each raise their own)
+        raise CorruptIndex(f"{folder}: unreadable index ({type(exc).__name__}: {exc})"[:500]) from exc
+    n = meta.get("n_passages")
+    if not (len(passages) == n == vectors.shape[0] == index.ntotal):
+        raise CorruptIndex(f"{folder}: passages {len(passages)}, vectors {vectors.shape[0]}, faiss {index.ntotal}, "
+                           f"meta {n} disagree")
     return RetrievalIndex(folder, passages, vectors, index, bm25, meta)
 
 
 def open_index(folder: Path, passages: list[Passage], encoder, kind: str = "flat", rebuild: bool = False) -> RetrievalIndex:
-    """Load the saved index if it matches (corpus, encoder, kind); otherwise (re)build it."""
+    """Load the saved index if it matches (corpus, encoder, kind) and reads back whole; otherwise (re)build it.
+    A file lock makes concurrent callers build once and share the result."""
+    from filelock import FileLock
     want = index_meta(passages, encoder.identity(), kind)["config_hash"]
-    meta_file = folder / "meta.json"
-    if not rebuild and meta_file.exists():
-        have = json.loads(meta_file.read_text()).get("config_hash")
-        if have == want:
-            return load_index(folder)
-        log.info("index at %s is stale (config %s != %s): rebuilding", folder, str(have)[:12], want[:12])
-        meta_file.unlink()
-    return build_index(folder, passages, encoder, kind)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not rebuild and (folder / "meta.json").exists():
+            try:
+                have = json.loads((folder / "meta.json").read_text()).get("config_hash")
+                if have == want:
+                    return load_index(folder)
+                log.info("index at %s is stale (config %s != %s): rebuilding", folder, str(have)[:12], want[:12])
+            except (CorruptIndex, ValueError) as exc:
+                log.warning("index at %s is corrupt, rebuilding: %s", folder, exc)
+        elif not rebuild and folder.exists():
+            log.warning("index at %s is incomplete (no meta.json): rebuilding", folder)
+        return build_index(folder, passages, encoder, kind)

@@ -73,6 +73,15 @@ class GeneratorSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)   # backend settings (Merlin: lm, filename, organ_systems)
 
 
+class RagSearchSpec(Strict):
+    """`rag search` (short typed queries) may retrieve differently from the RAG expert (long texts); unset = same."""
+    query_encoder: str | None = None
+    article_encoder: str | None = None
+    strategy: Literal["dense", "bm25", "hybrid"] | None = None
+    bm25_weight: float | None = Field(None, ge=0)
+    sentence_fusion: bool | None = None
+
+
 class RagSpec(Strict):
     query_encoder: str
     article_encoder: str
@@ -85,6 +94,8 @@ class RagSpec(Strict):
     rrf_k: int = Field(60, gt=0)
     bm25_weight: float = Field(1.0, ge=0)    # hybrid: BM25's share in the reciprocal rank fusion (dense = 1)
     generators: dict[Kind, GeneratorSpec] = Field(default_factory=dict)   # image kind -> report generator
+    sentence_fusion: bool = False            # rank the text and each of its sentences, fuse the rankings (RRF)
+    search: RagSearchSpec | None = None      # interactive `rag search` defaults (short queries)
 
 
 class ProfileSpec(Strict):

@@ -170,8 +170,9 @@ def test_soft_prompt_path_with_the_offline_encoder(data_root, tmp_path):
     assert a.shape == (2, 384) and not np.allclose(a, b)
 
 
-# Clinical phrasings the offline default (MiniLM, hybrid with BM25 at 0.25) puts among its top 5 topics. docs/rag.md
-# lists the ones it misses, such as "consolidation in the right lower lobe, fever" -> Pneumonia (rank 40 and worse
+# Clinical phrasings both offline defaults (MiniLM hybrid; BM25 at 0.25 for the expert, 1 for `rag search`) put in
+# their top 5. docs/rag.md
+# lists ones they miss, such as "consolidation in the right lower lobe, fever" -> Pneumonia (rank 40 and worse
 # for every MiniLM setting; MPNet + hybrid finds it, but MPNet is worse on the 889-report clinical benchmark).
 REAL_QUERIES = {"wheezing and shortness of breath relieved by albuterol": "Asthma",
                 "pneumothorax with collapsed left lung": "Collapsed Lung",
@@ -181,11 +182,16 @@ REAL_QUERIES = {"wheezing and shortness of breath relieved by albuterol": "Asthm
 def test_real_clinical_queries_with_the_default_offline_strategy(data_root):
     from rag.service import RagService
     from stores.spec import load_spec
-    svc = RagService(load_spec(), "offline", str(data_root))
-    assert svc.cfg.strategy == "hybrid"
-    for query, topic in REAL_QUERIES.items():
-        titles = [svc.index().passages[p].title for p, _ in svc.retrieve_topics(query)]
-        assert len(titles) == 5 == len(set(titles)) and topic in titles, (query, titles)
+    from rag.service import search_config
+    spec = load_spec()
+    expert = RagService(spec, "offline", str(data_root))
+    search = RagService(spec, "offline", str(data_root), search_config(spec.profile("offline").rag))
+    assert expert.cfg.strategy == "hybrid" and (expert.cfg.bm25_weight, search.cfg.bm25_weight) == (0.25, 1.0)
+    assert search.index_dir == expert.index_dir                      # same encoder: one index serves both uses
+    for svc in (expert, search):
+        for query, topic in REAL_QUERIES.items():
+            titles = [svc.index().passages[p].title for p, _ in svc.retrieve_topics(query)]
+            assert len(titles) == 5 == len(set(titles)) and topic in titles, (query, titles)
 
 
 @pytest.fixture(scope="module")

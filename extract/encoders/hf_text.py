@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..registry import Encoder, register
+from ..registry import Encoder, NoParams, register
 
 ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
 
@@ -51,7 +51,12 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Ten
     raise ValueError(f"unknown pooling {how!r} (cls | mean | last)")
 
 
+class HFTextParams(NoParams):
+    adapted: str | None = None      # weights hash of a domain-adapted folder (`rag adapt`): part of the identity
+
+
 class HFTextEncoder(Encoder):
+    Params = HFTextParams
     pooling = "mean"
     max_length = 512
     batch_size = 32
