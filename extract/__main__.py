@@ -63,8 +63,6 @@ def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
     ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
                     "tabular fields) this cohort reuses: external validation")
-    ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
-                    "tabular fields) this cohort reuses: external validation")
     ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
     ap.add_argument("--retry-failed", action="store_true",
