@@ -43,14 +43,17 @@ def write_png_zeros(path: Path, side: int = 12000) -> None:
                      + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-def write_dataset(root: Path, n: int, image: Path) -> None:
-    """An OpenI-layout folder: n reports, each with one frontal image (hard links to one file: no disk cost)."""
+def write_dataset(root: Path, n: int, image: Path, pad: int = 8) -> None:
+    """An OpenI-layout folder: n reports, each with one frontal image (hard links to one file: no disk cost),
+    plus ``pad`` reports without images (the split needs a few samples; they are missing, never decoded)."""
     root.mkdir(parents=True)
     reports = {}
-    for i in range(1, n + 1):
-        os.link(image, root / f"CXR{i}_IM-0-1001.png")
-        reports[f"ecgen-radiology/{i}.xml"] = {"image": [f"CXR{i}_IM-0-1001"],
-                                               "report": {"FINDINGS": "lungs clear."}}
+    for i in range(1, n + pad + 1):
+        images = []
+        if i <= n:
+            os.link(image, root / f"CXR{i}_IM-0-1001.png")
+            images = [f"CXR{i}_IM-0-1001"]
+        reports[f"ecgen-radiology/{i}.xml"] = {"image": images, "report": {"FINDINGS": "lungs clear."}}
     (root / "reports_ori.json").write_text(json.dumps(reports))
 
 
