@@ -2,7 +2,7 @@
 `python -m extract` (EfficientNet-Lite0, real weights; one unit holds all N rows, the worst case), plus one
 valid 12000 x 12000 PNG (about 140 KB on disk). Peak RSS should stay flat in N.
 
-    python bench/memory.py [--repo /path/to/another/checkout]   # --repo: measure that code (e.g. before a change)
+    python bench/memory.py [--sizes 2,16,64] [--repo /path/to/another/checkout]   # --repo: that code (e.g. before)
 """
 from __future__ import annotations
 
