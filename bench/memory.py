@@ -2,7 +2,7 @@
 `python -m extract` (EfficientNet-Lite0, real weights; one unit holds all N rows, the worst case), plus one
 valid 12000 x 12000 PNG (about 140 KB on disk). Peak RSS should stay flat in N.
 
-    python bench/memory.py [--repo /path/to/another/checkout]   # --repo: measure that code (e.g. before a change)
+    python bench/memory.py [--sizes 2,16,64] [--repo /path/to/another/checkout]   # --repo: that code (e.g. before)
 """
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ def write_png_zeros(path: Path, side: int = 12000) -> None:
                      + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-def write_dataset(root: Path, n: int, image: Path) -> None:
-    """An OpenI-layout folder: n reports, each with one frontal image (hard links to one file: no disk cost)."""
+def write_dataset(root: Path, n: int, image: Path, pad: int = 8) -> None:
+    """An OpenI-layout folder: n reports, each with one frontal image (hard links to one file: no disk cost),
+    plus ``pad`` reports without images (the split needs a few samples; they are missing, never decoded)."""
     root.mkdir(parents=True)
     reports = {}
-    for i in range(1, n + 1):
-        os.link(image, root / f"CXR{i}_IM-0-1001.png")
-        reports[f"ecgen-radiology/{i}.xml"] = {"image": [f"CXR{i}_IM-0-1001"],
-                                               "report": {"FINDINGS": "lungs clear."}}
+    for i in range(1, n + pad + 1):
+        images = []
+        if i <= n:
+            os.link(image, root / f"CXR{i}_IM-0-1001.png")
+            images = [f"CXR{i}_IM-0-1001"]
+        reports[f"ecgen-radiology/{i}.xml"] = {"image": images, "report": {"FINDINGS": "lungs clear."}}
     (root / "reports_ori.json").write_text(json.dumps(reports))
 
 
@@ -81,7 +84,9 @@ def peak_rss_mb(cmd: list[str], cwd: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=str(ROOT), help="checkout whose code runs the extraction")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of CXRs (default 2,16,64)")
     args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
     repo = Path(args.repo).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -89,7 +94,7 @@ def main() -> None:
         write_png_zeros(tmp / "huge.png")
         spec = write_spec(tmp, chunk_rows=64)
         rows = []
-        cases = [(f"{n} CXRs 3000x2500", n, tmp / "cxr.png") for n in SIZES]
+        cases = [(f"{n} CXRs 3000x2500", n, tmp / "cxr.png") for n in sizes]
         cases.append(("1 PNG 12000x12000 (140 KB)", 1, tmp / "huge.png"))
         for name, n, image in cases:
             data = tmp / f"data-{name.split()[0]}-{image.stem}"
@@ -101,8 +106,9 @@ def main() -> None:
             print(f"{name:28s} peak RSS {mb:8.0f} MB   exit {code}", flush=True)
         base = rows[0][2]
         print(f"\ncode: {repo}")
-        print("peak RSS relative to N=2: " + ", ".join(f"N={n}: {mb / base:.2f}x" for _, n, mb, _ in rows[:len(SIZES)]))
-        print(f"12000x12000 PNG vs N=2: {rows[-1][2] / base:.2f}x")
+        print(f"peak RSS relative to N={sizes[0]}: "
+              + ", ".join(f"N={n}: {mb / base:.2f}x" for _, n, mb, _ in rows[:len(sizes)]))
+        print(f"12000x12000 PNG vs N={sizes[0]}: {rows[-1][2] / base:.2f}x")
 
 
 if __name__ == "__main__":
