@@ -18,9 +18,11 @@ from itertools import islice
 
 import numpy as np
 
+from stores.preprocess import TextPreprocess
+
 from .datasets.base import DatasetAdapter, Failed, Missing
 
-MAX_NOTE_WORDS = 20_000
+MAX_NOTE_WORDS = TextPreprocess.model_fields["max_note_words"].default     # stores/preprocess.py
 BINARY_FRACTION = 0.10
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ODD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ud800-\udfff]")   # + replacement chars

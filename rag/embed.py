@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from extract.datasets.base import Failed, Missing, get_adapter
+from extract.inputs import check_input, load_rows
 from stores import paths
 from stores.provenance import code_version, package_versions
 from stores.spec import canonical_hash, load_spec
@@ -57,6 +58,13 @@ def generated_texts(inputs: list, generator) -> list:
             except Exception as exc:  # noqa: BLE001
                 out.append(Failed(f"report generation: {type(exc).__name__}: {exc}"[:500]))
     return out
+
+
+def _inputs(adapter, ds, modality: str, rows: list[int]) -> list:
+    """The rows' inputs, each loaded in isolation and checked by the same rules as the extract stage (one bad record
+    fails its row, never the unit)."""
+    pre = dict(ds.modalities[modality].preprocess)
+    return [check_input(x, pre) for x in load_rows(adapter, modality, rows)]
 
 
 def _generator(svc: RagService, kind: str, bridged: bool):
@@ -111,9 +119,9 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
         for unit in pending:
             rows = list(range(unit.start, unit.stop))
             if generator:
-                texts = generated_texts(adapter.load(mod, rows), generator)
+                texts = generated_texts(_inputs(adapter, ds, mod, rows), generator)
             else:
-                texts = bridge_texts(adapter.load(bridge_mod, rows), kind, bridges.get(mod))
+                texts = bridge_texts(_inputs(adapter, ds, bridge_mod, rows), kind, bridges.get(mod))
             todo = [i for i, t in enumerate(texts) if isinstance(t, str)]
             n = len(rows)
             vec = np.zeros((n, group.group["vectors"].shape[1]), np.float32)

@@ -15,14 +15,22 @@ class _Closed(BaseModel):
 
 
 class NoPreprocess(_Closed):
-    """Kinds whose inputs reach the encoder as they are (notes; precomputed features)."""
+    """Kinds whose inputs reach the encoder as they are (precomputed features)."""
+
+
+class TextPreprocess(_Closed):
+    """Any text view (notes, reports, serialized stays): extract/inputs.py's rules."""
+    max_note_words: int = Field(20_000, gt=0)          # longer texts are cut (85x the longest OpenI report)
 
 
 class CxrPreprocess(_Closed):
-    """Chest X-rays: the encoder's own transform does resizing/cropping; nothing to set yet."""
+    """Chest X-rays: decoded downscaled (extract/readers/image.py); the encoder's own transform resizes and crops."""
+    size: int = Field(224, gt=0)                       # decode target: short side kept >= 2 x size
+    max_pixels: int = Field(50_000_000, gt=0)          # larger images (decompression bombs) are refused unread
+    min_side: int = Field(32, gt=0)                    # smaller images fail
 
 
-class EhrPreprocess(_Closed):
+class EhrPreprocess(TextPreprocess):
     hours: int = Field(48, gt=0)                       # observation window from admission (hours)
 
 
@@ -49,5 +57,5 @@ class WsiPreprocess(_Closed):
     store_tiles: StrictBool = True
 
 
-PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": NoPreprocess, "ehr": EhrPreprocess,
+PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": TextPreprocess, "ehr": EhrPreprocess,
                                         "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess}

@@ -13,6 +13,7 @@ LAYERS = [
     ("stores.", 0),                                   # spec, paths, provenance, the store: below everything
     ("extract.registry", 1), ("extract.sources", 1), ("extract.stages", 1),
     ("extract.encoders", 1), ("extract.readers", 1), ("extract.datasets", 1),   # shared plugins: models and data
+    ("extract.inputs", 1),                            # the per-row isolation and input rules both stages apply
     ("extract.", 2), ("rag.", 2),                     # the two offline stages, side by side
     ("train.", 3),                                    # training sits on top
 ]

@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-MAX_PIXELS = 50_000_000      # 50 Mpx: > 3x the largest MIMIC-CXR image (about 4300 x 3500)
-MIN_SIDE = 32                # px; 1x1 "images" and icons are not radiographs
+from stores.preprocess import CxrPreprocess
+
+# defaults of the cxr preprocess settings (stores/preprocess.py, the one place they are declared):
+MAX_PIXELS = CxrPreprocess.model_fields["max_pixels"].default    # 50 Mpx: > 3x the largest MIMIC-CXR image
+MIN_SIDE = CxrPreprocess.model_fields["min_side"].default        # px; 1x1 "images" and icons are not radiographs
 
 
 class ImageRejected(ValueError):
