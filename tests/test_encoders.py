@@ -231,3 +231,12 @@ def test_images_keep_their_aspect_ratio_through_the_models_own_transform(tmp_pat
     torch.testing.assert_close(inner, black.expand_as(inner), atol=0.02, rtol=0)
     squashed = torch.nn.functional.interpolate(wide, size=(56, 56), mode="bilinear")
     assert squashed.mean() > 0.5                              # what the old square resize fed the model
+
+
+def test_tiny_tokenizers_know_their_words(tiny_bert_dir):
+    """The tiny test models must tokenise real words (a tokenizer of special tokens only maps every word to [UNK],
+    and every text would look the same to the tests)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    ids = tok("the heart is normal", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(set(ids)) == 4

@@ -32,13 +32,13 @@ def tiny_bert(folder: Path, kind: str = "bert", hidden: int = 32, max_pos: int =
                   intermediate_size=2 * hidden, max_position_embeddings=max_pos)
     if kind == "bert":
         BertModel(BertConfig(**common)).save_pretrained(folder)
-        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+        BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
     elif kind == "megatron":
         MegatronBertModel(MegatronBertConfig(**common)).save_pretrained(folder)
-        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+        BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
     elif kind == "mpnet":
         MPNetModel(MPNetConfig(**{**common, "max_position_embeddings": max_pos + 2})).save_pretrained(folder)
-        MPNetTokenizerFast(vocab_file=str(vocab), bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        MPNetTokenizerFast(vocab=str(vocab), bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
                            unk_token="<unk>", pad_token="<pad>", mask_token="<mask>").save_pretrained(folder)
     return folder
 
