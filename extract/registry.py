@@ -27,7 +27,7 @@ from .sources import Resolved, resolve_source
 @dataclass(frozen=True)
 class ModelCard:
     key: str
-    modality: str            # input view it reads: text | image | series | volume | features
+    modality: str            # input view it reads: text | image | series | volume | features | events | fields
     role: str                # default role: general | biomedical | teacher | rag-lm | imported | classical
     dim: int | None          # None = known only after loading (tiny test models, imported features)
     licence: str

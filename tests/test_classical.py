@@ -228,7 +228,7 @@ def test_both_experts_cache_and_resume(classical_spec, data_root, tmp_path):
               progress=False)
     first = extract_dataset("physionet2012", **kw)
     assert first.done == {"ehr/stats": 96}
-    g = _group(path, "ehr", "stats")
+    g = Store(path, mode="a").expert_group("ehr", "stats")
     before = (g.group["vectors"][:], g.group["valid"][:])
     assert (before[1] == OK).all()
     clear_caches()
