@@ -211,7 +211,7 @@ def _evaluate(argv):
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
     args = ap.parse_args(argv)
     from stores.store import SPLIT_CODES
-    from .experiment import evaluate_split
+    from .evaluation import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store)

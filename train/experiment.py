@@ -13,41 +13,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from stores.spec import canonical_hash
 from stores.store import Store
 
-from .metrics import METRICS, perf, task_metrics, tune_thresholds
+from .evaluation import evaluate_split, val_thresholds  # noqa: F401  (part of this module's interface)
+from .metrics import METRICS
 from .protocols import Protocol, apply_to_masks, drop_modalities
 from .trainer import Data, Recipe, predict, recipe_dict, train_one
 
 log = logging.getLogger("medmix.train")
-
-
-def evaluate_split(model, data: Data, part: str, thresholds: dict | None, masks=None) -> dict:
-    idx = data.rows(part)
-    out = predict(model, data, idx, masks)
-    logits = out.logits.cpu().numpy()
-    y = data.y[idx].cpu().numpy()
-    res = {}
-    for t in data.tasks:
-        th = thresholds.get(t["name"]) if thresholds else None
-        res[t["name"]] = task_metrics(t, logits[:, t["out"]], y[:, t["cols"]], th)
-    res["mean"] = {k: float(np.nanmean([res[t["name"]][k] for t in data.tasks])) for k in METRICS}
-    res["mean"]["perf"] = perf(res["mean"])
-    from .diagnostics import degenerate
-    flags = {t["name"]: degenerate(t, logits[:, t["out"]], thresholds.get(t["name"]) if thresholds else None)
-             for t in data.tasks}
-    res["degenerate"] = {k: v for k, v in flags.items() if v}
-    return res
-
-
-def val_thresholds(model, data: Data) -> dict:
-    idx = data.rows("val")
-    logits = predict(model, data, idx).logits.cpu().numpy()
-    y = data.y[idx].cpu().numpy()
-    out = {}
-    for t in data.tasks:
-        if t["type"] != "multiclass":
-            out[t["name"]] = tune_thresholds(1 / (1 + np.exp(-logits[:, t["out"]])), y[:, t["cols"]],
-                                             "macro" if t["type"] == "binary" else "binary")
-    return out
 
 
 def _peak_rss_increase_mb(fn) -> float | None:

@@ -3,6 +3,8 @@
 so adding a method touches its own file (where it registers) and its test only: the trainer has no special cases."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +40,10 @@ def register(method: Method) -> Method:
 
 
 def _load() -> None:
-    from .models import baselines, medmix  # noqa: F401  (modules register their methods on import)
+    """Import every module of train/models/: each registers its methods by being there (no list to edit)."""
+    package = f"{__name__.rsplit('.', 1)[0]}.models"
+    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{mod.name}")
 
 
 def get(name: str) -> Method:

@@ -33,7 +33,7 @@ CANDIDATES = {
 
 
 def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], device: str) -> dict:
-    from .experiment import evaluate_split
+    from .evaluation import evaluate_split
     from .prepare import prepare
     data = prepare(store, recipe).data.to(device)
     out = {}

@@ -39,7 +39,7 @@ def points(grid: dict) -> list[dict]:
 
 def tune(method: str, data: Data, base: Recipe, grid: dict, seed: int, large_mod: str | None = None,
          device: str = "cpu") -> tuple[Recipe, dict]:
-    from .experiment import evaluate_split
+    from .evaluation import evaluate_split
     table = []
     for point in points(grid):
         recipe = dataclasses.replace(base, **point)
