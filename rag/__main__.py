@@ -14,35 +14,56 @@ from .evaluate import BENCHMARKS, DEFAULT_VARIANTS
 from .adapt import add_adapt_arguments, run_adapt
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rag", description=__doc__)
-    ap.add_argument("--profile", default="offline", help="paper | offline")
-    ap.add_argument("--config", help="your own pipelines.yaml")
-    ap.add_argument("--data-root", help="folder with medlineplus/ (default ../shared/data or MEDMIX_DATA_ROOT)")
-    ap.add_argument("--encoder", help="override the query/article encoder (a registry key)")
-    ap.add_argument("--strategy", choices=["dense", "bm25", "hybrid"], help="override the retrieval strategy")
-    ap.add_argument("--bm25-weight", type=float, help="override hybrid's BM25 share in the rank fusion")
-    ap.add_argument("--sentence-fusion", action=argparse.BooleanOptionalAction, default=None,
+def _common_options(ap: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every command takes, before or after the command name (after it, an option left out must not
+    overwrite one given before it: hence SUPPRESS there)."""
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    ap.add_argument("--profile", default=d("offline"), help="paper | offline")
+    ap.add_argument("--config", default=d(None), help="your own pipelines.yaml")
+    ap.add_argument("--data-root", default=d(None),
+                    help="the run's data root (the corpus is looked up there, then under the configured one)")
+    ap.add_argument("--encoder", default=d(None), help="override the query/article encoder (a registry key)")
+    ap.add_argument("--strategy", default=d(None), choices=["dense", "bm25", "hybrid"],
+                    help="override the retrieval strategy")
+    ap.add_argument("--bm25-weight", default=d(None), type=float, help="override hybrid's BM25 share in the rank fusion")
+    ap.add_argument("--sentence-fusion", action=argparse.BooleanOptionalAction, default=d(None),
                     help="override: rank each sentence of a long text and fuse the rankings (RRF)")
-    ap.add_argument("--index-dir", help="where the index lives (default: under the model cache)")
+    ap.add_argument("--index-dir", default=d(None), help="where the index lives (default: under the model cache)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Known errors (config, paths, a missing faiss, a store) are one line and exit 2 (stores/cli.py)."""
+    from stores.cli import guarded
+    return guarded(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rag", description=__doc__)
+    _common_options(ap, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, suppress=True)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build-index", help="index the MedlinePlus corpus (rebuilt when stale)")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)        # every command takes the common options too
+
+    b = command("build-index", help="index the MedlinePlus corpus (rebuilt when stale)")
     b.add_argument("--rebuild", action="store_true")
-    s = sub.add_parser("search", help="print the top-K topics (best passage of each) for a text")
+    s = command("search", help="print the top-K topics (best passage of each) for a text")
     s.add_argument("text")
     s.add_argument("-k", type=int, default=None)
     s.add_argument("--passages", action="store_true", help="the top-K passages as the RAG expert pools them")
-    ev = sub.add_parser("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports and impressions -> "
+    ev = command("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports and impressions -> "
                                      "MeSH topics): recall@1/@5, MRR per encoder and retrieval variant, one table")
     ev.add_argument("--benchmark", action="append", choices=list(BENCHMARKS), help="one or more (default: all)")
     ev.add_argument("--encoders", help="comma-separated encoder keys to compare (default: the profile's)")
     ev.add_argument("--variant", action="append",
                     help=f"dense | bm25 | hybrid:W, optional +sent (default: {', '.join(DEFAULT_VARIANTS)})")
     ev.add_argument("--out", help="also write the table as JSON here")
-    a = sub.add_parser("adapt", help="fine-tune an offline encoder on the corpus's own structure (held-out topics) "
+    a = command("adapt", help="fine-tune an offline encoder on the corpus's own structure (held-out topics) "
                                      "and save it into the model cache as a registry-loadable encoder")
     add_adapt_arguments(a)
-    e = sub.add_parser("embed", help="write the RAG expert of a dataset's modalities into its store")
+    e = command("embed", help="write the RAG expert of a dataset's modalities into its store")
     e.add_argument("--dataset", required=True)
     e.add_argument("--store")
     e.add_argument("--modality", action="append")

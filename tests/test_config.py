@@ -166,3 +166,21 @@ def test_extract_cli_bad_input_is_one_line_and_exit_2(args, fragment, data_root,
     lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], out.stderr[-2000:]
     assert not list(tmp_path.iterdir())                  # nothing was written
+
+
+@pytest.mark.parametrize("module, args, fragment", [
+    ("train", ["--dataset", "nope"], "datasets.nope"),
+    ("train", ["run", "--dataset", "physionet2012", "--store", "/nonexistent/p.zarr"], "no store here"),
+    ("train", ["evaluate", "--checkpoint", "/nonexistent/m.pt", "--dataset", "mmist"], "/nonexistent/m"),
+    ("train", ["predict", "--checkpoint", "/nonexistent/m.pt", "--store", "/nonexistent/s.zarr"], "/nonexistent/m"),
+    ("rag", ["search", "fever", "--profile", "nope"], "profiles.nope"),
+    ("rag", ["--profile", "nope", "build-index"], "profiles.nope"),
+    ("stores", ["verify", "/nonexistent/s.zarr"], "no store here"),
+])
+def test_every_cli_says_bad_input_in_one_line_with_exit_2(module, args, fragment, tmp_path):
+    env = {**os.environ, "MEDMIX_STORE_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), out.stderr[-2000:]
+    assert fragment in lines[0]

@@ -1,6 +1,8 @@
-"""`python -m train`: train MedMIX and the baselines on a cached store; evaluate a checkpoint; predict.
+"""`python -m train run|evaluate|predict|demo`: train MedMIX and the baselines on a cached store; evaluate a
+checkpoint; predict; the demo. `run` is the default command; each has its own --help.
 
-    python -m train --dataset mmist --seeds 5 --out runs/mmist
+    python -m train --dataset mmist --seeds 5 --out runs/mmist        # = python -m train run ...
+    python -m train --dataset physionet2012 --set b ...               # the store `extract --set b` wrote
     python -m train --dataset physionet2012 --methods medmix,meanavg --protocol none,test_multi@0.3
     python -m train evaluate --checkpoint runs/p12/checkpoints/medmix.pt --dataset physionet2012 --store set-b.zarr
     python -m train predict --checkpoint runs/mmist/checkpoints/medmix.pt --store runs/stores/mmist.zarr --ids C3L-00004
@@ -14,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from stores.cli import CliError
 from stores.table import format_table
 
 
@@ -37,20 +40,22 @@ def _default_store(dataset: str, store: str | None, options: dict | None = None)
     return str(store_path(load_spec(), dataset, options, None, store))
 
 
+COMMANDS = {"evaluate": lambda a: _evaluate(a), "predict": lambda a: _predict(a), "run": lambda a: _train(a),
+            "demo": lambda a: _train(["demo", *a])}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Known errors (store, checkpoint, data, config) are one line and exit 2 (stores/cli.py)."""
+    from stores.cli import guarded
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from stores.store import StoreError
-    from .data_checks import TrainDataError
-    try:
-        if argv[:1] == ["evaluate"]:
-            return _evaluate(argv[1:])
-        if argv[:1] == ["predict"]:
-            return _predict(argv[1:])
-        return _train(argv)
-    except (UsageError, TrainDataError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    command = COMMANDS.get(argv[0]) if argv else None
+    return guarded(command or _train, argv[1:] if command else argv)
+
+
+def _options(args) -> dict | None:
+    """Dataset options that name a store (as `python -m extract --set` wrote it)."""
+    return {"set": args.set_name} if getattr(args, "set_name", None) else None
 
 
 def _train(argv: list[str]) -> int:
@@ -62,7 +67,8 @@ def _train(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--store", help="default: <store_root>/<dataset>.zarr")
+    ap.add_argument("--store", help="default: the store `python -m extract` wrote (<store root>/<dataset>[-options].zarr)")
+    ap.add_argument("--set", dest="set_name", help="physionet2012: the challenge set the store holds (as extract --set)")
     ap.add_argument("--methods", default=",".join(METHODS + ["large"]), help="comma list; 'large' = each teacher alone")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     ap.add_argument("--protocol", default="none", help=f"comma list, or 'all' ({', '.join(DEFAULT_GRID)})")
@@ -89,7 +95,7 @@ def _train(argv: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
-    results = run_experiment(_default_store(args.dataset, args.store), args.methods.split(","),
+    results = run_experiment(_default_store(args.dataset, args.store, _options(args)), args.methods.split(","),
                              list(range(args.seeds)), protocols, _recipe(args), out,
                              tasks=args.tasks.split(",") if args.tasks else None, device=device,
                              ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
@@ -113,7 +119,7 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class UsageError(Exception):
+class UsageError(CliError):
     """A refusal with a one-line reason (exit status 2)."""
 
 
@@ -209,12 +215,13 @@ def _evaluate(argv):
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store")
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
+    ap.add_argument("--set", dest="set_name", help="physionet2012: the challenge set of the store (as extract --set)")
     args = ap.parse_args(argv)
     from stores.store import SPLIT_CODES
     from .evaluation import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
     notes = []
-    store = _default_store(args.dataset, args.store)
+    store = _default_store(args.dataset, args.store, _options(args))
     data = _data_for(meta, store, _device(args.device), args.allow_other_features, notes)
     model = _model(meta, state, recipe, build, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
