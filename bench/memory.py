@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import yaml
 from _common import ROOT
 from PIL import Image
+
+sys.path.insert(0, str(ROOT / "tests"))
+from tiny_models import png_of_zeros  # noqa: E402  (the test fixtures' writer of a 12000 px PNG of zeros)
 
 SIZES = (2, 16, 64)
 
@@ -30,17 +31,6 @@ def write_cxr(path: Path, w: int = 3000, h: int = 2500) -> None:
     img = 60 + 120 * (x / w) + 50 * (((x - w / 2) ** 2 + (y - h / 2) ** 2) < (0.3 * h) ** 2)
     img += np.random.default_rng(0).normal(0, 4, size=(h, w))
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
-
-
-def write_png_zeros(path: Path, side: int = 12000) -> None:
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    comp, parts, row = zlib.compressobj(9), [], b"\x00" * (side + 1)
-    for _ in range(side):
-        parts.append(comp.compress(row))
-    parts.append(comp.flush())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
 def write_dataset(root: Path, n: int, image: Path, pad: int = 8) -> None:
@@ -91,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_cxr(tmp / "cxr.png")
-        write_png_zeros(tmp / "huge.png")
+        png_of_zeros(tmp / "huge.png")
         spec = write_spec(tmp, chunk_rows=64)
         rows = []
         cases = [(f"{n} CXRs 3000x2500", n, tmp / "cxr.png") for n in sizes]

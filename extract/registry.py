@@ -10,8 +10,6 @@ and ``encode(items)`` returns one float32 vector per item. It never knows which 
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stores.plugins import import_all
 
 from .sources import Resolved, resolve_source
 
@@ -56,10 +56,8 @@ def register(key: str, *, modality: str, role: str, dim: int | None, licence: st
 
 
 def load_all() -> dict[str, type["Encoder"]]:
-    """Import every module of extract/encoders/: each registers its models by being there (no list to edit)."""
-    from . import encoders
-    for mod in pkgutil.iter_modules(encoders.__path__):
-        importlib.import_module(f"{encoders.__name__}.{mod.name}")
+    """Every module of extract/encoders/ registers its models by being there (no list to edit)."""
+    import_all(f"{__name__.rsplit('.', 1)[0]}.encoders")
     return REGISTRY
 
 

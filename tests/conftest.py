@@ -52,3 +52,16 @@ def write_spec(tmp_path: Path, edit) -> Path:
 @pytest.fixture
 def spec_writer(tmp_path):
     return lambda edit: write_spec(tmp_path, edit)
+
+
+@pytest.fixture
+def ehr_spec(spec_writer, tiny_bert_dir):
+    """The repository's spec with 8-row units and a small EHR profile: Fracast-0 on the series, a tiny BERT on the
+    serialized stay."""
+    def edit(raw):
+        raw["defaults"]["chunk_rows"] = 8
+        prof = raw["profiles"]["offline"]
+        prof["kinds"]["ehr"] = {"experts": {"fracast": {"model": "fracast0", "role": "general", "view": "series"},
+                                            "bert": {"model": "medcpt_query", "role": "general", "view": "text"}}}
+        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)}}
+    return spec_writer(edit)

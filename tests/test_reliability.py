@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from stores.__main__ import main as stores_main
 from stores.spec import load_spec
 from stores.store import FAILED, MISSING, OK, Store, StoreError
 from stores.verify import check, verify
+from tiny_models import png_of_zeros
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = Path("/work/shared/data") if Path("/work/shared/data/physionet2012").exists() else None
@@ -62,15 +61,6 @@ def record(rid: str, body: bytes) -> tuple[str, bytes]:
     return rid, HEADER.replace(b"{rid}", rid.encode()) + b"00:07,HR,80\n01:10,HR,90\n" + body
 
 
-@pytest.fixture
-def ehr_spec(spec_writer, tiny_bert_dir):
-    def edit(raw):
-        raw["defaults"]["chunk_rows"] = 8
-        prof = raw["profiles"]["offline"]
-        prof["kinds"]["ehr"] = {"experts": {"fracast": {"model": "fracast0", "role": "general", "view": "series"},
-                                            "bert": {"model": "medcpt_query", "role": "general", "view": "text"}}}
-        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)}}
-    return spec_writer(edit)
 
 
 def _group_rows(path, modality, expert):
@@ -156,18 +146,6 @@ def test_text_rules():
 
 
 # ---- OpenI: null report, binary text, bad images, traversal, bomb ----------------------------------------------
-def _png_bomb(path: Path, side: int = 12000) -> None:
-    """A valid 8-bit grey PNG of side x side zeros, about 140 KB on disk (written without holding it in memory)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    comp, parts, row = zlib.compressobj(9), [], b"\x00" * (side + 1)
-    for _ in range(side):
-        parts.append(comp.compress(row))
-    parts.append(comp.flush())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
-
-
 def write_openi(root: Path) -> dict:
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -191,7 +169,7 @@ def write_openi(root: Path) -> dict:
     Image.fromarray(np.full((64, 64), 1000, np.uint16)).save(root / "CXR11_IM-0-1001.png")
     add(11, text, ["CXR11_IM-0-1001"], "ok", "blank image")
     add(12, text, ["../../outside"], "ok", "points outside")
-    _png_bomb(root / "CXR13_IM-0-1001.png")
+    png_of_zeros(root / "CXR13_IM-0-1001.png")
     add(13, text, ["CXR13_IM-0-1001"], "ok", "exceeds the pixel budget")
     (root / "CXR14_IM-0-1001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     add(14, text, ["CXR14_IM-0-1001"], "ok", "UnidentifiedImageError")
@@ -301,7 +279,7 @@ def test_large_image_is_decoded_downscaled_and_a_bomb_is_refused(tmp_path):
     assert a.shape == (1, 3, 500, 600) and a.dtype == np.float32                   # reduced by 5 before float
     Image.fromarray((rng.random((2500, 3000)) * 255).astype(np.uint8)).save(tmp_path / "big.jpg", quality=90)
     assert read_image(tmp_path / "big.jpg", size=224).shape[-1] <= 750              # JPEG draft + reduce
-    _png_bomb(tmp_path / "bomb.png")
+    png_of_zeros(tmp_path / "bomb.png")
     with pytest.raises(ImageRejected, match="pixel budget"):
         read_image(tmp_path / "bomb.png", size=224, max_pixels=50_000_000)
 

@@ -20,15 +20,6 @@ from stores.verify import verify
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def small_spec(spec_writer, tiny_bert_dir):
-    def edit(raw):
-        raw["defaults"]["chunk_rows"] = 8
-        prof = raw["profiles"]["offline"]
-        prof["kinds"]["ehr"] = {"experts": {"fracast": {"model": "fracast0", "role": "general", "view": "series"},
-                                            "bert": {"model": "medcpt_query", "role": "general", "view": "text"}}}
-        prof["models"] = {"medcpt_query": {"source": str(tiny_bert_dir)}}
-    return spec_writer(edit)
 
 
 def _contents(path):
@@ -48,8 +39,8 @@ def _same(a, b):
         np.testing.assert_array_equal(a[k][3], b[k][3])
 
 
-def test_in_process_equals_local_cluster(small_spec, data_root, tmp_path):
-    kw = dict(dataset="physionet2012", config=str(small_spec), data_root=str(data_root), limit=40, rag=False,
+def test_in_process_equals_local_cluster(ehr_spec, data_root, tmp_path):
+    kw = dict(dataset="physionet2012", config=str(ehr_spec), data_root=str(data_root), limit=40, rag=False,
               progress=False)
     s1 = extract_dataset(store=str(tmp_path / "a.zarr"), **kw)
     s2 = extract_dataset(store=str(tmp_path / "b.zarr"), workers=2, **kw)
@@ -60,8 +51,8 @@ def test_in_process_equals_local_cluster(small_spec, data_root, tmp_path):
     assert again.done == {} and again.skipped_units == {"ehr/fracast": 5, "ehr/bert": 5}
 
 
-def test_sigkill_mid_run_then_rerun_equals_uninterrupted(small_spec, data_root, tmp_path):
-    args = [sys.executable, "-m", "extract", "--dataset", "physionet2012", "--config", str(small_spec),
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(ehr_spec, data_root, tmp_path):
+    args = [sys.executable, "-m", "extract", "--dataset", "physionet2012", "--config", str(ehr_spec),
             "--data-root", str(data_root), "--limit", "96", "--no-rag", "--quiet"]
     killed = tmp_path / "killed.zarr"
     proc = subprocess.Popen(args + ["--store", str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -84,11 +75,11 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(small_spec, data_root, 
     _same(_contents(killed), _contents(full))
 
 
-def test_duplicated_unit_rewrites_identical_bytes(small_spec, data_root, tmp_path):
+def test_duplicated_unit_rewrites_identical_bytes(ehr_spec, data_root, tmp_path):
     path = tmp_path / "d.zarr"
-    extract_dataset("physionet2012", config=str(small_spec), data_root=str(data_root), store=str(path), limit=16,
+    extract_dataset("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(path), limit=16,
                     rag=False, progress=False)
-    spec = load_spec(small_spec)
+    spec = load_spec(ehr_spec)
     from extract.datasets.base import get_adapter
     plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root))
     before = _contents(path)
@@ -96,7 +87,7 @@ def test_duplicated_unit_rewrites_identical_bytes(small_spec, data_root, tmp_pat
     unit = g.units()[1]
     g.group["done"][1] = 0                                        # as if a retried task ran the unit again
     clear_caches()
-    ctx = Context(str(small_spec), "physionet2012", str(data_root), {}, str(path))
+    ctx = Context(str(ehr_spec), "physionet2012", str(data_root), {}, str(path))
     run_unit(ctx, "ehr", unit, plans["ehr"])
     run_unit(ctx, "ehr", unit, plans["ehr"])                      # and a duplicate of it
     _same(before, _contents(path))
@@ -109,7 +100,7 @@ def test_bad_items_are_isolated_with_reasons(tiny_bert_dir):
     np.testing.assert_allclose(vecs[[0, 2]], enc.encode(["heart normal", "lungs clear"]), rtol=1e-5, atol=1e-6)
 
 
-def test_failed_inputs_are_recorded_and_the_run_goes_on(small_spec, data_root, tmp_path, monkeypatch):
+def test_failed_inputs_are_recorded_and_the_run_goes_on(ehr_spec, data_root, tmp_path, monkeypatch):
     from extract.datasets import physionet2012
     real = physionet2012.PhysioNet2012.load
 
@@ -121,7 +112,7 @@ def test_failed_inputs_are_recorded_and_the_run_goes_on(small_spec, data_root, t
 
     monkeypatch.setattr(physionet2012.PhysioNet2012, "load", load)
     clear_caches()
-    s = extract_dataset("physionet2012", config=str(small_spec), data_root=str(data_root), store=str(tmp_path / "f.zarr"),
+    s = extract_dataset("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(tmp_path / "f.zarr"),
                         limit=16, rag=False, progress=False)
     assert s.failed == {"ehr/fracast": 1, "ehr/bert": 1} and s.done["ehr/fracast"] == 15
     g = Store(tmp_path / "f.zarr").expert_group("ehr", "fracast")

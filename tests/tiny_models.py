@@ -3,6 +3,8 @@ the same code path (``from_pretrained`` / timm ``pretrained_cfg_overlay`` / open
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -169,3 +171,15 @@ def tiny_merlin_report(folder: Path, lora_r: int = 8) -> tuple[Path, Path, dict]
     path = folder / "resnet_gpt2_best_stanford_report_generation_average_mtl.pt"
     torch.save(ckpt, path)
     return path, lm_dir, {"lm": lm, "tower": tower, "adapter": adapter, "lora": lora}
+
+
+def png_of_zeros(path: Path, side: int = 12000) -> None:
+    """A valid 8-bit grey PNG of side x side zeros, about 140 KB on disk (written without holding it in memory)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    comp, parts, row = zlib.compressobj(9), [], b"\x00" * (side + 1)
+    for _ in range(side):
+        parts.append(comp.compress(row))
+    parts.append(comp.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))

@@ -3,10 +3,10 @@
 so adding a method touches its own file (where it registers) and its test only: the trainer has no special cases."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Callable
+
+from stores.plugins import import_all
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,8 @@ def register(method: Method) -> Method:
 
 
 def _load() -> None:
-    """Import every module of train/models/: each registers its methods by being there (no list to edit)."""
-    package = f"{__name__.rsplit('.', 1)[0]}.models"
-    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        importlib.import_module(f"{package}.{mod.name}")
+    """Every module of train/models/ registers its methods by being there (no list to edit)."""
+    import_all(f"{__name__.rsplit('.', 1)[0]}.models")
 
 
 def get(name: str) -> Method:

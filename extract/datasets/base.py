@@ -6,8 +6,6 @@ A sample's input is a dict of views, or ``Missing(reason)`` (absent: mask 0), or
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sklearn.model_selection import train_test_split
 
+from stores.plugins import import_all
 from stores.spec import DatasetSpec, SpecError
 
 
@@ -201,10 +200,8 @@ def _split_two(idx: np.ndarray, frac: float, strat: np.ndarray | None, seed: int
 
 
 def load_adapters() -> dict[str, type[DatasetAdapter]]:
-    """Import every module of extract/datasets/: each registers its adapter by being there (no list to edit)."""
-    package = __name__.rsplit(".", 1)[0]
-    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        importlib.import_module(f"{package}.{mod.name}")
+    """Every module of extract/datasets/ registers its adapter by being there (no list to edit)."""
+    import_all(__name__.rsplit(".", 1)[0])
     return ADAPTERS
 
 
