@@ -62,7 +62,7 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
     train_rows = [int(i) for i in (st.split() == SPLIT_CODES["train"]).nonzero()[0]]   # fitted experts: train only
     plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts, train_rows, encoding_from)
     threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
-    ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads)
+    ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads, profile)
     executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()
     try:
         summary = run(ctx, plans, executor, progress=progress, retry_failed=retry_failed)

@@ -106,7 +106,7 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
                       "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
         h = canonical_hash(config_obj)
         k = svc.cfg.k
-        prov = {"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "role": "rag", "family": "rag",
+        prov = {"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "role": "rag", "family": "rag", "profile": profile,
                 "config": config_obj, "index_meta": svc.index().meta, "packages": package_versions(),
                 "code_version": code_version(), "lm": svc.lm.provenance(), "strategy": svc.cfg.strategy}
         extras = {"retrieved_ids": ((k,), "int32", -1), "retrieved_scores": ((k,), "float32", float("nan"))}

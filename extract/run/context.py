@@ -31,7 +31,7 @@ class Context:
     store_url: str
     device: str | None = None
     threads: int | None = None
-
+    profile: str | None = None       # recorded in each group's provenance (train --profile selects by it)
 
 
 # ---- per-process caches (each worker loads a model once) -------------------------------------------------------

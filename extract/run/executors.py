@@ -160,7 +160,7 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
             group = _cached_group(store, mod, job)
             if group is None or group.pending_units():
                 dim, prov = executor.probe(ctx, job)
-                prov = {**prov, "role": job.role, "view": job.view, "config": job.config,
+                prov = {**prov, "role": job.role, "view": job.view, "config": job.config, "profile": ctx.profile,
                         "packages": package_versions(), "code_version": code_version()}
                 group = store.require_expert_group(mod, job.name, job.config_hash, dim, prov)
             else:
