@@ -102,7 +102,7 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
         generator = _generator(svc, kind, mod in bridges)
         config_obj = {"rag": svc.identity(), "bridge": bridge_mod,
                       **({"generator": generator.identity()} if generator else {}),
-                      "modality": ds.modalities[mod].model_dump(exclude={"experts"}),
+                      "modality": ds.modalities[mod].identity(),
                       "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
         h = canonical_hash(config_obj)
         k = svc.cfg.k

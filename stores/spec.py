@@ -151,6 +151,11 @@ class ModalitySpec(Strict):
             PREPROCESS[kind].model_validate(value)
         return value
 
+    def identity(self) -> dict:
+        """What of a modality's settings changes its embeddings (a config hash part): kind and preprocessing, not
+        which experts run nor whether training uses it (``opt_in``)."""
+        return self.model_dump(exclude={"experts", "opt_in"})
+
     @property
     def pre(self):
         """The preprocessing settings with their defaults filled in (what readers use)."""
