@@ -11,7 +11,9 @@ from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
 from .datasets.base import get_adapter
-from .runner import Context, DaskExecutor, LocalExecutor, Summary, plan_jobs, run
+from .run.context import Context
+from .run.executors import DaskExecutor, LocalExecutor, Summary, run
+from .run.plan import plan_jobs
 from .stages import run_expert_stages
 
 log = logging.getLogger("medmix.extract")

@@ -14,7 +14,7 @@ from extract.encoders.stats import STATS, summary_statistics
 from extract.encoders.tabular import TabularEncoding
 from extract.pipeline import extract_dataset
 from extract.registry import EncoderOptions, build_encoder
-from extract.runner import clear_caches
+from extract.run.context import clear_caches
 from stores.spec import SpecError, load_spec
 from stores.store import OK, SPLIT_CODES, Store
 from stores.verify import verify

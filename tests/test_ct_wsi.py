@@ -138,7 +138,7 @@ def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a
         spec_writer, data_root, tmp_path, monkeypatch):
     from extract.pipeline import extract_dataset
     from extract.readers.wsi import TiledSlide
-    from extract.runner import clear_caches
+    from extract.run.context import clear_caches
     from stores.store import OK, Store
     from stores.tiles import open_slide_tiles
     from stores.verify import verify

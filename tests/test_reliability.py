@@ -18,7 +18,7 @@ from PIL import Image
 from extract.datasets.base import Failed, Missing, get_adapter
 from extract.inputs import check_input, check_text
 from extract.pipeline import extract_dataset
-from extract.runner import clear_caches
+from extract.run.context import clear_caches
 from stores.__main__ import main as stores_main
 from stores.spec import load_spec
 from stores.store import FAILED, MISSING, OK, Store, StoreError

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from extract.pipeline import extract_dataset
-from extract.runner import Context, clear_caches, encode_isolated, plan_jobs, run_unit
 from extract.registry import EncoderOptions, build_encoder
+from extract.run.context import Context, clear_caches, encode_isolated
+from extract.run.plan import plan_jobs
+from extract.run.units import run_unit
 from stores.spec import load_spec
 from stores.store import FAILED, OK, Store
 from stores.verify import verify
