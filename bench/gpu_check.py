@@ -50,9 +50,9 @@ def encoder_rate(key: str, items: list, device: str) -> float:
 
 
 def train_rate(store: Path, device: str) -> tuple[float, int]:
-    from stores.loader import load_bundle
-    from train.trainer import Data, Recipe, train_one
-    data = Data.from_bundle(load_bundle(str(store)))
+    from train.data import Data
+    from train.trainer import Recipe, train_one
+    data, _ = Data.from_store(str(store))
     recipe = Recipe(lr=1e-3, warmup_epochs=2, max_epochs=20, patience=100, batch_size=64)
     (_, info), t = timed(train_one, "medmix", data, recipe, 0, device=device)
     return t, info["epochs_run"]
@@ -111,8 +111,8 @@ def main() -> int:
     tc, ec = train_rate(tmp / "gpu.zarr", "cpu")
     line("train MedMIX 1 seed (note + frontal store)", eg, tg, ec, tc, "epochs/s")
 
-    from stores.loader import load_bundle
-    vec = load_bundle(str(tmp / "gpu.zarr"), {"note": ["minilm"]}, teachers=False).experts["note"]["minilm"].numpy()
+    from stores.loader import read_experts
+    vec = read_experts(str(tmp / "gpu.zarr"), {"note": ["minilm"]}, teachers=False).vectors["note"]["minilm"]
     qg, qc, on_gpu = index_rate(vec)
     print(f"{'faiss flat search (50k x ' + str(vec.shape[1]) + ')':<44} {'gpu' if on_gpu else 'cpu (faiss-gpu absent)'}"
           f" {qg:>10,.1f} q/s   cpu {qc:>10,.1f} q/s   speed-up {qg / qc:6.1f}x")

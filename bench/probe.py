@@ -20,12 +20,15 @@ def probe(store_path: str, expert: str, task: str) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
-    from stores.loader import load_bundle
+    from stores.loader import read_experts, read_labels
+    from stores.store import Store
     mod, name = expert.split("/")
-    b = load_bundle(store_path, {mod: [name]}, teachers=False)
-    x, ok = b.experts[mod][name].numpy(), b.masks[mod][name].numpy()
-    y = b.labels[task].numpy()[:, 0]
-    rows = {p: np.flatnonzero((b.split == c) & ok & np.isfinite(y)) for p, c in (("train", 0), ("val", 1), ("test", 2))}
+    store = Store(store_path)
+    ex = read_experts(store, {mod: [name]}, teachers=False)
+    x, ok = ex.vectors[mod][name], ex.masks[mod][name]
+    y = read_labels(store)[task][0][:, 0]
+    split = store.split()
+    rows = {p: np.flatnonzero((split == c) & ok & np.isfinite(y)) for p, c in (("train", 0), ("val", 1), ("test", 2))}
     scaler = StandardScaler().fit(x[rows["train"]])          # fitted on train rows only
     z = scaler.transform(x)
     val = {}

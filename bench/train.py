@@ -15,10 +15,10 @@ import torch
 import zarr
 from _common import report, timed
 
-from stores.loader import load_bundle
 from stores.store import OK, Store
+from train.data import Data
 from train.losses import task_loss
-from train.trainer import Data, Recipe, build_model, seed_everything
+from train.trainer import Recipe, build_model, seed_everything
 
 MODS, EXPERTS, D = ["cxr", "note", "ehr", "ct"], ["general", "biomedical", "rag"], 768
 
@@ -76,8 +76,7 @@ def main():
     _, t_make = timed(make_store, path, args.n)
     print(f"synthetic store: {args.n:,} samples x {len(MODS)} modalities x {len(EXPERTS)} experts (d={D}) in {t_make:.0f}s")
     seed_everything(0)
-    (bundle, t_load) = timed(load_bundle, path)
-    data = Data.from_bundle(bundle)
+    ((data, _), t_load) = timed(Data.from_store, path)
     model = build_model("medmix", data, Recipe())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     train = data.rows("train")

@@ -1,56 +1,38 @@
-"""Store -> in-memory tensors + masks for training, in one call.
+"""Store -> plain arrays for training, in one call (numpy only: the shared layer stays free of torch).
 
-The train stage never touches Zarr rows one by one: each chosen expert is read once, whole, into a float32 tensor
+The train stage never touches Zarr rows one by one: each chosen expert is read once, whole, into a float32 array
 with a boolean mask (valid == ok). Rows that are missing or failed are zeroed, so their values cannot leak.
+``train/data.py`` turns these arrays into the tensors a method trains on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from .spec import canonical_hash
-from .store import OK, SPLIT_CODES, Store, StoreError
+from .store import OK, Store, StoreError
 
 
-@dataclass
-class Bundle:
-    ids: list[str]
-    split: np.ndarray                                       # int8 codes, see SPLIT_CODES
-    labels: dict[str, torch.Tensor]                         # task -> (N, C) float32, NaN = unknown
-    label_meta: dict[str, dict]
-    experts: dict[str, dict[str, torch.Tensor]]             # modality -> expert -> (N, D)
-    masks: dict[str, dict[str, torch.Tensor]]               # modality -> expert -> (N,) bool
-    teachers: dict[str, torch.Tensor] = field(default_factory=dict)       # modality -> (N, D_T)
-    teacher_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (N,) bool
-    provenance: dict[str, dict] = field(default_factory=dict)            # "modality/expert" -> {config_hash, model}
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-    def index(self, part: str) -> torch.Tensor:
-        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part]))
-
-    def modality_available(self) -> dict[str, torch.Tensor]:
-        return {m: torch.stack(list(ms.values()), 1).any(1) for m, ms in self.masks.items()}
-
-    def to(self, device: torch.device | str) -> "Bundle":
-        mv = lambda d: {k: (mv(v) if isinstance(v, dict) else v.to(device)) for k, v in d.items()}  # noqa: E731
-        return Bundle(self.ids, self.split, mv(self.labels), self.label_meta, mv(self.experts), mv(self.masks),
-                      mv(self.teachers), mv(self.teacher_masks), self.provenance)
+class Experts(NamedTuple):
+    """What ``read_experts`` read: plain arrays and where each came from (no behaviour of its own)."""
+    vectors: dict[str, dict[str, np.ndarray]]   # modality -> expert -> (N, D) float32, invalid rows zeroed
+    masks: dict[str, dict[str, np.ndarray]]     # modality -> expert -> (N,) bool (valid == ok)
+    teachers: dict[str, np.ndarray]             # modality -> (N, D_T) float32
+    teacher_masks: dict[str, np.ndarray]        # modality -> (N,) bool
+    provenance: dict[str, dict]                 # "modality/expert" -> {config_hash, feature_hash, model, role, ...}
 
 
 TEACHER = "teacher"
 
 
-def read_group(group) -> tuple[torch.Tensor, torch.Tensor]:
+def read_group(group) -> tuple[np.ndarray, np.ndarray]:
+    """One expert group, whole: (N, D) float32 vectors with every row that is not ok zeroed, and the (N,) bool mask."""
     valid = group.group["valid"][:]
     mask = valid == OK
     vec = group.group["vectors"][:].astype(np.float32)
     vec[~mask] = 0.0
-    return torch.from_numpy(vec), torch.from_numpy(mask)
+    return vec, mask
 
 
 def group_profile(attrs: dict) -> str | None:
@@ -85,9 +67,9 @@ def choose_group(store: Store, mod: str, name: str, versions: dict[str, str], pr
     return store.expert_group(mod, name), "latest"
 
 
-def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, teachers: bool = True,
-                versions: dict[str, str] | None = None, profile: str | None = None) -> Bundle:
-    """Load the chosen experts (modality -> expert names; None = all) and their teachers.
+def read_experts(store: Store | str, select: dict[str, list[str]] | None = None, teachers: bool = True,
+                 versions: dict[str, str] | None = None, profile: str | None = None) -> Experts:
+    """Read the chosen experts (modality -> expert names; None = all) and their teachers.
 
     ``versions`` pins "modality/expert" to a config hash; else ``profile`` picks that profile's newest group; else
     the newest group of each expert. ``provenance`` records, per expert, the hash, model and how it was chosen.
@@ -119,11 +101,13 @@ def load_bundle(store: Store | str, select: dict[str, list[str]] | None = None, 
             record(mod, TEACHER, g, how, "teacher")
     if not experts:
         raise StoreError(f"{store.url}: no experts selected or present")
-    labels, meta = {}, {}
-    for task, (values, attrs) in store.labels().items():
-        labels[task] = torch.from_numpy(values.astype(np.float32))
-        meta[task] = attrs
-    return Bundle(store.ids(), store.split(), labels, meta, experts, masks, t_vec, t_mask, prov)
+    return Experts(experts, masks, t_vec, t_mask, prov)
+
+
+def read_labels(store: Store | str) -> dict[str, tuple[np.ndarray, dict]]:
+    """Every task's labels as float32 (N, C) arrays (NaN = unknown) with the task's attributes (type, labels)."""
+    store = store if isinstance(store, Store) else Store(store)
+    return {task: (values.astype(np.float32), attrs) for task, (values, attrs) in store.labels().items()}
 
 
 def present_versions(store: Store | str, wanted: dict[str, dict]) -> tuple[dict[str, str], list[str]]:

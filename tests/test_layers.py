@@ -114,3 +114,22 @@ def test_the_check_sees_imports():
     g = graph()
     assert "stores.spec" in g["extract.run.plan"]
     assert "extract.registry" in g["rag.service"]
+
+
+def torch_imports(path: Path) -> list[str]:
+    """The torch modules a file imports, at any depth (function-level imports too)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.append(node.module or "")
+    return [n for n in out if n.split(".")[0] == "torch"]
+
+
+def test_the_shared_layer_does_not_import_torch():
+    """stores/ is read by every stage (and by tools that never train): it holds numpy arrays, never torch tensors;
+    train/data.py is where arrays become tensors."""
+    heavy = {module_name(p): torch_imports(p) for p in (ROOT / "stores").rglob("*.py") if torch_imports(p)}
+    assert not heavy, heavy
+    assert torch_imports(ROOT / "train" / "data.py")          # guard: the check sees a torch import where one is

@@ -8,7 +8,7 @@ import pytest
 import torch
 import zarr
 
-from stores.loader import load_bundle
+from stores.loader import read_experts, read_labels
 from stores.store import FAILED, MISSING, OK, Store, StoreError
 from stores.verify import verify
 
@@ -146,21 +146,47 @@ def test_write_unit_refuses_non_finite_ok_rows(tmp_path):
     assert not g.done_units()[0]
 
 
-def test_loader_gives_tensors_masks_and_zeroes_missing_rows(tmp_path):
+def _loader_store(tmp_path):
     st = make_store(tmp_path / "s.zarr")
     for name, dim in (("a", 3), ("b", 5)):
         g = st.require_expert_group("note", name, name * 64, dim, {"model": name, "role": "general"})
         fill(g, np.random.default_rng(2), dim)
     t = st.require_expert_group("note", "teacher", "t" * 64, 2, {"model": "t", "role": "teacher"})
     fill(t, np.random.default_rng(3), 2)
-    b = load_bundle(st)
-    assert set(b.experts["note"]) == {"a", "b"} and b.teachers["note"].shape == (10, 2)
-    assert b.experts["note"]["b"].dtype == torch.float32 and b.experts["note"]["b"].shape == (10, 5)
-    m = b.masks["note"]["a"]
-    assert m.dtype == torch.bool and not m[0] and m[1]
-    assert (b.experts["note"]["a"][~m] == 0).all()
-    assert b.index("test").tolist() == [8, 9]
-    assert b.provenance["note/a"]["config_hash"] == "a" * 64
+    return st
+
+
+def test_loader_gives_float32_arrays_masks_and_zeroes_missing_rows(tmp_path):
+    st = _loader_store(tmp_path)
+    ex = read_experts(st)
+    assert set(ex.vectors["note"]) == {"a", "b"} and ex.teachers["note"].shape == (10, 2)
+    assert isinstance(ex.vectors["note"]["b"], np.ndarray)
+    assert ex.vectors["note"]["b"].dtype == np.float32 and ex.vectors["note"]["b"].shape == (10, 5)
+    m = ex.masks["note"]["a"]
+    assert m.dtype == bool and not m[0] and m[1]
+    assert (ex.vectors["note"]["a"][~m] == 0).all() and (ex.vectors["note"]["a"][m] != 0).any()
+    assert not ex.teacher_masks["note"][0] and (ex.teachers["note"][0] == 0).all()
+    assert ex.provenance["note/a"]["config_hash"] == "a" * 64 and ex.provenance["note/a"]["chosen"] == "latest"
+    assert ex.provenance["note/teacher"]["role"] == "teacher"
+    labels = read_labels(st)
+    assert labels["task"][0].dtype == np.float32 and labels["task"][1]["type"] == "binary"
+    with pytest.raises(StoreError, match="no experts selected"):
+        read_experts(st, {"note": []})
+
+
+def test_data_from_store_gives_float32_tensors_in_the_loaders_layout(tmp_path):
+    from train.data import Data
+    st = _loader_store(tmp_path)
+    data, prov = Data.from_store(st)
+    ex = read_experts(st)
+    assert data.layout == {"note": ["a", "b"]} and prov == ex.provenance
+    assert all(x.dtype == torch.float32 for x in data.xs["note"]) and data.teachers["note"].dtype == torch.float32
+    np.testing.assert_array_equal(data.xs["note"][1].numpy(), ex.vectors["note"]["b"])
+    assert data.masks["note"].dtype == torch.bool and data.masks["note"].shape == (10, 2)
+    assert data.masks["note"][:, 0].numpy().tolist() == ex.masks["note"]["a"].tolist()
+    assert data.y.dtype == torch.float32 and data.y[:, 0].tolist() == read_labels(st)["task"][0][:, 0].tolist()
+    assert data.rows("test").tolist() == [8, 9]
+    assert Data.from_store(st, teachers=False)[0].teachers == {}
 
 
 def test_stores_cli_info(tmp_path):

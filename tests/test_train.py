@@ -4,12 +4,13 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
-from train.experiment import evaluate_split, val_thresholds
+from train.data import Data
+from train.evaluation import evaluate_split, val_thresholds
 from train.losses import rkd_distance
 from train.metrics import task_metrics, tune_thresholds
 from train.models.medmix import adapter_rank
 from train.protocols import Protocol, drop_modalities
-from train.trainer import Data, Recipe, build_model, evaluate_loss, train_one
+from train.trainer import Recipe, build_model, evaluate_loss, train_one
 
 
 def synthetic(n=120, seed=0, dims=(("a", (6, 4)), ("b", (5,))), teacher=True):

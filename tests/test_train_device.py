@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from train.experiment import efficiency, evaluate_split, val_thresholds
+from train.evaluation import evaluate_split, val_thresholds
+from train.experiment import efficiency
 from train.trainer import Recipe, train_one
 
 from test_train import synthetic

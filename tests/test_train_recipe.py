@@ -10,10 +10,11 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from train.data import Data
 from train.data_checks import class_guard
 from train.metrics import tune_thresholds
 from train.normalise import apply_stats, fit_stats
-from train.trainer import Data, Recipe, build_model, modality_dropout, train_one
+from train.trainer import Recipe, build_model, modality_dropout, train_one
 
 from test_train import synthetic
 from test_train_store import FAST, make_store
@@ -50,15 +51,13 @@ def test_normalised_missing_rows_stay_exactly_zero_and_valid_rows_are_standardis
 
 def test_evaluate_reuses_the_checkpoints_normalisation(tmp_path):
     from train.__main__ import _data_for, main
-    from train.trainer import Data as D
-    from stores.loader import load_bundle
     make_store(tmp_path / "s.zarr")
     out = tmp_path / "run"
     assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST]) == 0
     meta = json.loads((out / "checkpoints" / "medmix.json").read_text())
     assert meta["normalisation"]["kind"] == "standard"
     got = _data_for(meta, str(tmp_path / "s.zarr"))
-    raw = D.from_bundle(load_bundle(str(tmp_path / "s.zarr"), teachers=False))
+    raw, _ = Data.from_store(str(tmp_path / "s.zarr"), teachers=False)
     want = apply_stats(raw, meta["normalisation"])
     for m in want.layout:
         torch.testing.assert_close(got.xs[m][0], want.xs[m][0], rtol=0, atol=0)

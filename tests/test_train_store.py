@@ -105,15 +105,21 @@ def test_training_on_a_store_with_no_or_one_valid_row_is_a_clear_error(tmp_path,
 
 
 def test_profile_selects_groups_by_recorded_provenance(tmp_path):
-    from stores.loader import load_bundle
+    from stores.loader import read_experts
     from stores.store import StoreError
+    from train.data import Data
     st = make_store(tmp_path / "s.zarr")
     g = st.require_expert_group("a", "e0", "a3".ljust(64, "0"), 6, {"model": "m", "role": "general",
                                                                      "profile": "paper"})
     for u in g.units():
         g.write_unit(u, np.ones((u.stop - u.start, 6), np.float32), np.full(u.stop - u.start, OK, np.uint8),
                      [""] * (u.stop - u.start))
-    b = load_bundle(st, {"a": ["e0"]}, teachers=False, profile="paper")
-    assert b.provenance["a/e0"]["config_hash"].startswith("a3") and b.provenance["a/e0"]["chosen"] == "profile paper"
+    ex = read_experts(st, {"a": ["e0"]}, teachers=False, profile="paper")
+    assert ex.provenance["a/e0"]["config_hash"].startswith("a3") and ex.provenance["a/e0"]["chosen"] == "profile paper"
+    assert (ex.vectors["a"]["e0"] == 1).all()
+    data, prov = Data.from_store(st, {"a": ["e0"]}, teachers=False, profile="paper")
+    assert prov == ex.provenance and (data.xs["a"][0] == 1).all()
     with pytest.raises(StoreError, match="no group extracted with profile 'offline'"):
-        load_bundle(st, {"a": ["e0"]}, teachers=False, profile="offline")
+        read_experts(st, {"a": ["e0"]}, teachers=False, profile="offline")
+    with pytest.raises(StoreError, match="no group extracted with profile 'offline'"):
+        Data.from_store(st, {"a": ["e0"]}, teachers=False, profile="offline")

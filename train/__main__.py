@@ -133,11 +133,10 @@ def _data_for(meta, store: str, device: str = "cpu", allow_other: bool = False, 
     for every sample (the model masks it exactly), or with ``allow_other`` the store's own group of that expert is
     used (said in ``notes``). A store holding none of them is refused unless ``allow_other``."""
     import numpy as np
-    import torch
 
-    from stores.loader import TEACHER, Bundle, choose_group, present_versions, read_group
+    from stores.loader import TEACHER, choose_group, present_versions, read_group, read_labels
     from stores.store import Store
-    from .trainer import Data
+    from .data import Data
     notes = [] if notes is None else notes
     st = Store(store)
     recorded = meta.get("store_config_hashes", {})
@@ -149,7 +148,7 @@ def _data_for(meta, store: str, device: str = "cpu", allow_other: bool = False, 
         raise UsageError(f"{store} holds none of the {len(wanted)} expert groups the checkpoint was trained on "
                          f"({eg}, ...): features would differ; pass --allow-other-features to evaluate deliberately "
                          "on this store's own features")
-    vecs, masks, prov = {}, {}, {}
+    vecs, masks = {}, {}
     n = st.n
     for key in wanted:
         mod, name = key.split("/", 1)
@@ -157,32 +156,27 @@ def _data_for(meta, store: str, device: str = "cpu", allow_other: bool = False, 
         dim = meta["teacher_dims"][mod] if name == TEACHER else meta["dims"][mod][m_i.index(name)]
         have_expert = mod in st.modalities() and name in st.experts(mod)
         if key in found or (allow_other and have_expert):
-            g, how = choose_group(st, mod, name, {key: found[key]} if key in found else {}, None)
+            g, _ = choose_group(st, mod, name, {key: found[key]} if key in found else {}, None)
             if key not in found:
                 notes.append(f"{key}: OTHER features (store config {g.attrs['config_hash'][:12]}, checkpoint "
                              f"{recorded.get(key, {}).get('config_hash', '?')[:12]}) used (--allow-other-features)")
             vecs[key], masks[key] = read_group(g)
-            prov[key] = {"config_hash": g.attrs["config_hash"], "chosen": how}
             if vecs[key].shape[1] != dim:
                 raise UsageError(f"{store}: {key} has dim {vecs[key].shape[1]}, the checkpoint expects {dim}")
         else:
             notes.append(f"{key}: not in this store with the checkpoint's config: missing for every sample")
-            vecs[key], masks[key] = torch.zeros(n, dim), torch.zeros(n, dtype=torch.bool)
-    labels, lmeta = {}, {}
-    for task, (values, attrs) in st.labels().items():
-        labels[task], lmeta[task] = torch.from_numpy(values.astype(np.float32)), attrs
-    missing_tasks = [t["name"] for t in meta["tasks"] if t["name"] not in labels]
+            vecs[key], masks[key] = np.zeros((n, dim), np.float32), np.zeros(n, bool)
+    labels = read_labels(st)
     for t in meta["tasks"]:                                   # a cohort without labels can still be predicted
-        if t["name"] in missing_tasks:
+        if t["name"] not in labels:
             width = t["cols"][1] - t["cols"][0]
-            labels[t["name"]] = torch.full((n, width), float("nan"))
-            lmeta[t["name"]] = {"type": t["type"], "labels": t["labels"]}
-    bundle = Bundle(st.ids(), st.split(), labels, lmeta,
-                    {m: {e: vecs[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
-                    {m: {e: masks[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
-                    {m: vecs[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
-                    {m: masks[f"{m}/teacher"] for m in meta.get("teacher_dims", {})}, prov)
-    data = Data.from_bundle(bundle, [t["name"] for t in meta["tasks"]])
+            labels[t["name"]] = (np.full((n, width), np.nan, np.float32), {"type": t["type"], "labels": t["labels"]})
+    data = Data.from_arrays(st.split(), labels,
+                            {m: {e: vecs[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
+                            {m: {e: masks[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
+                            {m: vecs[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
+                            {m: masks[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
+                            [t["name"] for t in meta["tasks"]])
     if meta.get("normalisation"):
         from .normalise import apply_stats
         data = apply_stats(data, meta["normalisation"])

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from .trainer import Data
+from .data import Data
 
 log = logging.getLogger("medmix.train")
 MIN_PER_CLASS = 5

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .trainer import Data
+from .data import Data
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0)
 SPREAD_ROWS = 512

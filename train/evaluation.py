@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .data import Data
 from .metrics import METRICS, perf, task_metrics, tune_thresholds
-from .trainer import Data, predict
+from .trainer import predict
 
 
 def evaluate_split(model, data: Data, part: str, thresholds: dict | None, masks=None) -> dict:

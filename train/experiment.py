@@ -13,10 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from stores.spec import canonical_hash
 from stores.store import Store
 
-from .evaluation import evaluate_split, val_thresholds  # noqa: F401  (part of this module's interface)
+from .data import Data
+from .evaluation import evaluate_split, val_thresholds
 from .metrics import METRICS
 from .protocols import Protocol, apply_to_masks, drop_modalities
-from .trainer import Data, Recipe, predict, recipe_dict, train_one
+from .trainer import Recipe, predict, recipe_dict, train_one
 
 log = logging.getLogger("medmix.train")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .trainer import Data
+from .data import Data
 
 STD_FLOOR = 1e-6
 

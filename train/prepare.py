@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from stores.loader import load_bundle
 from stores.store import Store
 
+from .data import Data
 from .data_checks import TrainDataError, check_trainable, class_guard, exclude_rows_without_modality, modality_counts
 from .normalise import apply_stats, fit_stats
-from .trainer import Data, Recipe
+from .trainer import Recipe
 
 log = logging.getLogger("medmix.train")
 
@@ -72,11 +72,10 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
         if unknown:
             raise TrainDataError(f"{store.url}: no modality {unknown} (store has {store.modalities()})")
         select = {m: [e for e in store.experts(m) if e != "teacher"] for m in mods}
-    bundle = load_bundle(store, select, versions=versions, profile=profile)
-    for key, p in bundle.provenance.items():
+    data, selection = Data.from_store(store, select, tasks, versions=versions, profile=profile)
+    for key, p in selection.items():
         log.info("expert group %s: config %s, model %s (%s; %d group(s) in the store)", key, p["config_hash"][:12],
                  p["model"], p["chosen"], p["versions_in_store"])
-    data = Data.from_bundle(bundle, tasks)
     data, empty = exclude_rows_without_modality(data)
     if any(empty.values()):
         notes.append(f"samples with no modality (not trained on, not scored): {empty}")
@@ -91,5 +90,5 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
         data = apply_stats(data, stats)
     elif recipe.normalise != "none":
         raise TrainDataError(f"recipe normalise={recipe.normalise!r}: expected none | standard")
-    roles = {k: v.get("role") for k, v in bundle.provenance.items()}
-    return Prepared(data, bundle.provenance, roles, notes, empty, modality_counts(data), stats, opt_out)
+    roles = {k: v.get("role") for k, v in selection.items()}
+    return Prepared(data, selection, roles, notes, empty, modality_counts(data), stats, opt_out)

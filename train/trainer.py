@@ -11,16 +11,18 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-from stores.loader import Bundle
 
 from . import methods as registry
 from .methods import Batch
 from .losses import distill_loss, task_loss
 from .protocols import Protocol, apply_to_masks, drop_modalities
+
+if TYPE_CHECKING:                      # Data lives in train/data.py; here it is only an annotation
+    from .data import Data
 
 
 @dataclass
@@ -62,68 +64,6 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
-
-
-@dataclass
-class Data:
-    """The tensors a method needs, laid out by modality (experts in a fixed order)."""
-    layout: dict[str, list[str]]
-    xs: dict[str, list[torch.Tensor]]
-    masks: dict[str, torch.Tensor]            # m -> (N, K) bool
-    y: torch.Tensor                           # (N, C_total)
-    tasks: list[dict]
-    teachers: dict[str, torch.Tensor]
-    teacher_masks: dict[str, torch.Tensor]
-    split: np.ndarray
-
-    @classmethod
-    def from_bundle(cls, b: Bundle, task_names: list[str] | None = None) -> "Data":
-        layout = {m: list(e) for m, e in b.experts.items()}
-        xs = {m: [b.experts[m][e] for e in names] for m, names in layout.items()}
-        masks = {m: torch.stack([b.masks[m][e] for e in names], 1) for m, names in layout.items()}
-        tasks, cols, out = [], [], 0
-        col = 0
-        for t in task_names or list(b.labels):
-            y = b.labels[t]
-            meta = b.label_meta[t]
-            width = y.shape[1]
-            n_out = width if meta["type"] != "multiclass" else len(meta["labels"])
-            tasks.append({"name": t, "type": meta["type"], "labels": list(meta.get("labels", [t])),
-                          "cols": slice(col, col + width), "out": slice(out, out + n_out)})
-            cols.append(y)
-            col += width
-            out += n_out
-        return cls(layout, xs, masks, torch.cat(cols, 1), tasks, dict(b.teachers), dict(b.teacher_masks), b.split)
-
-    @property
-    def n_out(self) -> int:
-        return self.tasks[-1]["out"].stop
-
-    @property
-    def device(self) -> torch.device:
-        return self.y.device
-
-    def to(self, device: torch.device | str) -> "Data":
-        """The same data on ``device`` (self when already there): the one way data reaches a model's device."""
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if self.y.device == device:
-            return self
-        mv = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Data(self.layout, {m: [x.to(device) for x in xs] for m, xs in self.xs.items()}, mv(self.masks),
-                    self.y.to(device), self.tasks, mv(self.teachers), mv(self.teacher_masks), self.split)
-
-    def rows(self, part: str) -> torch.Tensor:
-        from stores.store import SPLIT_CODES
-        return torch.from_numpy(np.flatnonzero(self.split == SPLIT_CODES[part])).to(self.device)
-
-    def available(self) -> torch.Tensor:
-        return torch.stack([self.masks[m].any(1) for m in self.layout], 1)
-
-    def batch(self, idx: torch.Tensor, masks: dict[str, torch.Tensor] | None = None):
-        masks = masks or self.masks
-        return ({m: [x[idx] for x in xs] for m, xs in self.xs.items()}, {m: mk[idx] for m, mk in masks.items()})
 
 
 def build_model(method: str, data: Data, recipe: Recipe, large_modality: str | None = None):

@@ -8,7 +8,8 @@ import logging
 
 import numpy as np
 
-from .trainer import Data, Recipe, train_one
+from .data import Data
+from .trainer import Recipe, train_one
 
 log = logging.getLogger("medmix.train")
 DEFAULT_GRID = {"lr": [3e-4, 1e-3, 3e-3]}
