@@ -85,7 +85,8 @@ def read_experts(store: Store | str, select: dict[str, list[str]] | None = None,
         prov[f"{mod}/{name}"] = {"config_hash": g.attrs["config_hash"], "feature_hash": feature_hash(g.attrs),
                                  "model": p.get("model"),
                                  "role": role or p.get("role"), "chosen": how, "profile": group_profile(g.attrs),
-                                 "versions_in_store": len(store.versions(mod, name))}
+                                 "versions_in_store": len(store.versions(mod, name)),
+                                 "units": g.n_units, "pending_units": len(g.pending_units())}
 
     for mod, names in select.items():
         if not names:

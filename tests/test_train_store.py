@@ -123,3 +123,16 @@ def test_profile_selects_groups_by_recorded_provenance(tmp_path):
         read_experts(st, {"a": ["e0"]}, teachers=False, profile="offline")
     with pytest.raises(StoreError, match="no group extracted with profile 'offline'"):
         Data.from_store(st, {"a": ["e0"]}, teachers=False, profile="offline")
+
+
+def test_a_group_an_extract_run_has_not_finished_is_refused_naming_it(tmp_path, capsys):
+    st = make_store(tmp_path / "s.zarr")
+    rng = np.random.default_rng(3)
+    g = st.require_expert_group("b", "e0", "b2".ljust(64, "0"), 4, {"model": "m", "role": "general"})
+    u = g.units()[0]                                 # the newest group of b/e0: one of its 3 units written
+    g.write_unit(u, rng.normal(size=(u.stop - u.start, 4)).astype(np.float32), np.full(u.stop - u.start, OK, np.uint8),
+                 [""] * (u.stop - u.start))
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b/e0 (config b20000000000): 2 of 3 units pending" in err[0]
+    assert "python -m extract --dataset toy" in err[0]

@@ -56,6 +56,18 @@ def _drop_empty_experts(data: Data) -> Data:
                 data.split)
 
 
+def check_complete(store: Store, selection: dict) -> None:
+    """A group an extract run has not finished (running, or stopped) holds zeros for its pending units: training on
+    it would read them as missing modalities. Refused, naming the groups and how to finish them."""
+    partial = {k: p for k, p in selection.items() if p.get("pending_units")}
+    if partial:
+        what = "; ".join(f"{k} (config {p['config_hash'][:12]}): {p['pending_units']} of {p['units']} units pending"
+                         for k, p in partial.items())
+        raise TrainDataError(f"{store.url}: expert groups not fully extracted: {what}. Finish them with "
+                             f"`python -m extract --dataset {store.meta.get('dataset', '<dataset>')}` (it resumes), "
+                             "or leave those experts out")
+
+
 def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: list[str] | None = None,
             modalities: list[str] | None = None, versions: dict | None = None, profile: str | None = None,
             keep_modalities: set[str] | None = None) -> Prepared:
@@ -73,6 +85,7 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
             raise TrainDataError(f"{store.url}: no modality {unknown} (store has {store.modalities()})")
         select = {m: [e for e in store.experts(m) if e != "teacher"] for m in mods}
     data, selection = Data.from_store(store, select, tasks, versions=versions, profile=profile)
+    check_complete(store, selection)
     for key, p in selection.items():
         log.info("expert group %s: config %s, model %s (%s; %d group(s) in the store)", key, p["config_hash"][:12],
                  p["model"], p["chosen"], p["versions_in_store"])
