@@ -163,3 +163,25 @@ def test_robust_and_paper_recipes_differ_only_in_recorded_fields():
     assert RECIPES["paper"] == Recipe()
     assert RECIPES["robust"] != RECIPES["paper"]
     assert isinstance(Data, type)
+
+
+def test_the_validation_grid_chooses_normalisation_per_method_and_the_checkpoint_follows(tmp_path):
+    from train.__main__ import _data_for, main
+    make_store(tmp_path / "s.zarr")
+    out = tmp_path / "run"
+    args = [a for a in FAST if a not in ("--tune", "none")]
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *args,
+                 "--tune", "lr=1e-3;normalise=none,standard"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    raw, _ = Data.from_store(str(tmp_path / "s.zarr"), teachers=False)
+    for name, entry in res["methods"].items():
+        tried = {row["normalise"] for row in entry["tuning"]["table"]}
+        assert tried == {"none", "standard"}
+        chosen = entry["tuning"]["chosen"]["normalise"]
+        assert entry["normalisation"] == chosen == entry["recipe"]["normalise"]
+        meta = json.loads((out / "checkpoints" / f"{name}.json").read_text())
+        got = _data_for(meta, str(tmp_path / "s.zarr"))
+        want = apply_stats(raw, meta["normalisation"]) if chosen == "standard" else raw
+        assert (meta["normalisation"] is None) == (chosen == "none")
+        for m in want.layout:
+            torch.testing.assert_close(got.xs[m][0], want.xs[m][0], rtol=0, atol=0)

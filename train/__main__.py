@@ -80,7 +80,7 @@ def _train(argv: list[str]) -> int:
                     help="robust (default, chosen on validation; docs/train.md) or the paper's literal recipe")
     ap.add_argument("--tune", default="default",
                     help="validation grid every method gets, e.g. 'lr=3e-4,1e-3;dropout=0.1,0.3'; 'default' "
-                         "(lr 3e-4,1e-3,3e-3) or 'none'")
+                         "(lr 3e-4,1e-3,3e-3 x normalise none,standard) or 'none'")
     ap.add_argument("--modalities", help="comma list (default: all but the spec's opt-in ones)")
     ap.add_argument("--keep-modalities", default="",
                     help="comma list: keep these even when the class guard would leave them out")

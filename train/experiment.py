@@ -117,18 +117,27 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             return old
     t_start = time.perf_counter()
     results["diagnostics"] = diagnose(data, probes=probes)
-    tuned = {}
+    tuned, views = {}, {}
+
+    def inputs(r: Recipe, sub=None) -> Data:
+        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied."""
+        if r.normalise not in views:
+            views[r.normalise] = prep.for_recipe(r)[0].to(device)
+        return sub(views[r.normalise]) if sub else views[r.normalise]
+
     for name, (method, sub, large_mod) in plan.items():
-        mdata = sub(data) if sub else data
         entry = {"method": method, "protocols": {}}
         m_recipe = recipe
         if tune_grid and (sub is not None or name != method) and "medmix" in tuned:
             m_recipe = tuned["medmix"]                    # an ablation keeps MedMIX's tuned recipe: one change each
             entry["tuning"] = {"inherited_from": "medmix", "chosen": results["methods"]["medmix"]["tuning"]["chosen"]}
         elif tune_grid:
-            m_recipe, entry["tuning"] = tune(method, mdata, recipe, tune_grid, seeds[0], large_mod, device)
+            m_recipe, entry["tuning"] = tune(method, lambda r, sub=sub: inputs(r, sub), recipe, tune_grid, seeds[0],
+                                             large_mod, device)
             tuned[name] = m_recipe
+        mdata = inputs(m_recipe, sub)
         entry["recipe"] = recipe_dict(m_recipe)
+        entry["normalisation"] = m_recipe.normalise
         trained = {}
         for proto_name in protocols:
             proto = Protocol.parse(proto_name)
@@ -156,7 +165,8 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                     log.warning("%s seed %d (%s): degenerate predictions: %s", name, seed, proto_name, res["degenerate"])
                 if proto_name == "none" and seed == seeds[0]:
                     _save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, m_recipe, seed,
-                                     large_mod, th, results)
+                                     large_mod, th, results,
+                                     prep.stats if m_recipe.normalise == "standard" else None)
                     entry["efficiency"] = efficiency(model, mdata)
                     if method == "medmix":
                         entry["weights"] = mean_weights(model, mdata)
@@ -274,7 +284,8 @@ def _eff_scores(results: dict) -> None:
         entry["eff_score"] = (entry["protocols"]["none"]["perf"]["mean"] / p_ref) / float(np.exp(np.mean(np.log(ratios))))
 
 
-def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed, large_mod, thresholds, results):
+def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed, large_mod, thresholds, results,
+                     normalisation: dict | None):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     meta = {"method": method, "layout": data.layout, "dims": {m: [x.shape[1] for x in xs] for m, xs in data.xs.items()},
@@ -284,5 +295,5 @@ def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed
             "recipe": recipe_dict(recipe), "seed": seed, "large_modality": large_mod,
             "thresholds": {k: v.tolist() for k, v in thresholds.items()},
             "store": results["store"], "store_config_hashes": results["store_config_hashes"],
-            "normalisation": results.get("normalisation"), "recipe_name": results.get("recipe_name")}
+            "normalisation": normalisation, "recipe_name": results.get("recipe_name")}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))

@@ -23,8 +23,19 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     no_modality: dict = field(default_factory=dict)
     coverage: dict = field(default_factory=dict)
-    normalisation: dict | None = None
+    normalisation: dict | None = None     # the statistics applied to ``data`` (None: raw inputs)
     opt_in_left_out: list[str] = field(default_factory=list)
+    raw: Data | None = None               # the inputs before normalisation
+    stats: dict | None = None             # train-split statistics, fitted whatever the recipe says
+
+    def for_recipe(self, recipe: Recipe) -> tuple[Data, dict | None]:
+        """The inputs a recipe trains on and the statistics it applies: a validation grid may try ``normalise``
+        per method, so both views come from one preparation (statistics from train rows only, either way)."""
+        if recipe.normalise == "standard":
+            return apply_stats(self.raw, self.stats), self.stats
+        if recipe.normalise == "none":
+            return self.raw, None
+        raise TrainDataError(f"recipe normalise={recipe.normalise!r}: expected none | standard")
 
 
 def opt_in_modalities(dataset: str) -> set[str]:
@@ -97,11 +108,7 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
     data, guard = class_guard(data, keep_modalities)
     notes += guard
     check_trainable(data, store.url)
-    stats = None
-    if recipe.normalise == "standard":
-        stats = fit_stats(data)
-        data = apply_stats(data, stats)
-    elif recipe.normalise != "none":
-        raise TrainDataError(f"recipe normalise={recipe.normalise!r}: expected none | standard")
     roles = {k: v.get("role") for k, v in selection.items()}
-    return Prepared(data, selection, roles, notes, empty, modality_counts(data), stats, opt_out)
+    prep = Prepared(data, selection, roles, notes, empty, modality_counts(data), None, opt_out, data, fit_stats(data))
+    prep.data, prep.normalisation = prep.for_recipe(recipe)
+    return prep

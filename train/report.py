@@ -119,8 +119,13 @@ def write_report(results: dict, out_dir: Path) -> Path:
 def _selection_lines(results: dict) -> list[str]:
     rows = [{"group": k, "config": v["config_hash"][:12], "model": v.get("model"), "chosen": v.get("chosen", "latest"),
              "groups in store": v.get("versions_in_store", "")} for k, v in results["store_config_hashes"].items()]
-    lines = [f"Recipe: **{results.get('recipe_name', 'custom')}**; inputs normalised: "
-             f"{'yes (train-split mean/std per expert)' if results.get('normalisation') else 'no'}.", "",
+    per_method = {k: v.get("normalisation") for k, v in results.get("methods", {}).items() if v.get("normalisation")}
+    if len(set(per_method.values())) > 1:           # the validation grid chose it per method
+        normalised = "per method, on validation (" + ", ".join(f"{k}: {v}" for k, v in per_method.items()) + ")"
+    else:
+        normalised = "yes (train-split mean/std per expert)" if set(per_method.values()) == {"standard"} or (
+            not per_method and results.get("normalisation")) else "no"
+    lines = [f"Recipe: **{results.get('recipe_name', 'custom')}**; inputs normalised: {normalised}.", "",
              "## Expert groups used", "", md_table(rows)]
     if results.get("notes"):
         lines += ["## Warnings and exclusions", ""] + [f"- {n}" for n in results["notes"]] + [""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from typing import Callable
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from .data import Data
 from .trainer import Recipe, train_one
 
 log = logging.getLogger("medmix.train")
-DEFAULT_GRID = {"lr": [3e-4, 1e-3, 3e-3]}
+DEFAULT_GRID = {"lr": [3e-4, 1e-3, 3e-3], "normalise": ["none", "standard"]}
 
 
 def parse_grid(text: str | None) -> dict | None:
@@ -38,12 +39,15 @@ def points(grid: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def tune(method: str, data: Data, base: Recipe, grid: dict, seed: int, large_mod: str | None = None,
-         device: str = "cpu") -> tuple[Recipe, dict]:
+def tune(method: str, data: Data | Callable[[Recipe], Data], base: Recipe, grid: dict, seed: int,
+         large_mod: str | None = None, device: str = "cpu") -> tuple[Recipe, dict]:
+    """``data``: the inputs, or a function recipe -> inputs when the grid changes them (``normalise``)."""
     from .evaluation import evaluate_split
+    data_for = data if callable(data) else (lambda _recipe: data)
     table = []
     for point in points(grid):
         recipe = dataclasses.replace(base, **point)
+        data = data_for(recipe)
         model, info = train_one(method, data, recipe, seed, large_modality=large_mod, device=device)
         val = evaluate_split(model, data, "val", None)["mean"]
         table.append({**point, "val_auroc": val["auroc"], "val_auprc": val["auprc"], "best_epoch": info["best_epoch"],
