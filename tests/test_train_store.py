@@ -136,3 +136,20 @@ def test_a_group_an_extract_run_has_not_finished_is_refused_naming_it(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b/e0 (config b20000000000): 2 of 3 units pending" in err[0]
     assert "python -m extract --dataset toy" in err[0]
+
+
+def test_missing_modality_protocols_are_not_run_on_one_modality_and_it_is_said(tmp_path):
+    make_store(tmp_path / "s.zarr")
+    out = tmp_path / "run"
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST,
+                 "--modalities", "a", "--protocol", "none,test_multi@0.5"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocols"] == ["none"] and set(res["methods"]["medmix"]["protocols"]) == {"none"}
+    assert any("one modality (a): missing-modality protocols not run" in n and "test_multi@0.5" in n
+               for n in res["notes"])
+    # two modalities: the protocol runs
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "two"), *FAST,
+                 "--protocol", "none,test_multi@0.5"]) == 0
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert "test_multi@0.5" in two["methods"]["medmix"]["protocols"]
+    assert "test_multi@0.5" in (tmp_path / "two" / "results.md").read_text()

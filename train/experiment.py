@@ -95,6 +95,11 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
     prep = prepare(store_path, recipe, select, tasks, modalities, versions, profile, keep_modalities)
     data = prep.data.to(device)
     plan = _plan(methods, data, ablations, prep.roles)
+    if len(data.layout) == 1 and any(p != "none" for p in protocols):
+        prep.notes.append(f"one modality ({next(iter(data.layout))}): missing-modality protocols not run (a drop "
+                          f"would remove every input of a patient): {', '.join(p for p in protocols if p != 'none')}")
+        log.warning(prep.notes[-1])
+        protocols = ["none"]
     results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
                "recipe_name": recipe_name, "seeds": seeds, "protocols": protocols,
                "store_config_hashes": prep.selection, "selection": {"profile": profile, "pinned": versions or {}},

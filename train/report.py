@@ -27,6 +27,13 @@ def headline_rows(results: dict, protocol: str = "none") -> list[dict]:
     return rows
 
 
+def protocol_rows(results: dict, metric: str = "auroc") -> list[dict]:
+    """Per method, the metric under no drop and under each missing-modality protocol run (mean ± std)."""
+    names = list(results["protocols"])
+    return [{"method": name, **{p: fmt(e["protocols"][p], metric) for p in names if p in e["protocols"]}}
+            for name, e in results["methods"].items()]
+
+
 def md_table(rows: list[dict]) -> str:
     if not rows:
         return "(none)\n"
@@ -99,11 +106,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     others = [p for p in results["protocols"] if p != "none"]
     if others:
-        lines += ["## Missing-modality protocols (AUROC)", ""]
-        rows = []
-        for name, e in results["methods"].items():
-            rows.append({"method": name, **{p: fmt(e["protocols"][p], "auroc") for p in others if p in e["protocols"]}})
-        lines.append(md_table(rows))
+        lines += ["## Missing-modality protocols (AUROC)", "", md_table(protocol_rows(results))]
     skipped = {t: v["skipped_labels"] for name, e in results["methods"].items() for p in e["protocols"].values()
                for s in p["per_seed"] for t, v in s["tasks"].items() if v.get("skipped_labels")}
     if skipped:
