@@ -16,7 +16,8 @@ from _common import report, timed
 from extract.datasets.base import get_adapter
 from extract.pipeline import extract_dataset
 from extract.registry import build_encoder
-from stores.spec import data_root, load_spec
+from stores.paths import data_root
+from stores.spec import load_spec
 
 
 def bare_forward(path: str, texts: list[str], device: str, batch: int = 64, max_length: int = 256) -> np.ndarray:

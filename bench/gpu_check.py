@@ -25,7 +25,8 @@ from _common import timed
 
 from extract.pipeline import extract_dataset
 from extract.registry import build_encoder
-from stores.spec import data_root, load_spec
+from stores.paths import data_root
+from stores.spec import load_spec
 
 
 def line(name: str, n_gpu: int, t_gpu: float, n_cpu: int, t_cpu: float, unit: str = "items/s") -> None:

@@ -45,7 +45,8 @@ def probe(store_path: str, expert: str, task: str) -> dict:
 def speed(dataset: str) -> None:
     from extract.datasets.base import get_adapter
     from extract.registry import EncoderOptions, build_encoder
-    from stores.spec import data_root, load_spec
+    from stores.paths import data_root
+    from stores.spec import load_spec
     spec = load_spec()
     ad = get_adapter(spec.dataset(dataset), data_root(spec))
     rows = list(range(len(ad.ids())))

@@ -14,7 +14,8 @@ from _common import report, timed
 from rag.evaluate import openi_queries, synonym_queries
 from rag.index import build_index, normalise
 from rag.service import RagService
-from stores.spec import data_root, load_spec
+from stores.paths import data_root
+from stores.spec import load_spec
 
 
 def main():

@@ -15,7 +15,8 @@ from _common import report, timed
 
 from extract.readers.wsi import open_slide, plan_grid, read_tiles
 from extract.registry import build_encoder
-from stores.spec import data_root, load_spec
+from stores.paths import data_root
+from stores.spec import load_spec
 
 
 def bare(path, grid, threads):

@@ -105,15 +105,14 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
                  md_table([{"modality": m, "fusion weight": f"{v:.3f}",
                             "router weights": ", ".join(f"{e} {x:.3f}" for e, x in w["router"][m].items())}
                            for m, v in w["fusion"].items()]), ""]
+    text += ["### Missing modalities at test time", ""]
     if any(p != "none" for p in results["protocols"]):
-        text += ["### Missing modalities at test time", "",
-                 md_table(protocol_rows(results)) + "\n\n(AUROC; `test_multi@r`: each modality of a test patient "
+        text += [md_table(protocol_rows(results)) + "\n\n(AUROC; `test_multi@r`: each modality of a test patient "
                  "removed with probability r, independently; a patient may lose all, and is then scored from the "
                  "prior.)", "",
                  f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", ""]
     else:
-        text += ["### Missing modalities at test time", "",
-                 "Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]
+        text += ["Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]
     text += ["### Store coverage", "", md_table(rows), ""]
     if results.get("diagnostics"):
         from .diagnostics import diagnostics_rows

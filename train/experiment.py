@@ -122,7 +122,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             return old
     t_start = time.perf_counter()
     results["diagnostics"] = diagnose(data, probes=probes)
-    tuned, views = {}, {}
+    tuned, views = {}, {recipe.normalise: data}          # the base recipe's view is prepared already
 
     def inputs(r: Recipe, sub=None) -> Data:
         """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied."""
