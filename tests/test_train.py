@@ -110,6 +110,7 @@ def test_a_label_without_both_classes_is_skipped_and_named():
 
 def test_thresholds_come_from_validation_not_test():
     data = synthetic(n=200)
+    torch.manual_seed(0)
     model = build_model("meanavg", data, Recipe(hidden=8)).eval()
     th = val_thresholds(model, data)["t"]
     val = data.rows("val")
@@ -123,7 +124,10 @@ def test_thresholds_come_from_validation_not_test():
     data.y[test] = 1 - data.y[test]
     res = evaluate_split(model, data, "test", {"t": th})
     y = data.y[test].numpy()[:, 0]
-    assert np.isclose(res["t"]["accuracy"], accuracy_score(y, p_test[:, 0] >= th[0]))
+    # a probability within float noise of the cut may fall either side between two forward passes (thread
+    # scheduling under load changes reduction order): those rows may disagree, no other row may
+    near = np.abs(p_test[:, 0] - th[0]) < 1e-6
+    assert abs(res["t"]["accuracy"] - accuracy_score(y, p_test[:, 0] >= th[0])) <= near.sum() / len(y) + 1e-12
 
 
 def test_early_stopping_returns_the_best_validation_checkpoint():

@@ -81,6 +81,10 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--tune", default="default",
                     help="validation grid every method gets, e.g. 'lr=3e-4,1e-3;dropout=0.1,0.3'; 'default' "
                          "(lr 3e-4,1e-3,3e-3 x normalise none,standard) or 'none'")
+    ap.add_argument("--tune-folds", default=None, type=_folds, metavar="auto|0|N",
+                    help="how the search scores a grid point: 'auto' (5-fold CV over train + validation when "
+                         "validation holds < 30 of the rarer class, else the validation split), 0 (always the "
+                         "validation split) or N folds")
     ap.add_argument("--modalities", help="comma list (default: all but the spec's opt-in ones)")
     ap.add_argument("--keep-modalities", default="",
                     help="comma list: keep these even when the class guard would leave them out")
@@ -100,11 +104,21 @@ def _train(argv: list[str]) -> int:
                              tasks=args.tasks.split(",") if args.tasks else None, device=device,
                              ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
                              profile=args.profile, keep_modalities=set(filter(None, args.keep_modalities.split(","))),
-                             tune_grid=parse_grid(args.tune), recipe_name=args.recipe, probes=not args.no_probes)
+                             tune_grid=parse_grid(args.tune), recipe_name=args.recipe, probes=not args.no_probes,
+                             tune_folds=args.tune_folds)
     report = write_report(results, out)
     print(format_table(headline_rows(results)))
     print(f"report: {report}")
     return 0
+
+
+def _folds(text: str) -> int | None:
+    """--tune-folds: None = auto, 0 = the validation split, N >= 2 folds (argparse exits 2 on anything else)."""
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) != 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, 0 or a number of folds >= 2")
 
 
 def _load_checkpoint(path: str):

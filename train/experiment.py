@@ -1,6 +1,7 @@
 """Methods x seeds x protocols on one store -> results (per-seed values, mean, std), checkpoints, efficiency."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -81,15 +82,19 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                    out_dir: Path, select: dict | None = None, tasks: list[str] | None = None, device: str = "cpu",
                    ablations: bool = False, reuse: bool = False, modalities: list[str] | None = None,
                    versions: dict | None = None, profile: str | None = None, keep_modalities: set | None = None,
-                   tune_grid: dict | None = None, recipe_name: str = "custom", probes: bool = True) -> dict:
+                   tune_grid: dict | None = None, recipe_name: str = "custom", probes: bool = True,
+                   tune_folds: int | None = None) -> dict:
     """Train and evaluate every planned method; ``reuse`` returns an existing results.json of the same config hash
     (same store contents, recipe, seeds, protocols, plan and code version: CPU training is deterministic).
-    ``tune_grid`` ({recipe field: [values]}) gives every method the same validation search (seed ``seeds[0]``)."""
+    ``tune_grid`` ({recipe field: [values]}) gives every method the same validation search (seed ``seeds[0]``),
+    scored on the validation split or, with ``tune_folds`` (None = auto: when validation is small), on the same
+    stratified folds of train + validation for every method."""
     from stores.provenance import code_version
 
     from .diagnostics import diagnose
     from .prepare import prepare
-    from .tuning import tune
+    from .normalise import apply_stats, fit_stats
+    from .tuning import cv_splits, resolve_folds, tune
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(store_path)
     prep = prepare(store_path, recipe, select, tasks, modalities, versions, profile, keep_modalities)
@@ -107,11 +112,13 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                "no_modality": prep.no_modality, "coverage": prep.coverage, "normalisation": prep.normalisation,
                "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "tune_grid": tune_grid,
                "methods": {}}
+    n_folds, results["tune_validation"] = resolve_folds(data, tune_folds) if tune_grid else (0, None)
+    folds = cv_splits(prep.raw, n_folds, seeds[0]) if n_folds else None
     results["code_version"] = code_version()
     results["train_code_sha256"] = _train_code_fingerprint()
     results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols",
                                                                       "store_config_hashes", "train_code_sha256",
-                                                                      "tune_grid")},
+                                                                      "tune_grid", "tune_validation")},
                                              "plan": sorted(plan), "select": select, "tasks": tasks,
                                              "modalities": modalities, "keep": sorted(keep_modalities or [])})
     previous = out_dir / "results.json"
@@ -122,13 +129,19 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             return old
     t_start = time.perf_counter()
     results["diagnostics"] = diagnose(data, probes=probes)
-    tuned, views = {}, {recipe.normalise: data}          # the base recipe's view is prepared already
+    tuned, views = {}, {(recipe.normalise, None): data}   # the base recipe's view is prepared already
 
-    def inputs(r: Recipe, sub=None) -> Data:
-        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied."""
-        if r.normalise not in views:
-            views[r.normalise] = prep.for_recipe(r)[0].to(device)
-        return sub(views[r.normalise]) if sub else views[r.normalise]
+    def inputs(r: Recipe, sub=None, split=None) -> Data:
+        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; with a
+        fold's ``split``, statistics are refitted on that fold's training rows."""
+        key = (r.normalise, None if split is None else split.tobytes())
+        if key not in views:
+            if split is None:
+                views[key] = prep.for_recipe(r)[0].to(device)
+            else:
+                raw = dataclasses.replace(prep.raw, split=split)
+                views[key] = (apply_stats(raw, fit_stats(raw)) if r.normalise == "standard" else raw).to(device)
+        return sub(views[key]) if sub else views[key]
 
     for name, (method, sub, large_mod) in plan.items():
         entry = {"method": method, "protocols": {}}
@@ -137,8 +150,8 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             m_recipe = tuned["medmix"]                    # an ablation keeps MedMIX's tuned recipe: one change each
             entry["tuning"] = {"inherited_from": "medmix", "chosen": results["methods"]["medmix"]["tuning"]["chosen"]}
         elif tune_grid:
-            m_recipe, entry["tuning"] = tune(method, lambda r, sub=sub: inputs(r, sub), recipe, tune_grid, seeds[0],
-                                             large_mod, device)
+            m_recipe, entry["tuning"] = tune(method, lambda r, split, sub=sub: inputs(r, sub, split), recipe,
+                                             tune_grid, seeds[0], large_mod, device, folds)
             tuned[name] = m_recipe
         mdata = inputs(m_recipe, sub)
         entry["recipe"] = recipe_dict(m_recipe)

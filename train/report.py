@@ -157,7 +157,9 @@ def _run_lines(results: dict) -> list[str]:
             f"{s['best_epoch']}/{s['epochs_run']}" for s in seeds),
             "tuned (validation)": ", ".join(f"{k}={v}" for k, v in e.get("tuning", {}).get("chosen", {}).items()),
             "degenerate predictions": "; ".join(degen) or "none"})
-    return ["## Training runs (no modality removed)", "", md_table(rows)] if rows else []
+    tv = results.get("tune_validation")
+    how = [f"Validation search scored on {tv['scored_on']} ({tv['why']}).", ""] if tv else []
+    return ["## Training runs (no modality removed)", "", *how, md_table(rows)] if rows else []
 
 
 def load_results(out_dir: Path) -> dict:
