@@ -129,3 +129,14 @@ def test_fold_statistics_are_refitted_on_each_folds_training_rows(tmp_path, monk
         assert np.array_equal(s == TE, official == TE)
         held += s == VA
     assert np.array_equal(held[official != TE], np.ones((official != TE).sum(), int))
+
+
+def test_select_recipe_scores_on_folds_when_validation_is_small(tmp_path):
+    from train.select_recipe import score
+    make_store(tmp_path / "s.zarr")
+    recipe = dataclasses.replace(QUICK, normalise="standard")
+    cv = score(str(tmp_path / "s.zarr"), recipe, ["meanavg"], [0, 1], "cpu", folds=None)["meanavg"]
+    assert len(cv["values"]) == CV_FOLDS and "cross-validation" in cv["scored_on"]
+    assert cv["val_auroc"] == pytest.approx(np.mean(cv["values"]))
+    plain = score(str(tmp_path / "s.zarr"), recipe, ["meanavg"], [0, 1], "cpu", folds=0)["meanavg"]
+    assert len(plain["values"]) == 2 and plain["scored_on"] == "the validation split"

@@ -2,7 +2,8 @@
 
     python -m train.select_recipe --datasets mmist,physionet2012,openi --seeds 3 --out runs/recipe
 
-Candidates: the paper's literal recipe, the robust recipe, and the robust recipe with one component taken back at a
+A small validation split is replaced by k-fold cross-validation over train + validation (``--folds``, as
+``python -m train --tune-folds``). Candidates: the paper's literal recipe, the robust recipe, and the robust recipe with one component taken back at a
 time (so each component's effect is a validation figure). Writes recipe_selection.json and .md; the default in
 trainer.RECIPES must be the candidate with the best mean over datasets (docs/train.md quotes the table).
 """
@@ -32,19 +33,35 @@ CANDIDATES = {
 }
 
 
-def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], device: str) -> dict:
+def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], device: str,
+          folds: int | None = 0) -> dict:
+    """Mean validation AUROC per method: over ``seeds`` on the official split, or (``folds`` k > 0; None = auto, as
+    ``python -m train --tune-folds``) over k stratified folds of train + validation, fold i trained with seed i and
+    normalised with statistics of its own training rows."""
     from .evaluation import evaluate_split
+    from .normalise import apply_stats, fit_stats
     from .prepare import prepare
-    data = prepare(store, recipe).data.to(device)
+    from .tuning import cv_splits, resolve_folds
+    prep = prepare(store, recipe)
+    k, how = resolve_folds(prep.raw, folds)
+    if k:
+        views = []
+        for split in cv_splits(prep.raw, k, 0):
+            raw = dataclasses.replace(prep.raw, split=split)
+            views.append(apply_stats(raw, fit_stats(raw)) if recipe.normalise == "standard" else raw)
+        runs = list(enumerate(views))
+    else:
+        runs = [(seed, prep.data) for seed in seeds]
     out = {}
     for method in methods:
         vals, epochs = [], []
-        for seed in seeds:
+        for seed, data in runs:
+            data = data.to(device)
             model, info = train_one(method, data, recipe, seed, device=device)
             vals.append(evaluate_split(model, data, "val", None)["mean"]["auroc"])
             epochs.append(info["epochs_run"])
         out[method] = {"val_auroc": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals,
-                       "epochs": epochs}
+                       "epochs": epochs, "scored_on": how["scored_on"]}
     return out
 
 
@@ -59,7 +76,10 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", help="comma list of candidate names (default: all)")
     ap.add_argument("--out", default="runs/recipe")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--folds", default="auto", help="auto (k-fold over train + validation when validation holds "
+                    "< 30 of the rarer class), 0 (the validation split, --seeds seeds) or N folds")
     args = ap.parse_args(argv)
+    folds = None if args.folds == "auto" else int(args.folds)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +96,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             res[key] = {"dataset": ds, "candidate": name, "recipe": dataclasses.asdict(CANDIDATES[name]),
                         "scores": score(store, CANDIDATES[name], args.methods.split(","), list(range(args.seeds)),
-                                        args.device), "seconds": round(time.perf_counter() - t0, 1)}
+                                        args.device, folds), "seconds": round(time.perf_counter() - t0, 1)}
             path.write_text(json.dumps(res, indent=2))
             print(key, {m: round(v["val_auroc"], 4) for m, v in res[key]["scores"].items()}, f"{res[key]['seconds']} s",
                   flush=True)
