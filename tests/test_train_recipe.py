@@ -53,7 +53,8 @@ def test_evaluate_reuses_the_checkpoints_normalisation(tmp_path):
     from train.__main__ import _data_for, main
     make_store(tmp_path / "s.zarr")
     out = tmp_path / "run"
-    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST]) == 0
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST,
+                 "--normalise", "standard"]) == 0
     meta = json.loads((out / "checkpoints" / "medmix.json").read_text())
     assert meta["normalisation"]["kind"] == "standard"
     got = _data_for(meta, str(tmp_path / "s.zarr"))
