@@ -22,12 +22,14 @@ def test_minority_count_is_the_rarer_class_in_validation():
     data = synthetic(n=200)
     y = data.y[data.rows("val"), 0].numpy()
     assert minority_count(data, "val") == int(min((y == 1).sum(), (y == 0).sum()))
-    ml = synthetic(n=200)
-    cols = torch.stack([torch.zeros(200), torch.ones(200), (torch.arange(200) % 4 == 0).float()], 1)
+    ml = synthetic(n=400)                          # 100 validation rows
+    i = torch.arange(400)
+    cols = torch.stack([(i % 2 == 0), (i % 4 == 0), (i % 10 == 0)], 1).float()
     ml = dataclasses.replace(ml, y=cols, tasks=[{"name": "f", "type": "multilabel", "labels": ["x", "y", "z"],
                                                  "cols": slice(0, 3), "out": slice(0, 3)}])
-    rare = int((cols[ml.rows("val"), 2] == 1).sum())
-    assert minority_count(ml, "val") == sorted([0, 0, rare])[1]          # the median label, not the rarest
+    counts = sorted(int(min(c.sum(), len(c) - c.sum())) for c in cols[ml.rows("val")].T)
+    assert len(set(counts)) == 3
+    assert minority_count(ml, "val") == counts[1]          # the median label, not the rarest nor the commonest
 
 
 def test_folds_leave_test_rows_alone_and_hold_out_every_pooled_row_once():
@@ -115,7 +117,8 @@ def test_fold_statistics_are_refitted_on_each_folds_training_rows(tmp_path, monk
     def spy(data: Data):
         seen.append(data.split.copy())
         return orig(data)
-    monkeypatch.setattr(normalise, "fit_stats", spy)
+    from train import prepare
+    monkeypatch.setattr(prepare, "fit_stats", spy)
     make_store(tmp_path / "s.zarr")
     from train.__main__ import main
     args = [a for a in FAST if a not in ("--tune", "none")]
@@ -140,3 +143,37 @@ def test_select_recipe_scores_on_folds_when_validation_is_small(tmp_path):
     assert cv["val_auroc"] == pytest.approx(np.mean(cv["values"]))
     plain = score(str(tmp_path / "s.zarr"), recipe, ["meanavg"], [0, 1], "cpu", folds=0)["meanavg"]
     assert len(plain["values"]) == 2 and plain["scored_on"] == "the validation split"
+
+
+def test_multilabel_folds_do_not_depend_on_test_labels():
+    data = synthetic(n=200)
+    i = torch.arange(200)
+    cols = torch.stack([(i % 2 == 0), (i % 5 == 0), (i % 3 == 0)], 1).float()
+    task = [{"name": "f", "type": "multilabel", "labels": ["x", "y", "z"], "cols": slice(0, 3), "out": slice(0, 3)}]
+    a = dataclasses.replace(data, y=cols.clone(), tasks=task)
+    b = dataclasses.replace(data, y=cols.clone(), tasks=task)
+    te = b.rows("test")
+    b.y[te] = torch.tensor([1.0, 1.0, 0.0]).expand(len(te), 3)    # test rows would make another label "balanced"
+    assert all(np.array_equal(x, y) for x, y in zip(cv_splits(a, 5, 0), cv_splits(b, 5, 0)))
+
+
+def test_more_folds_than_a_class_has_rows_is_a_clear_error():
+    data = synthetic(n=120)
+    data.y[:] = 0
+    data.y[:3] = 1
+    with pytest.raises(ValueError, match="only 3 rows"):
+        cv_splits(data, 5, 0)
+
+
+def test_a_misspelt_normalise_fails_on_the_fold_path_as_on_the_official_one(tmp_path):
+    from train.data_checks import TrainDataError
+    from train.prepare import prepare
+    make_store(tmp_path / "s.zarr")
+    prep = prepare(str(tmp_path / "s.zarr"), QUICK)
+    split = cv_splits(prep.raw, 2, 0)[0]
+    bad = dataclasses.replace(QUICK, normalise="zscore")
+    for call in (lambda: prep.for_recipe(bad), lambda: prep.for_split(bad, split)):
+        with pytest.raises(TrainDataError, match="zscore"):
+            call()
+    view = prep.for_split(dataclasses.replace(QUICK, normalise="none"), split)
+    assert np.array_equal(view.split, split) and view.xs["a"][0] is prep.raw.xs["a"][0]     # re-split, no copy

@@ -64,6 +64,7 @@ def _train(argv: list[str]) -> int:
         return demo_main(argv[1:])
     from .protocols import DEFAULT_GRID
     from .trainer import METHODS
+    from .tuning import parse_folds
     ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
@@ -81,7 +82,7 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--tune", default="default",
                     help="validation grid every method gets, e.g. 'lr=3e-4,1e-3;dropout=0.1,0.3'; 'default' "
                          "(lr 3e-4,1e-3,3e-3 x normalise none,standard) or 'none'")
-    ap.add_argument("--tune-folds", default=None, type=_folds, metavar="auto|0|N",
+    ap.add_argument("--tune-folds", default=None, type=parse_folds, metavar="auto|0|N",
                     help="how the search scores a grid point: 'auto' (5-fold CV over train + validation when "
                          "validation holds < 30 of the rarer class, else the validation split), 0 (always the "
                          "validation split) or N folds")
@@ -110,15 +111,6 @@ def _train(argv: list[str]) -> int:
     print(format_table(headline_rows(results)))
     print(f"report: {report}")
     return 0
-
-
-def _folds(text: str) -> int | None:
-    """--tune-folds: None = auto, 0 = the validation split, N >= 2 folds (argparse exits 2 on anything else)."""
-    if text == "auto":
-        return None
-    if text.isdigit() and int(text) != 1:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, 0 or a number of folds >= 2")
 
 
 def _load_checkpoint(path: str):

@@ -1,7 +1,6 @@
 """Methods x seeds x protocols on one store -> results (per-seed values, mean, std), checkpoints, efficiency."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -93,7 +92,6 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
 
     from .diagnostics import diagnose
     from .prepare import prepare
-    from .normalise import apply_stats, fit_stats
     from .tuning import cv_splits, resolve_folds, tune
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(store_path)
@@ -129,19 +127,20 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
             return old
     t_start = time.perf_counter()
     results["diagnostics"] = diagnose(data, probes=probes)
-    tuned, views = {}, {(recipe.normalise, None): data}   # the base recipe's view is prepared already
+    tuned, views = {}, {recipe.normalise: data}          # the base recipe's view is prepared already
 
     def inputs(r: Recipe, sub=None, split=None) -> Data:
-        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; with a
-        fold's ``split``, statistics are refitted on that fold's training rows."""
-        key = (r.normalise, None if split is None else split.tobytes())
-        if key not in views:
-            if split is None:
-                views[key] = prep.for_recipe(r)[0].to(device)
-            else:
-                raw = dataclasses.replace(prep.raw, split=split)
-                views[key] = (apply_stats(raw, fit_stats(raw)) if r.normalise == "standard" else raw).to(device)
-        return sub(views[key]) if sub else views[key]
+        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; a fold's
+        ``split`` re-splits the raw device copy (no copy) and refits statistics on that fold's training rows."""
+        if split is not None:
+            if "none" not in views:
+                views["none"] = prep.raw.to(device)
+            d = prep.for_split(r, split, views["none"])
+        else:
+            if r.normalise not in views:
+                views[r.normalise] = prep.for_recipe(r)[0].to(device)
+            d = views[r.normalise]
+        return sub(d) if sub else d
 
     for name, (method, sub, large_mod) in plan.items():
         entry = {"method": method, "protocols": {}}

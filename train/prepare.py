@@ -2,6 +2,7 @@
 and how each was chosen), opt-in modalities left out, rows without any modality, the class guard, normalisation."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -31,10 +32,21 @@ class Prepared:
     def for_recipe(self, recipe: Recipe) -> tuple[Data, dict | None]:
         """The inputs a recipe trains on and the statistics it applies: a validation grid may try ``normalise``
         per method, so both views come from one preparation (statistics from train rows only, either way)."""
+        _check_normalise(recipe)
         if recipe.normalise == "standard":
             return apply_stats(self.raw, self.stats), self.stats
-        if recipe.normalise == "none":
-            return self.raw, None
+        return self.raw, None
+
+    def for_split(self, recipe: Recipe, split, base: Data | None = None) -> Data:
+        """The inputs on a re-split of the rows (a cross-validation fold): raw ones share ``base``'s tensors (default
+        the raw inputs; pass the device copy), standardised ones use statistics of THAT split's training rows."""
+        _check_normalise(recipe)
+        raw = dataclasses.replace(base if base is not None else self.raw, split=split)
+        return apply_stats(raw, fit_stats(raw)) if recipe.normalise == "standard" else raw
+
+
+def _check_normalise(recipe: Recipe) -> None:
+    if recipe.normalise not in ("none", "standard"):
         raise TrainDataError(f"recipe normalise={recipe.normalise!r}: expected none | standard")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .trainer import RECIPES, Recipe, train_one
+from .tuning import cv_splits, parse_folds, resolve_folds
 
 ROBUST = RECIPES["robust"]
 PAPER = RECIPES["paper"]
@@ -26,7 +27,7 @@ CANDIDATES = {
     "paper": PAPER,
     "robust": ROBUST,
     "robust, epoch warm-up (paper: 50 epochs)": dataclasses.replace(ROBUST, warmup_steps=0, warmup_epochs=50),
-    "robust, no normalisation": dataclasses.replace(ROBUST, normalise="none"),
+    "robust, standardised inputs": dataclasses.replace(ROBUST, normalise="standard"),
     "robust, default fusion init": dataclasses.replace(ROBUST, fusion_init="default"),
     "robust, no auxiliary losses": dataclasses.replace(ROBUST, aux_weight=0.0),
     "robust, no modality dropout": dataclasses.replace(ROBUST, modality_dropout=0.0),
@@ -39,17 +40,11 @@ def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], devi
     ``python -m train --tune-folds``) over k stratified folds of train + validation, fold i trained with seed i and
     normalised with statistics of its own training rows."""
     from .evaluation import evaluate_split
-    from .normalise import apply_stats, fit_stats
     from .prepare import prepare
-    from .tuning import cv_splits, resolve_folds
     prep = prepare(store, recipe)
     k, how = resolve_folds(prep.raw, folds)
     if k:
-        views = []
-        for split in cv_splits(prep.raw, k, 0):
-            raw = dataclasses.replace(prep.raw, split=split)
-            views.append(apply_stats(raw, fit_stats(raw)) if recipe.normalise == "standard" else raw)
-        runs = list(enumerate(views))
+        runs = [(i, prep.for_split(recipe, split)) for i, split in enumerate(cv_splits(prep.raw, k, 0))]
     else:
         runs = [(seed, prep.data) for seed in seeds]
     out = {}
@@ -76,10 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", help="comma list of candidate names (default: all)")
     ap.add_argument("--out", default="runs/recipe")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--folds", default="auto", help="auto (k-fold over train + validation when validation holds "
+    ap.add_argument("--folds", default=None, type=parse_folds, metavar="auto|0|N", help="auto (k-fold over train + validation when validation holds "
                     "< 30 of the rarer class), 0 (the validation split, --seeds seeds) or N folds")
     args = ap.parse_args(argv)
-    folds = None if args.folds == "auto" else int(args.folds)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,12 +85,14 @@ def main(argv=None) -> int:
     for ds, store in zip(datasets, stores):
         for name in names:
             key = f"{ds} | {name}"
-            if key in res:
-                continue
+            how = {"recipe": dataclasses.asdict(CANDIDATES[name]), "store": store, "folds": args.folds,
+                   "seeds": args.seeds, "methods": args.methods}
+            if key in res and all(res[key].get(k) == v for k, v in how.items()):
+                continue                                  # the same cell, scored the same way: kept
             t0 = time.perf_counter()
-            res[key] = {"dataset": ds, "candidate": name, "recipe": dataclasses.asdict(CANDIDATES[name]),
+            res[key] = {"dataset": ds, "candidate": name, **how,
                         "scores": score(store, CANDIDATES[name], args.methods.split(","), list(range(args.seeds)),
-                                        args.device, folds), "seconds": round(time.perf_counter() - t0, 1)}
+                                        args.device, args.folds), "seconds": round(time.perf_counter() - t0, 1)}
             path.write_text(json.dumps(res, indent=2))
             print(key, {m: round(v["val_auroc"], 4) for m, v in res[key]["scores"].items()}, f"{res[key]['seconds']} s",
                   flush=True)

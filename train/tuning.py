@@ -13,6 +13,7 @@ import logging
 from typing import Callable
 
 import numpy as np
+import torch
 
 from stores.store import SPLIT_CODES
 
@@ -65,10 +66,11 @@ def minority_count(data: Data, part: str = "val") -> int:
     return min(counts)
 
 
-def _stratify_key(data: Data) -> np.ndarray:
-    """The first task's class per row (missing label: its own stratum); multilabel: its most balanced label."""
+def _stratify_key(data: Data, rows: np.ndarray) -> np.ndarray:
+    """The first task's class per row of ``rows`` (missing label: its own stratum); multilabel: its most balanced
+    label among those rows (never counted on test rows)."""
     t = data.tasks[0]
-    cols = data.y[:, t["cols"]].cpu().numpy()
+    cols = data.y[torch.as_tensor(rows, device=data.y.device), t["cols"]].cpu().numpy()
     j = 0
     if t["type"] == "multilabel":
         j = int(np.argmax([_class_counts(cols[:, k], "binary", 2).min() for k in range(cols.shape[1])]))
@@ -81,7 +83,11 @@ def cv_splits(data: Data, k: int, seed: int) -> list[np.ndarray]:
     from sklearn.model_selection import StratifiedKFold
     tr, va = SPLIT_CODES["train"], SPLIT_CODES["val"]
     pool = np.flatnonzero(np.isin(data.split, [tr, va]))
-    key = _stratify_key(data)[pool]
+    key = _stratify_key(data, pool)
+    smallest = int(np.unique(key, return_counts=True)[1].min()) if len(key) else 0
+    if smallest < k:
+        raise ValueError(f"--tune-folds {k}: the stratifying label has a class with only {smallest} rows in "
+                         f"train + validation (fewer than the folds); use fewer folds or 0")
     out = []
     for _, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(pool, key):
         split = data.split.copy()
@@ -89,6 +95,16 @@ def cv_splits(data: Data, k: int, seed: int) -> list[np.ndarray]:
         split[pool[held]] = va
         out.append(split)
     return out
+
+
+def parse_folds(text: str) -> int | None:
+    """--tune-folds / --folds: None = auto, 0 = the validation split, N >= 2 folds (argparse type: exits 2 else)."""
+    import argparse
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) != 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, 0 or a number of folds >= 2")
 
 
 def resolve_folds(data: Data, folds: int | None) -> tuple[int, dict]:
@@ -109,7 +125,9 @@ def tune(method: str, data: Data | Callable[..., Data], base: Recipe, grid: dict
          large_mod: str | None = None, device: str = "cpu", folds: list[np.ndarray] | None = None
          ) -> tuple[Recipe, dict]:
     """``data``: the inputs, or a function (recipe, split) -> inputs when the grid changes them (``normalise``) or
-    folds re-split the rows (split None: the official one). ``folds``: split arrays to score on (``cv_splits``)."""
+    folds re-split the rows (split None: the official one). ``folds``: split arrays to score on (``cv_splits``).
+    Plain ``data`` with folds is only re-split: pass raw inputs there (statistics fitted on the official train split
+    would include each fold's held-out rows); ``Prepared.for_split`` refits them per fold."""
     from .evaluation import evaluate_split
     data_for = data if callable(data) else (
         lambda _recipe, split: data if split is None else dataclasses.replace(data, split=split))
