@@ -4,8 +4,9 @@
 
 A small validation split is replaced by k-fold cross-validation over train + validation (``--folds``, as
 ``python -m train --tune-folds``). Candidates: the paper's literal recipe, the robust recipe, and the robust recipe
-with one component changed at a time (so each component's effect is a validation figure). Writes recipe_selection.json and .md; the default in
-trainer.RECIPES must be the candidate with the best mean over datasets (docs/train.md quotes the table).
+with one component changed at a time (so each component's effect is a validation figure). Writes
+recipe_selection.json and .md; the default in trainer.RECIPES must be the candidate with the best mean over
+datasets (docs/train.md quotes the table).
 """
 from __future__ import annotations
 
