@@ -45,14 +45,13 @@ def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], devi
     prep = prepare(store, recipe)
     k, how = resolve_folds(prep.raw, folds)
     if k:
-        runs = [(i, prep.for_split(recipe, split)) for i, split in enumerate(cv_splits(prep.raw, k, 0))]
+        runs = [(i, prep.for_split(recipe, split).to(device)) for i, split in enumerate(cv_splits(prep.raw, k, 0))]
     else:
-        runs = [(seed, prep.data) for seed in seeds]
+        runs = [(seed, prep.data.to(device)) for seed in seeds]
     out = {}
     for method in methods:
         vals, epochs = [], []
         for seed, data in runs:
-            data = data.to(device)
             model, info = train_one(method, data, recipe, seed, device=device)
             vals.append(evaluate_split(model, data, "val", None)["mean"]["auroc"])
             epochs.append(info["epochs_run"])
@@ -72,8 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", help="comma list of candidate names (default: all)")
     ap.add_argument("--out", default="runs/recipe")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--folds", default=None, type=parse_folds, metavar="auto|0|N", help="auto (k-fold over train + validation when validation holds "
-                    "< 30 of the rarer class), 0 (the validation split, --seeds seeds) or N folds")
+    ap.add_argument("--folds", default=None, type=parse_folds, metavar="auto|0|N",
+                    help="auto (k-fold over train + validation when validation holds < 30 of the rarer class), "
+                         "0 (the validation split, --seeds seeds) or N folds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)

@@ -140,8 +140,10 @@ def tune(method: str, data: Data | Callable[..., Data], base: Recipe, grid: dict
             d = data_for(recipe, split)
             model, info = train_one(method, d, recipe, seed, large_modality=large_mod, device=device)
             val = evaluate_split(model, d, "val", None)["mean"]
-            vals.append(val["auroc"]), prcs.append(val["auprc"])
-            best.append(info["best_epoch"]), run.append(info["epochs_run"])
+            vals.append(val["auroc"])
+            prcs.append(val["auprc"])
+            best.append(info["best_epoch"])
+            run.append(info["epochs_run"])
         row = {**point, "val_auroc": float(np.nanmean(vals)), "val_auprc": float(np.nanmean(prcs)),
                "best_epoch": best[0] if folds is None else best, "epochs_run": run[0] if folds is None else run}
         if folds:
