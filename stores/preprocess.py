@@ -15,7 +15,7 @@ class _Closed(BaseModel):
 
 
 class NoPreprocess(_Closed):
-    """Kinds whose inputs reach the encoder as they are (precomputed features)."""
+    """Kinds whose inputs reach the encoder as they are (precomputed features, structured fields)."""
 
 
 class TextPreprocess(_Closed):
@@ -58,4 +58,5 @@ class WsiPreprocess(_Closed):
 
 
 PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": TextPreprocess, "ehr": EhrPreprocess,
-                                        "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess}
+                                        "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess,
+                                        "tabular": NoPreprocess}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from .paths import PathError, find_config
 from .preprocess import PREPROCESS
 
-Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri"]
+Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri", "tabular"]   # tabular: a structured record (fields)
 Role = Literal["general", "biomedical", "rag", "imported", "classical"]
 
 

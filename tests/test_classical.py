@@ -204,9 +204,12 @@ def test_external_validation_wiring(classical_spec, data_root, tmp_path, capsys)
     clear_caches()
     s = extract_dataset("physionet2012", store=str(b), data_root=str(tmp_path / "data"), options={"set": "b"},
                         encoding_from=str(a), **kw)
-    assert s.done == {"ehr/stats": 64} and Store(b).ids() == ids_b and not set(ids_b) & set(Store(a).ids())
+    assert s.done == {"ehr/stats": 64, "demographics/tabular": 64}
+    assert Store(b).ids() == ids_b and not set(ids_b) & set(Store(a).ids())
     gb = _group(b, "ehr", "stats")
     assert gb.attrs["provenance"]["encoding"] == ga.attrs["provenance"]["encoding"]
+    assert (_group(b, "demographics", "tabular").attrs["provenance"]["encoding"]
+            == _group(a, "demographics", "tabular").attrs["provenance"]["encoding"])
     # B's vectors are exactly A's encoder applied to B's records
     from extract.datasets.base import get_adapter
     ad = get_adapter(load_spec(classical_spec).dataset("physionet2012"), tmp_path / "data", {"set": "b"})
@@ -215,7 +218,7 @@ def test_external_validation_wiring(classical_spec, data_root, tmp_path, capsys)
     assert verify(Store(b)) == []
     res = run_experiment(str(a), ["medmix"], [0], ["none"], Recipe(max_epochs=3, warmup_epochs=1, patience=2),
                          tmp_path / "run", tasks=["mortality"])
-    assert res["layout"] == {"ehr": ["stats"]}
+    assert res["layout"] == {"ehr": ["stats"], "demographics": ["tabular"]}
     capsys.readouterr()
     assert train_main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "medmix.pt"),
                        "--dataset", "physionet2012", "--store", str(b)]) == 0
@@ -227,18 +230,18 @@ def test_both_experts_cache_and_resume(classical_spec, data_root, tmp_path):
     kw = dict(config=str(classical_spec), data_root=str(data_root), store=str(path), limit=96, rag=False,
               progress=False)
     first = extract_dataset("physionet2012", **kw)
-    assert first.done == {"ehr/stats": 96}
+    assert first.done == {"ehr/stats": 96, "demographics/tabular": 96}
     g = Store(path, mode="a").expert_group("ehr", "stats")
     before = (g.group["vectors"][:], g.group["valid"][:])
     assert (before[1] == OK).all()
     clear_caches()
     again = extract_dataset("physionet2012", **kw)                 # same train rows -> same encoding -> cached
-    assert again.done == {} and again.skipped_units == {"ehr/stats": 3}
+    assert again.done == {} and again.skipped_units == {"ehr/stats": 3, "demographics/tabular": 3}
     g.group["done"][1] = 0                                        # as if killed before unit 1's marker
     g.group["vectors"][32:64] = 0
     clear_caches()
     resumed = extract_dataset("physionet2012", **kw)
-    assert resumed.done == {"ehr/stats": 32} and resumed.skipped_units == {"ehr/stats": 2}
+    assert resumed.done == {"ehr/stats": 32} and resumed.skipped_units == {"ehr/stats": 2, "demographics/tabular": 3}
     np.testing.assert_array_equal(_group(path, "ehr", "stats").group["vectors"][:], before[0])
     assert len(Store(path).versions("ehr", "stats")) == 1
     # tabular, the same way

@@ -47,6 +47,28 @@ def test_physionet2012_reads_the_tar_directly(spec, data_root):
         assert abs(np.nanmean(y[strat == part]) - 0.1385) < 0.02                # stratified by mortality
 
 
+def test_physionet2012_demographics_is_the_admission_record(spec, data_root, tmp_path):
+    """The tabular modality reads the 5 descriptors as fields (-1 = not recorded -> missing), also for a stay whose
+    chart is empty (its ehr row fails); a record with no descriptor at all is Missing, a corrupt one Failed."""
+    from test_reliability import write_set
+    assert spec.dataset("physionet2012").modalities["demographics"].kind == "tabular"
+    a = get_adapter(spec.dataset("physionet2012"), data_root)
+    f = a.load("demographics", [0])[0]["fields"]
+    assert f["categorical"] == {"Gender": "female", "ICUType": "surgical ICU"} and f["numeric"]["Age"] == 54
+    assert np.isnan(f["numeric"]["Height"])                                   # recorded as -1 in record 132539
+    assert a.load("ehr", [0])[0]["events"]["static"] == f                     # one reading of the descriptors
+    recs = [("1", b"Time,Parameter,Value\n00:00,Age,70\n00:00,Height,-1\n"),          # no chart, a descriptor
+            ("2", b"Time,Parameter,Value\n00:00,Age,-1\n00:05,HR,80\n"),              # chart, no descriptor
+            ("3", b"Time,Parameter,Value\n00:00,Age,x\n")]                             # corrupt
+    write_set(tmp_path / "physionet2012", recs, "t")
+    t = get_adapter(spec.dataset("physionet2012"), tmp_path, {"set": "t"})
+    demo, ehr = t.load("demographics", [0, 1, 2]), t.load("ehr", [0, 1, 2])
+    assert demo[0]["fields"]["numeric"]["Age"] == 70 and np.isnan(demo[0]["fields"]["numeric"]["Height"])
+    assert isinstance(ehr[0], Failed) and "all series are empty" in ehr[0].reason
+    assert isinstance(demo[1], Missing) and "no descriptor" in demo[1].reason and "series" in ehr[1]
+    assert isinstance(demo[2], Failed) and "'x' is not a number" in demo[2].reason
+
+
 def test_physionet2012_set_is_chosen_by_name(spec, data_root):
     a = get_adapter(spec.dataset("physionet2012"), data_root, {"set": "b"})
     with pytest.raises(FileNotFoundError, match="set-b.tar.gz"):

@@ -46,11 +46,11 @@ def test_in_process_equals_local_cluster(ehr_spec, data_root, tmp_path):
               progress=False)
     s1 = extract_dataset(store=str(tmp_path / "a.zarr"), **kw)
     s2 = extract_dataset(store=str(tmp_path / "b.zarr"), workers=2, **kw)
-    assert s1.done == s2.done == {"ehr/fracast": 40, "ehr/bert": 40}
+    assert s1.done == s2.done == {"ehr/fracast": 40, "ehr/bert": 40, "demographics/tabular": 40}
     _same(_contents(tmp_path / "a.zarr"), _contents(tmp_path / "b.zarr"))
     assert verify(Store(tmp_path / "b.zarr")) == []
     again = extract_dataset(store=str(tmp_path / "a.zarr"), **kw)               # rerun: everything cached
-    assert again.done == {} and again.skipped_units == {"ehr/fracast": 5, "ehr/bert": 5}
+    assert again.done == {} and again.skipped_units == {"ehr/fracast": 5, "ehr/bert": 5, "demographics/tabular": 5}
 
 
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(ehr_spec, data_root, tmp_path):
@@ -116,7 +116,7 @@ def test_failed_inputs_are_recorded_and_the_run_goes_on(ehr_spec, data_root, tmp
     clear_caches()
     s = extract_dataset("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(tmp_path / "f.zarr"),
                         limit=16, rag=False, progress=False)
-    assert s.failed == {"ehr/fracast": 1, "ehr/bert": 1} and s.done["ehr/fracast"] == 15
+    assert s.failed == {"ehr/fracast": 1, "ehr/bert": 1, "demographics/tabular": 1} and s.done["ehr/fracast"] == 15
     g = Store(tmp_path / "f.zarr").expert_group("ehr", "fracast")
     assert g.group["valid"][3] == FAILED and "planted" in str(g.group["reason"][3])
     assert (g.group["valid"][:16][np.arange(16) != 3] == OK).all()

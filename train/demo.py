@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="DATASET:N[,...] first N samples of those datasets, to fit 45 min on 2 cores "
                          "(default openi:2000; 'none' = every sample)")
     ap.add_argument("--methods", default="medmix,meanavg,concat,max,attention,m3care,adacomed,large")
-    ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7")
+    ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7,test_drop_one@0.5")
     ap.add_argument("--max-epochs", type=int, default=50, help="cap on the default (robust) recipe's epochs")
     ap.add_argument("--lr", type=float, help="default: the robust recipe's")
     ap.add_argument("--patience", type=int, help="default: the robust recipe's")
@@ -109,7 +109,9 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
     if any(p != "none" for p in results["protocols"]):
         text += [md_table(protocol_rows(results)) + "\n\n(AUROC; `test_multi@r`: each modality of a test patient "
                  "removed with probability r, independently; a patient may lose all, and is then scored from the "
-                 "prior.)", "",
+                 "prior; `test_drop_one@r`: with probability r one of its modalities, at random, is removed; "
+                 "`loss to ...`: AUROC without drops minus AUROC at the harshest multi-random drop, smaller = more "
+                 "robust.)", "",
                  f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", ""]
     else:
         text += ["Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]

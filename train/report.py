@@ -28,10 +28,20 @@ def headline_rows(results: dict, protocol: str = "none") -> list[dict]:
 
 
 def protocol_rows(results: dict, metric: str = "auroc") -> list[dict]:
-    """Per method, the metric under no drop and under each missing-modality protocol run (mean ± std)."""
+    """Per method, the metric under no drop and under each missing-modality protocol run (mean ± std), and how much
+    it loses from no drop to the harshest test-time multi-random drop (the curve's slope, the robustness figure)."""
     names = list(results["protocols"])
-    return [{"method": name, **{p: fmt(e["protocols"][p], metric) for p in names if p in e["protocols"]}}
-            for name, e in results["methods"].items()]
+    harshest = max((p for p in names if p.startswith("test_multi@")), key=lambda p: float(p.split("@")[1]),
+                   default=None)
+    rows = []
+    for name, e in results["methods"].items():
+        row = {"method": name, **{p: fmt(e["protocols"][p], metric) for p in names if p in e["protocols"]}}
+        if harshest and "none" in names:
+            ps = e["protocols"]
+            row[f"loss to {harshest}"] = (f"{ps['none'][metric]['mean'] - ps[harshest][metric]['mean']:+.4f}"
+                                          if "none" in ps and harshest in ps else "")
+        rows.append(row)
+    return rows
 
 
 def md_table(rows: list[dict]) -> str:

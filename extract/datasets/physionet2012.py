@@ -3,7 +3,9 @@
 Read straight from the tar (no unpacking). Views: ``series`` = (48 hourly bins, 36 variables) means, NaN where
 not measured; ``text`` = "variable: value; ..." over the 5 descriptors and 36 series in a fixed order (last
 observed value), the serialized form METHOD section 4 bridges to retrieval; ``events`` = every kept observation
-per variable (hours, value) + the descriptors, for the summary-statistics expert. Sets a, b, c share the format.
+per variable (hours, value) + the descriptors, for the summary-statistics expert. A ``tabular`` modality
+(``demographics``) reads the 5 descriptors alone as ``fields``: the admission record, which a stay has whether or not
+its chart reached the EHR export. Sets a, b, c share the format.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from pydantic import Field
 
-from .base import AdapterOptions, DatasetAdapter, Failed, adapter
+from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
 SERIES = ["Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
@@ -176,12 +178,18 @@ class PhysioNet2012(DatasetAdapter):
         return "; ".join(parts)
 
     def load(self, modality: str, rows: list[int]):
+        """``ehr`` (kind ehr): series, text and events views; a ``tabular`` modality: the descriptors recorded at
+        admission as ``fields`` (Missing when none was recorded), the admission record a stay has before any chart."""
         keys = self.ids()
+        tabular = self.spec.modalities[modality].kind == "tabular"
         out = []
         for r in rows:
             rec = self._record(keys[r])
             if "error" in rec:
                 out.append(Failed(rec["error"]))
+            elif tabular:
+                out.append({"fields": self.static(rec)} if any(v >= 0 for v in rec["desc"].values()) else
+                           Missing(f"{self._member(keys[r])}: no descriptor recorded at 00:00"))
             elif not np.isfinite(rec["series"]).any():
                 out.append(Failed(f"{self._member(keys[r])}: all series are empty"))
             else:
@@ -190,12 +198,16 @@ class PhysioNet2012(DatasetAdapter):
 
     def events(self, rec: dict) -> dict:
         """The ``events`` view (summary-statistics expert): every kept observation of each series variable, in
-        hours since admission, and the descriptors as static fields (-1 = not recorded)."""
-        d = {k: v for k, v in rec["desc"].items() if v is not None and v >= 0}
-        gender = {0: "female", 1: "male"}.get(int(d["Gender"])) if "Gender" in d else None
+        hours since admission, and the descriptors as static fields."""
         return {"variables": {v: (np.asarray(t, np.float32), np.asarray(x, np.float32))
                               for v, (t, x) in rec["events"].items()},
                 "window_hours": float(self.spec.modalities["ehr"].preprocess.get("hours", 48)),
-                "static": {"numeric": {k: d.get(k, np.nan) for k in ("Age", "Height", "Weight")},
-                           "categorical": {"Gender": gender, "ICUType": ICU.get(int(d["ICUType"])) if "ICUType" in d
-                                           else None}}}
+                "static": self.static(rec)}
+
+    @staticmethod
+    def static(rec: dict) -> dict:
+        """The descriptors as structured fields (the tabular expert's ``fields``); -1 (not recorded) -> missing."""
+        d = {k: v for k, v in rec["desc"].items() if v is not None and v >= 0}
+        gender = {0: "female", 1: "male"}.get(int(d["Gender"])) if "Gender" in d else None
+        return {"numeric": {k: d.get(k, np.nan) for k in ("Age", "Height", "Weight")},
+                "categorical": {"Gender": gender, "ICUType": ICU.get(int(d["ICUType"])) if "ICUType" in d else None}}
