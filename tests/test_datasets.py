@@ -56,17 +56,18 @@ def test_physionet2012_demographics_is_the_admission_record(spec, data_root, tmp
     f = a.load("demographics", [0])[0]["fields"]
     assert f["categorical"] == {"Gender": "female", "ICUType": "surgical ICU"} and f["numeric"]["Age"] == 54
     assert np.isnan(f["numeric"]["Height"])                                   # recorded as -1 in record 132539
-    assert a.load("ehr", [0])[0]["events"]["static"] == f                     # one reading of the descriptors
     recs = [("1", b"Time,Parameter,Value\n00:00,Age,70\n00:00,Height,-1\n"),          # no chart, a descriptor
             ("2", b"Time,Parameter,Value\n00:00,Age,-1\n00:05,HR,80\n"),              # chart, no descriptor
-            ("3", b"Time,Parameter,Value\n00:00,Age,x\n")]                             # corrupt
+            ("3", b"Time,Parameter,Value\n00:00,Age,x\n"),                             # corrupt
+            ("4", b"Time,Parameter,Value\n00:00,Gender,2\n00:00,ICUType,9\n")]        # unknown codes only
     write_set(tmp_path / "physionet2012", recs, "t")
     t = get_adapter(spec.dataset("physionet2012"), tmp_path, {"set": "t"})
-    demo, ehr = t.load("demographics", [0, 1, 2]), t.load("ehr", [0, 1, 2])
+    demo, ehr = t.load("demographics", [0, 1, 2, 3]), t.load("ehr", [0, 1, 2])
     assert demo[0]["fields"]["numeric"]["Age"] == 70 and np.isnan(demo[0]["fields"]["numeric"]["Height"])
     assert isinstance(ehr[0], Failed) and "all series are empty" in ehr[0].reason
     assert isinstance(demo[1], Missing) and "no descriptor" in demo[1].reason and "series" in ehr[1]
     assert isinstance(demo[2], Failed) and "'x' is not a number" in demo[2].reason
+    assert isinstance(demo[3], Missing)
 
 
 def test_physionet2012_set_is_chosen_by_name(spec, data_root):

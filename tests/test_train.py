@@ -194,3 +194,19 @@ def test_ablation_plan_covers_distillation_intra_fusion_roles_and_modalities():
     assert no_general.layout == {"a": ["e1"]}
     single = plan["medmix single expert 'e1' per modality"][1](data)
     assert single.layout == {"a": ["e1"], "b": ["e0"]}
+
+
+def test_protocol_rows_report_the_loss_to_the_harshest_multi_drop():
+    from train.report import protocol_rows
+
+    def cell(mean):
+        return {"auroc": {"mean": mean, "std": 0.0}}
+    results = {"protocols": ["none", "test_multi@0.3", "test_multi@0.7", "test_drop_one@0.5"],
+               "methods": {"a": {"protocols": {"none": cell(0.80), "test_multi@0.3": cell(0.75),
+                                               "test_multi@0.7": cell(0.60), "test_drop_one@0.5": cell(0.78)}},
+                           "b": {"protocols": {"none": cell(0.90)}}}}
+    a, b = protocol_rows(results)
+    assert a["loss to test_multi@0.7"] == "+0.2000" and a["test_drop_one@0.5"].startswith("0.78")
+    assert b["loss to test_multi@0.7"] == ""                      # a method without that protocol: no figure
+    assert "loss to" not in protocol_rows({"protocols": ["none", "test_drop_one@0.5"],
+                                           "methods": {"a": results["methods"]["a"]}})[0]

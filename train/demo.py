@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table, limit=None) -> dict:
-    from .report import protocol_rows
+    from .report import PROTOCOLS_NOTE, protocol_rows
     store = Store(store_path)
     cov = coverage(store)
     rows = [{"modality": c["modality"], "expert": c["expert"], "model": c["model"], "role": c["role"], "dim": c["dim"],
@@ -107,11 +107,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
                            for m, v in w["fusion"].items()]), ""]
     text += ["### Missing modalities at test time", ""]
     if any(p != "none" for p in results["protocols"]):
-        text += [md_table(protocol_rows(results)) + "\n\n(AUROC; `test_multi@r`: each modality of a test patient "
-                 "removed with probability r, independently; a patient may lose all, and is then scored from the "
-                 "prior; `test_drop_one@r`: with probability r one of its modalities, at random, is removed; "
-                 "`loss to ...`: AUROC without drops minus AUROC at the harshest multi-random drop, smaller = more "
-                 "robust.)", "",
+        text += [md_table(protocol_rows(results)) + f"\n\n({PROTOCOLS_NOTE})", "",
                  f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", ""]
     else:
         text += ["Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]

@@ -27,9 +27,16 @@ def headline_rows(results: dict, protocol: str = "none") -> list[dict]:
     return rows
 
 
+PROTOCOLS_NOTE = ("AUROC; `test_multi@r`: each modality of a test patient removed with probability r, "
+                  "independently; a patient may lose all, and is then scored from the prior; `test_drop_one@r`: with probability r "
+                  "one of its available modalities, at random, is removed; `loss to ...`: AUROC without drops minus "
+                  "AUROC at the harshest multi-random drop, smaller = more robust.")
+
+
 def protocol_rows(results: dict, metric: str = "auroc") -> list[dict]:
     """Per method, the metric under no drop and under each missing-modality protocol run (mean ± std), and how much
-    it loses from no drop to the harshest test-time multi-random drop (the curve's slope, the robustness figure)."""
+    it loses from no drop to the harshest test-time multi-random drop (the difference of the means: how fast the
+    curve falls, the robustness figure)."""
     names = list(results["protocols"])
     harshest = max((p for p in names if p.startswith("test_multi@")), key=lambda p: float(p.split("@")[1]),
                    default=None)
@@ -116,7 +123,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     others = [p for p in results["protocols"] if p != "none"]
     if others:
-        lines += ["## Missing-modality protocols (AUROC)", "", md_table(protocol_rows(results))]
+        lines += ["## Missing-modality protocols (AUROC)", "", md_table(protocol_rows(results)),
+                  f"({PROTOCOLS_NOTE})", ""]
     skipped = {t: v["skipped_labels"] for name, e in results["methods"].items() for p in e["protocols"].values()
                for s in p["per_seed"] for t, v in s["tasks"].items() if v.get("skipped_labels")}
     if skipped:

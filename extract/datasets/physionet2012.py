@@ -188,7 +188,10 @@ class PhysioNet2012(DatasetAdapter):
             if "error" in rec:
                 out.append(Failed(rec["error"]))
             elif tabular:
-                out.append({"fields": self.static(rec)} if any(v >= 0 for v in rec["desc"].values()) else
+                fields = self.static(rec)
+                known = [v for v in fields["numeric"].values() if np.isfinite(v)] + [
+                    v for v in fields["categorical"].values() if v is not None]
+                out.append({"fields": fields} if known else
                            Missing(f"{self._member(keys[r])}: no descriptor recorded at 00:00"))
             elif not np.isfinite(rec["series"]).any():
                 out.append(Failed(f"{self._member(keys[r])}: all series are empty"))
