@@ -28,9 +28,9 @@ def headline_rows(results: dict, protocol: str = "none") -> list[dict]:
 
 
 PROTOCOLS_NOTE = ("AUROC; `test_multi@r`: each modality of a test patient removed with probability r, "
-                  "independently; a patient may lose all, and is then scored from the prior; `test_drop_one@r`: with probability r "
-                  "one of its available modalities, at random, is removed; `loss to ...`: AUROC without drops minus "
-                  "AUROC at the harshest multi-random drop, smaller = more robust.")
+                  "independently; a patient may lose all, and is then scored from the prior; `test_drop_one@r`: "
+                  "with probability r one of its available modalities, at random, is removed; `loss to ...`: AUROC "
+                  "without drops minus AUROC at the harshest multi-random drop, smaller = more robust.")
 
 
 def protocol_rows(results: dict, metric: str = "auroc") -> list[dict]:

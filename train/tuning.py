@@ -7,6 +7,7 @@ pooled row is held out once, normalisation statistics are refitted on each fold'
 folds decides. The final models still train on the official split; only the choice of recipe changes."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import logging
@@ -99,7 +100,6 @@ def cv_splits(data: Data, k: int, seed: int) -> list[np.ndarray]:
 
 def parse_folds(text: str) -> int | None:
     """--tune-folds / --folds: None = auto, 0 = the validation split, N >= 2 folds (argparse type: exits 2 else)."""
-    import argparse
     if text == "auto":
         return None
     if text.isdigit() and int(text) != 1:

@@ -189,8 +189,8 @@ class PhysioNet2012(DatasetAdapter):
                 out.append(Failed(rec["error"]))
             elif tabular:
                 fields = self.static(rec)
-                known = [v for v in fields["numeric"].values() if np.isfinite(v)] + [
-                    v for v in fields["categorical"].values() if v is not None]
+                known = any(np.isfinite(v) for v in fields["numeric"].values()) or any(
+                    v is not None for v in fields["categorical"].values())
                 out.append({"fields": fields} if known else
                            Missing(f"{self._member(keys[r])}: no descriptor recorded at 00:00"))
             elif not np.isfinite(rec["series"]).any():
