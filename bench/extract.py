@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from _common import report, timed
 
-from extract.datasets.base import get_adapter
+from plugins.datasets.base import get_adapter
 from extract.pipeline import extract_dataset
-from extract.registry import build_encoder
+from plugins.registry import build_encoder
 from stores.paths import data_root
 from stores.spec import load_spec
 

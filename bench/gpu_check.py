@@ -24,7 +24,7 @@ import torch
 from _common import timed
 
 from extract.pipeline import extract_dataset
-from extract.registry import build_encoder
+from plugins.registry import build_encoder
 from stores.paths import data_root
 from stores.spec import load_spec
 
@@ -94,7 +94,7 @@ def main() -> int:
         tc = extract_rate(tmp / "cpu.zarr", modality, expert, small(n), "cpu")
         line(f"extract openi {modality} ({expert})", n, tg, small(n), tc)
 
-    from extract.readers.ct import ct_slices_25d, read_volume, read_volume_ras
+    from plugins.readers.ct import ct_slices_25d, read_volume, read_volume_ras
     ct = root / "ct" / "example_ct_sm.nii.gz"
     vol = read_volume_ras(ct)
     line("CT volume, 3-D astra_ct", 1, encoder_rate("astra_ct", [vol, vol], "cuda") / 2,
@@ -103,7 +103,7 @@ def main() -> int:
     line("CT volume, 2.5D efficientnet_lite0", 4, encoder_rate("efficientnet_lite0", [stack] * 4, "cuda"),
          1, encoder_rate("efficientnet_lite0", [stack], "cpu"), "volumes/s")
 
-    from extract.readers.wsi import slide_tiles
+    from plugins.readers.wsi import slide_tiles
     tiles = slide_tiles(root / "wsi" / "CMU-1-Small-Region.svs", tissue_threshold=0.0)
     line(f"WSI tiles ({len(tiles)}), efficientnet_lite0", len(tiles), encoder_rate("efficientnet_lite0", [tiles], "cuda"),
          len(tiles), encoder_rate("efficientnet_lite0", [tiles], "cpu"), "tiles/s")

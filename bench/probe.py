@@ -43,8 +43,8 @@ def probe(store_path: str, expert: str, task: str) -> dict:
 
 
 def speed(dataset: str) -> None:
-    from extract.datasets.base import get_adapter
-    from extract.registry import EncoderOptions, build_encoder
+    from plugins.datasets.base import get_adapter
+    from plugins.registry import EncoderOptions, build_encoder
     from stores.paths import data_root
     from stores.spec import load_spec
     spec = load_spec()

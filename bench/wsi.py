@@ -13,8 +13,8 @@ import openslide
 import torch
 from _common import report, timed
 
-from extract.readers.wsi import open_slide, plan_grid, read_tiles
-from extract.registry import build_encoder
+from plugins.readers.wsi import open_slide, plan_grid, read_tiles
+from plugins.registry import build_encoder
 from stores.paths import data_root
 from stores.spec import load_spec
 

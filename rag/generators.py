@@ -19,17 +19,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from extract.sources import resolve_source
+from plugins.sources import resolve_source
+from stores.registry import Registry
 
-GENERATORS: dict[str, dict] = {
-    "maira2": {"source": "microsoft/maira-2", "kinds": ["cxr"], "licence": "MSRLA (research only)",
-               "description": "MAIRA-2 grounded CXR report generation (LLaVA-class, trust_remote_code)"},
-    "llava": {"source": "", "kinds": ["cxr", "ct", "wsi"], "licence": "per model",
-              "description": "any image-text-to-text checkpoint with a LLaVA-style processor (local dir or hub id)"},
-    "merlin": {"source": "stanfordmimi/Merlin", "kinds": ["ct"], "licence": "MIT (code), see model card",
-               "backend": "rag.merlin_report:MerlinReportGenerator",
-               "description": "Merlin: I3ResNet-152 + adapter + RadLLaMA-7b (LoRA), organ-by-organ CT findings"},
-}
+GENERATORS: Registry[dict] = Registry(
+    "report generator", group="medmix.generators",
+    row=lambda k, g: {"generator": k, "kinds": ",".join(g["kinds"]), "source": g["source"] or "(config)",
+                      "licence": g["licence"], "description": g["description"]})
+GENERATORS.add("maira2", {"source": "microsoft/maira-2", "kinds": ["cxr"], "licence": "MSRLA (research only)",
+                          "description": "MAIRA-2 grounded CXR report generation (LLaVA-class, trust_remote_code)"})
+GENERATORS.add("llava", {"source": "", "kinds": ["cxr", "ct", "wsi"], "licence": "per model",
+                         "description": "any image-text-to-text checkpoint with a LLaVA-style processor (local dir or hub id)"})
+GENERATORS.add("merlin", {"source": "stanfordmimi/Merlin", "kinds": ["ct"], "licence": "MIT (code), see model card",
+                          "backend": "rag.merlin_report:MerlinReportGenerator",
+                          "description": "Merlin: I3ResNet-152 + adapter + RadLLaMA-7b (LoRA), organ-by-organ CT findings"})
 
 
 def build_generator(key: str, **kw) -> "ReportGenerator":

@@ -8,7 +8,7 @@ the sections joined. The released checkpoint (``stanfordmimi/Merlin``,
 ``resnet_gpt2_best_stanford_report_generation_average_mtl.pt``) holds every weight; the LM's config and tokenizer
 come from ``params.lm`` (default ``StanfordAIMI/RadLLaMA-7b``). LoRA is merged into the base weights on load
 (W + alpha/r * B A), so peft is not needed. The image goes through our I3ResNet and Merlin's preprocessing
-(extract/encoders/i3resnet.py); the checkpoint's ``encode_image.vision_model.features.N`` names map onto it.
+(plugins/encoders/i3resnet.py); the checkpoint's ``encode_image.vision_model.features.N`` names map onto it.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from extract.encoders.i3resnet import I3ResNet, merlin_preprocess
-from extract.sources import read_checkpoint, resolve_source
+from plugins.encoders.i3resnet import I3ResNet, merlin_preprocess
+from plugins.sources import read_checkpoint, resolve_source
 
 from .generators import ReportGenerator
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.registry import build_encoder, load_all, model_options
+from plugins.registry import build_encoder, load_all, model_options
 from stores import paths
 from stores.spec import PipelineSpec, RagSpec, canonical_hash
 

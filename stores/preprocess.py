@@ -19,12 +19,12 @@ class NoPreprocess(_Closed):
 
 
 class TextPreprocess(_Closed):
-    """Any text view (notes, reports, serialized stays): extract/inputs.py's rules."""
+    """Any text view (notes, reports, serialized stays): plugins/inputs.py's rules."""
     max_note_words: int = Field(20_000, gt=0)          # longer texts are cut (85x the longest OpenI report)
 
 
 class CxrPreprocess(_Closed):
-    """Chest X-rays: decoded downscaled (extract/readers/image.py); the encoder's own transform resizes and crops."""
+    """Chest X-rays: decoded downscaled (plugins/readers/image.py); the encoder's own transform resizes and crops."""
     size: int = Field(224, gt=0)                       # decode target: short side kept >= 2 x size
     max_pixels: int = Field(50_000_000, gt=0)          # larger images (decompression bombs) are refused unread
     min_side: int = Field(32, gt=0)                    # smaller images fail

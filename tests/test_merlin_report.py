@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.readers.ct import read_volume_ras
+from plugins.readers.ct import read_volume_ras
 from rag.generators import build_generator
 from rag.merlin_report import MerlinReportGenerator, merge_lora, split_checkpoint
 
@@ -45,7 +45,7 @@ def test_merlin_reports_through_the_real_loading_path(merlin_tiny, data_root):
     vol = read_volume_ras(data_root / "ct" / "example_ct_sm.nii.gz")
     tokens = gen.image_tokens(vol)
     with torch.no_grad():                                                 # the layer4 grid, flattened, adapted
-        from extract.encoders.i3resnet import merlin_preprocess
+        from plugins.encoders.i3resnet import merlin_preprocess
         fmap = ref["tower"].eval().feature_map(merlin_preprocess(vol["hu"], vol["spacing"], roi=(32, 32, 16))[None])
         want = ref["adapter"](fmap.flatten(2).transpose(1, 2))
     assert tokens.shape == want.shape and tokens.shape[-1] == 32
@@ -59,8 +59,8 @@ def test_merlin_reports_through_the_real_loading_path(merlin_tiny, data_root):
 
 
 def test_merlin_generator_feeds_generated_texts_from_lazy_raw_volumes(merlin_tiny, data_root):
-    from extract.datasets.base import Failed, Missing
-    from extract.readers.lazy import LazyView
+    from plugins.datasets.base import Failed, Missing
+    from plugins.readers.lazy import LazyView
     from rag.embed import generated_texts
     path, lm_dir, _ = merlin_tiny
     gen = build_generator("merlin", source=str(path), max_new_tokens=4, params={**PARAMS, "lm": str(lm_dir)})

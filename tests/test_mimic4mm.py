@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from extract.datasets.base import Missing, get_adapter
+from plugins.datasets.base import Missing, get_adapter
 from stores.spec import load_spec
 
 

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     import sys, numpy as np, torch
     from uni2ts.distribution import MixtureOutput, StudentTOutput, NormalFixedScaleOutput, LogNormalOutput
     from uni2ts.model.moirai import MoiraiModule
-    from extract.registry import EncoderOptions, build_encoder
+    from plugins.registry import EncoderOptions, build_encoder
     torch.manual_seed(0)
     MoiraiModule(distr_output=MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), LogNormalOutput()]),
                  d_model=64, num_layers=2, patch_sizes=(8, 16), max_seq_len=512, attn_dropout_p=0.0,
@@ -81,7 +81,7 @@ def test_moirai_without_uni2ts_says_how_to_install(tmp_path):
         pytest.skip("uni2ts is installed in this environment")
     except ImportError:
         pass
-    from extract.registry import EncoderOptions, build_encoder
+    from plugins.registry import EncoderOptions, build_encoder
     tmp_path.joinpath("config.json").write_text("{}")
     with pytest.raises(ImportError, match=r"medmix\[moirai\]"):
         build_encoder("moirai_small", EncoderOptions(source=str(tmp_path))).load()

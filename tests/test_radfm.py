@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from extract.encoders.radfm import RadFMVision, SelfAttention, ViT3d, load_state, radfm_preprocess, target_depth
-from extract.readers.ct import read_volume_ras
-from extract.registry import EncoderOptions, build_encoder
+from plugins.encoders.radfm import RadFMVision, SelfAttention, ViT3d, load_state, radfm_preprocess, target_depth
+from plugins.readers.ct import read_volume_ras
+from plugins.registry import EncoderOptions, build_encoder
 
 TINY_VIT = {"image_size": 64, "frames": 32, "patch": 16, "frame_patch": 4, "dim": 24, "depth": 2, "heads": 2,
             "dim_head": 8, "mlp_dim": 32}

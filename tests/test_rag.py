@@ -9,8 +9,8 @@ from rag.corpus import load_topics, to_passages
 from rag.embed import bridge_texts
 from rag.index import open_index
 from rag.softprompt import fit_projection
-from extract.datasets.base import Failed, Missing
-from extract.registry import EncoderOptions, build_encoder
+from plugins.datasets.base import Failed, Missing
+from plugins.registry import EncoderOptions, build_encoder
 
 XML = """<?xml version="1.0" encoding="UTF-8"?>
 <health-topics total="3" date-generated="10/01/2025 02:30:02">
@@ -201,7 +201,7 @@ def tiny_llava_dir(tmp_path_factory):
 
 
 def test_report_generator_through_the_real_loading_path(tiny_llava_dir, data_root):
-    from extract.readers.image import read_image
+    from plugins.readers.image import read_image
     from rag.embed import generated_texts
     from rag.generators import ReportGenerator
     gen = ReportGenerator("llava", str(tiny_llava_dir), max_new_tokens=6)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.datasets.base import Failed, Missing, get_adapter
-from extract.inputs import check_input, check_text
+from plugins.datasets.base import Failed, Missing, get_adapter
+from plugins.inputs import check_input, check_text
 from extract.pipeline import extract_dataset
 from extract.run.context import clear_caches
 from stores.__main__ import main as stores_main
@@ -273,7 +273,7 @@ def test_mmist_dicom_case_folder_is_read_and_a_traversal_case_is_failed(tmp_path
 
 # ---- §2 images are decoded small ---------------------------------------------------------------------------------
 def test_large_image_is_decoded_downscaled_and_a_bomb_is_refused(tmp_path):
-    from extract.readers.image import ImageRejected, read_image
+    from plugins.readers.image import ImageRejected, read_image
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((2500, 3000)) * 255).astype(np.uint8)).save(tmp_path / "big.png")
     a = read_image(tmp_path / "big.png", size=224)

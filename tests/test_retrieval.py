@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from extract.registry import EncoderOptions, build_encoder, load_all
+from plugins.registry import EncoderOptions, build_encoder, load_all
 from rag.adapted import PROVENANCE, resolve_encoder, split_topics
 from rag.corpus import load_topics, to_passages
 from rag.fusion import fuse_pieces, fused_search, query_pieces, rrf, split_sentences

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from extract.pipeline import extract_dataset
-from extract.registry import EncoderOptions, build_encoder
+from plugins.registry import EncoderOptions, build_encoder
 from extract.run.context import Context, clear_caches, encode_isolated
 from extract.run.plan import plan_jobs
 from extract.run.units import run_unit
@@ -82,7 +82,7 @@ def test_duplicated_unit_rewrites_identical_bytes(ehr_spec, data_root, tmp_path)
     extract_dataset("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(path), limit=16,
                     rag=False, progress=False)
     spec = load_spec(ehr_spec)
-    from extract.datasets.base import get_adapter
+    from plugins.datasets.base import get_adapter
     plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root))
     before = _contents(path)
     g = Store(path, mode="a").expert_group("ehr", "fracast")
@@ -103,7 +103,7 @@ def test_bad_items_are_isolated_with_reasons(tiny_bert_dir):
 
 
 def test_failed_inputs_are_recorded_and_the_run_goes_on(ehr_spec, data_root, tmp_path, monkeypatch):
-    from extract.datasets import physionet2012
+    from plugins.datasets import physionet2012
     real = physionet2012.PhysioNet2012.load
 
     def load(self, modality, rows):

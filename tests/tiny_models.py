@@ -144,7 +144,7 @@ def tiny_merlin_report(folder: Path, lora_r: int = 8) -> tuple[Path, Path, dict]
     with LoRA on q_proj/v_proj), plus a 'RadLLaMA' folder holding only its config and tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from extract.encoders.i3resnet import I3ResNet
+    from plugins.encoders.i3resnet import I3ResNet
     lm_dir = tiny_qwen2(folder / "radllama")
     tok = AutoTokenizer.from_pretrained(lm_dir)
     torch.manual_seed(0)

@@ -129,7 +129,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
 
 
 def _models_table() -> str:
-    from extract.registry import table
+    from plugins.registry import table
     used = load_spec().models_used("offline")
     rows = [r for r in table() if r["key"] in used]
     from .report import md_table

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from stores.plugins import import_all
+from stores.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,28 +29,23 @@ class Batch:
     teacher_masks: dict
 
 
-REGISTRY: dict[str, Method] = {}
+# every module of train/models/ registers its methods by being there (no list to edit); other installed packages
+# add theirs through the ``medmix.methods`` entry-point group
+REGISTRY: Registry[Method] = Registry("fusion method", package=f"{__name__.rsplit('.', 1)[0]}.models",
+                                     group="medmix.methods",
+                                     row=lambda k, m: {"method": k, "distill": m.distill, "aux_heads": m.aux_heads,
+                                                       "input": m.input, "main": m.main})
 
 
 def register(method: Method) -> Method:
-    if method.name in REGISTRY:
-        raise ValueError(f"method {method.name!r} registered twice")
-    REGISTRY[method.name] = method
-    return method
-
-
-def _load() -> None:
-    """Every module of train/models/ registers its methods by being there (no list to edit)."""
-    import_all(f"{__name__.rsplit('.', 1)[0]}.models")
+    return REGISTRY.add(method.name, method)
 
 
 def get(name: str) -> Method:
-    _load()
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r} (have: {', '.join(sorted(REGISTRY))})")
+        raise ValueError(f"unknown method {name!r} (have: {', '.join(REGISTRY)})")
     return REGISTRY[name]
 
 
 def main_methods() -> list[str]:
-    _load()
     return [n for n, m in REGISTRY.items() if m.main and m.input == "experts"]

@@ -12,10 +12,10 @@ import torch
 from stores.spec import canonical_hash
 from stores.store import Store
 
-from ..datasets.base import DatasetAdapter, Failed, Missing, get_adapter
-from ..inputs import describe
-from ..readers.lazy import LazyView
-from ..registry import Encoder, build_encoder
+from plugins.datasets.base import DatasetAdapter, Failed, Missing, get_adapter
+from plugins.inputs import describe
+from plugins.readers.lazy import LazyView
+from plugins.registry import Encoder, build_encoder
 from .plan import Job
 
 log = logging.getLogger("medmix.extract")

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from stores.provenance import code_version, package_versions
 from stores.store import Store
 
-from ..datasets.base import DatasetAdapter
-from ..inputs import describe
+from plugins.datasets.base import DatasetAdapter
+from plugins.inputs import describe
 from .context import Context, _adapter, probe
 from .plan import Job
 from .units import run_unit, run_unit_task

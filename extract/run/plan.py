@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from stores.paths import model_cache
 from stores.spec import PipelineSpec, canonical_hash
 
-from ..datasets.base import DatasetAdapter
+from plugins.datasets.base import DatasetAdapter
 from ..fitting import fitted_options
-from ..registry import EncoderOptions, build_encoder, model_options
+from plugins.registry import EncoderOptions, build_encoder, model_options
 
 TEACHER = "teacher"
 

@@ -6,10 +6,10 @@ import numpy as np
 from stores.store import Store, Unit
 from stores.tiles import require_slide_tiles, tiles_path
 
-from ..datasets.base import Failed
-from ..inputs import describe
-from ..readers.lazy import LazyView
-from ..readers.wsi import TiledSlide
+from plugins.datasets.base import Failed
+from plugins.inputs import describe
+from plugins.readers.lazy import LazyView
+from plugins.readers.wsi import TiledSlide
 from .context import Context, _encoder, _peek, _view, encode_isolated
 from .plan import Job
 

@@ -8,11 +8,11 @@ import torch
 
 from stores.store import FAILED, MISSING, OK, Unit
 
-from ..datasets.base import DatasetAdapter, Failed, Missing
-from ..inputs import check_input, describe, load_rows, where
-from ..readers.lazy import LazyView
-from ..readers.wsi import TiledSlide
-from ..registry import Encoder
+from plugins.datasets.base import DatasetAdapter, Failed, Missing
+from plugins.inputs import check_input, describe, load_rows, where
+from plugins.readers.lazy import LazyView
+from plugins.readers.wsi import TiledSlide
+from plugins.registry import Encoder
 from .context import (LAZY_GROUP, Context, _adapter, _decode, _encoder, _peek, _store, encode_isolated,
                       lazy_group)
 from .plan import Job

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stores.plugins import import_all
+from stores.registry import Registry
 
 from .sources import Resolved, resolve_source
 
@@ -41,36 +41,31 @@ class ModelCard:
         return d
 
 
-REGISTRY: dict[str, type["Encoder"]] = {}
+# every module of plugins/encoders/ registers its models by being there (no list to edit); other installed packages
+# add theirs through the ``medmix.encoders`` entry-point group
+REGISTRY: Registry[type["Encoder"]] = Registry("encoder", package=f"{__name__.rsplit('.', 1)[0]}.encoders",
+                                               group="medmix.encoders", row=lambda k, cls: cls.card.row())
 
 
-def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = ""):
+def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = "",
+             aliases: tuple[str, ...] = ()):
     def deco(cls: type[Encoder]) -> type[Encoder]:
-        if key in REGISTRY:
-            raise ValueError(f"encoder key {key!r} registered twice ({REGISTRY[key].__name__}, {cls.__name__})")
         family = cls.__module__.rsplit(".", 1)[-1]
         cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip())
-        REGISTRY[key] = cls
-        return cls
+        return REGISTRY.add(key, cls, aliases)
     return deco
 
 
-def load_all() -> dict[str, type["Encoder"]]:
-    """Every module of extract/encoders/ registers its models by being there (no list to edit)."""
-    import_all(f"{__name__.rsplit('.', 1)[0]}.encoders")
-    return REGISTRY
+def load_all() -> Registry[type["Encoder"]]:
+    return REGISTRY.load()
 
 
 def get(key: str) -> type["Encoder"]:
-    load_all()
-    if key not in REGISTRY:
-        raise KeyError(f"no encoder registered as {key!r} (have: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[key]
 
 
 def table() -> list[dict]:
-    load_all()
-    return [REGISTRY[k].card.row() for k in sorted(REGISTRY)]
+    return sorted(REGISTRY.table(), key=lambda r: r["key"])
 
 
 def pick_device(prefer: str | None = None) -> torch.device:

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sklearn.model_selection import train_test_split
 
-from stores.plugins import import_all
+from stores.registry import Registry
 from stores.spec import DatasetSpec, SpecError
 
 
@@ -29,7 +29,10 @@ class Failed:
 
 
 Input = dict[str, Any] | Missing | Failed
-ADAPTERS: dict[str, type["DatasetAdapter"]] = {}
+ADAPTERS: Registry[type["DatasetAdapter"]] = Registry(
+    "dataset adapter", package=__name__.rsplit(".", 1)[0], group="medmix.datasets",
+    row=lambda k, cls: {"adapter": k, "class": f"{cls.__module__}.{cls.__name__}", "version": cls.version,
+                        "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
 
 
 class AdapterOptions(BaseModel):
@@ -39,11 +42,11 @@ class AdapterOptions(BaseModel):
     rag_bridge: dict[str, str] = {}          # image modality -> a text modality the RAG expert reads instead
 
 
-def adapter(name: str):
+def adapter(name: str, aliases: tuple[str, ...] = ()):
+    """Register a dataset adapter under ``name`` (a second adapter of that name is an error naming both)."""
     def deco(cls):
-        ADAPTERS[name] = cls
         cls.name = name
-        return cls
+        return ADAPTERS.add(name, cls, aliases)
     return deco
 
 
@@ -199,10 +202,10 @@ def _split_two(idx: np.ndarray, frac: float, strat: np.ndarray | None, seed: int
     return np.sort(a), np.sort(b)
 
 
-def load_adapters() -> dict[str, type[DatasetAdapter]]:
-    """Every module of extract/datasets/ registers its adapter by being there (no list to edit)."""
-    import_all(__name__.rsplit(".", 1)[0])
-    return ADAPTERS
+def load_adapters() -> Registry[type[DatasetAdapter]]:
+    """Every module of plugins/datasets/ registers its adapter by being there (no list to edit); other installed
+    packages add theirs through the ``medmix.datasets`` entry-point group."""
+    return ADAPTERS.load()
 
 
 def get_adapter(spec: DatasetSpec, data_root: Path, options: dict | None = None) -> DatasetAdapter:
