@@ -1,4 +1,10 @@
-"""Shared fixtures: the real data folder, tiny random models of the real classes, small pipeline specs."""
+"""Shared fixtures: the real data folder, tiny random models of the real classes, small pipeline specs; the tiers.
+
+Tiers: a plain ``pytest`` runs the fast tier (unit tests and small slices of the real data); tests marked
+``@pytest.mark.slow`` (end to end, real weights, the whole corpus) run with ``pytest -m slow`` (only them),
+``MEDMIX_TEST_ALL=1 pytest`` (every tier: `make test`, CI) or when named by node id. Tests that need the real data
+skip with the reason when it is absent.
+"""
 from __future__ import annotations
 
 import os
@@ -11,12 +17,35 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 DATA = Path(os.environ.get("MEDMIX_DATA_ROOT", ROOT.parent / "shared" / "data")).resolve()
+ALL_TIERS = "MEDMIX_TEST_ALL"
+
+
+def _run_slow(config) -> bool:
+    return bool(config.getoption("markexpr")) or os.environ.get(ALL_TIERS, "") not in ("", "0")
+
+
+def pytest_report_header(config):
+    return "tiers: every tier" if _run_slow(config) else f"tiers: fast only (slow: -m slow or {ALL_TIERS}=1)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier by default: slow tests are deselected unless -m, MEDMIX_TEST_ALL=1 or their node id asks."""
+    if _run_slow(config):
+        return
+    named = {a.rsplit("/", 1)[-1] for a in config.args if "::" in a}
+    slow = [i for i in items if i.get_closest_marker("slow")
+            and not {i.nodeid.rsplit("/", 1)[-1], i.nodeid.rsplit("/", 1)[-1].split("[")[0]} & named]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        gone = {id(i) for i in slow}
+        items[:] = [i for i in items if id(i) not in gone]
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
+    """The real public data (../shared/data or MEDMIX_DATA_ROOT); tests that need it skip when it is absent."""
     if not (DATA / "openi").exists():
-        pytest.fail(f"real data not found at {DATA}: set MEDMIX_DATA_ROOT")
+        pytest.skip(f"real data not found at {DATA} (set MEDMIX_DATA_ROOT)")
     return DATA
 
 
