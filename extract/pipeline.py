@@ -11,10 +11,11 @@ from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
 from plugins.datasets.base import get_adapter
+from plugins.request import ExtractRequest
+from plugins.stages import run_expert_stages
 from .run.context import Context
 from .run.executors import DaskExecutor, LocalExecutor, Summary, run
 from .run.plan import plan_jobs
-from plugins.stages import run_expert_stages
 
 log = logging.getLogger("medmix.extract")
 
@@ -48,35 +49,38 @@ def create_store(spec, dataset: str, adapter, path: Path, limit: int | None, rep
                                "split_spec": spec.dataset(dataset).split.model_dump()}, replace_split=replace_split)
 
 
-def extract_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,
-                    store: str | None = None, scheduler: str | None = None, workers: int = 0, gpus: int = 0,
-                    device: str | None = None, modalities: list[str] | None = None, experts: list[str] | None = None,
-                    options: dict | None = None, limit: int | None = None, rag: bool = True,
-                    progress: bool = True, retry_failed: bool = False, replace_split: bool = False,
-                    encoding_from: str | None = None) -> Summary:
-    spec = load_spec(config)
-    root = paths.data_root(spec, data_root)
-    adapter = get_adapter(spec.dataset(dataset), root, options)
-    check_selection(spec, dataset, profile, modalities, experts)
-    path = paths.store_path(spec, dataset, options, limit, store)
-    st = create_store(spec, dataset, adapter, path, limit, replace_split)
+def extract(req: ExtractRequest) -> Summary:
+    """Run one request: the store (samples, labels, split), the planned experts, then the other stages' experts."""
+    spec = load_spec(req.config)
+    root = paths.data_root(spec, req.data_root)
+    adapter = get_adapter(spec.dataset(req.dataset), root, req.options)
+    check_selection(spec, req.dataset, req.profile, req.modalities, req.experts)
+    path = paths.store_path(spec, req.dataset, req.options, req.limit, req.store)
+    st = create_store(spec, req.dataset, adapter, path, req.limit, req.replace_split)
     log.info("store %s: %d samples", path, st.n)
     train_rows = [int(i) for i in (st.split() == SPLIT_CODES["train"]).nonzero()[0]]   # fitted experts: train only
-    plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts, train_rows, encoding_from)
-    threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
-    ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads, profile)
-    executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()
+    plans = plan_jobs(spec, req.dataset, req.profile, adapter, req.modalities, req.experts, train_rows,
+                      req.encoding_from)
+    # workers and stages get the request with the paths this run resolved (a worker's cwd and env may differ)
+    req = req.resolved(config=spec.source_file, data_root=str(root), store=str(path))
+    threads = max(1, (os.cpu_count() or 2) // req.workers) if req.workers else None
+    distributed = req.scheduler or req.workers or req.gpus
+    executor = DaskExecutor(req.scheduler, req.workers, req.gpus) if distributed else LocalExecutor()
     try:
-        summary = run(ctx, plans, executor, progress=progress, retry_failed=retry_failed)
+        summary = run(Context(req, threads), plans, executor, progress=req.progress, retry_failed=req.retry_failed)
     finally:
         executor.close()
-    if rag and (not experts or "rag" in experts):
-        roles = {e.role for m in spec.dataset(dataset).modalities if not modalities or m in modalities
-                 for e in spec.experts_for(dataset, m, profile).values()} & {"rag"}
-        run_expert_stages(roles, dataset=dataset, profile=profile, config=config, data_root=str(root),
-                          store=str(path), modalities=modalities, options=options, progress=progress, summary=summary)
+    if req.rag and (not req.experts or "rag" in req.experts):
+        roles = {e.role for m in spec.dataset(req.dataset).modalities if not req.modalities or m in req.modalities
+                 for e in spec.experts_for(req.dataset, m, req.profile).values()} & {"rag"}
+        run_expert_stages(roles, req, summary)
     print_summary(summary)
     return summary
+
+
+def extract_dataset(dataset: str, **fields) -> Summary:
+    """``extract(ExtractRequest(dataset, **fields))``: the call form scripts and `train demo` use."""
+    return extract(ExtractRequest(dataset, **fields))
 
 
 def print_summary(summary: Summary) -> None:

@@ -13,25 +13,66 @@ Images are checked when decoded (readers/image.py: pixel budget, minimum size, b
 """
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from itertools import islice
+from typing import Callable, Sequence
 
 import numpy as np
 
+from stores.errors import reason
 from stores.preprocess import TextPreprocess
 
 from .datasets.base import DatasetAdapter, Failed, Missing
 
 MAX_NOTE_WORDS = TextPreprocess.model_fields["max_note_words"].default     # stores/preprocess.py
 BINARY_FRACTION = 0.10
+log = logging.getLogger("medmix")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ODD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ud800-\udfff]")   # + replacement chars
 
 
-def describe(exc: BaseException) -> str:
-    """'Type: message', never empty (some exceptions carry no message)."""
-    msg = str(exc).strip()
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+def is_oom(exc: BaseException) -> bool:
+    """CUDA out of memory (torch is looked up, not imported: without torch loaded there is no CUDA to run out of)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def halve_batch(*encoders) -> bool:
+    """Out of memory: halve each encoder's batch size (kept for the rest of the run); False when all are at 1."""
+    if all(e.batch_size <= 1 for e in encoders):
+        return False
+    for e in encoders:
+        e.batch_size = max(1, e.batch_size // 2)
+        log.warning("%s: CUDA out of memory, batch size -> %d", e.card.key, e.batch_size)
+    sys.modules["torch"].cuda.empty_cache()
+    return True
+
+
+def run_isolated(call: Callable[[list], Sequence], items: list,
+                 shrink: Callable[[], bool] | None = None) -> tuple[list, list[str | None]]:
+    """``call(items)`` -> one result per item, with failure isolation: when the batch raises, each item runs alone,
+    so one bad item fails alone with its reason (results None there). CUDA out-of-memory is not bad input: it calls
+    ``shrink()`` (a smaller batch) and retries, and raises once shrink says it cannot."""
+    while True:
+        try:
+            out = list(call(items))
+            return out, [None] * len(items)
+        except Exception as exc:  # noqa: BLE001  (any bad input must not stop the run)
+            if is_oom(exc):
+                if shrink is not None and shrink():
+                    continue
+                raise
+            if len(items) == 1:
+                return [None], [reason(exc)]
+            break
+    results, reasons = [], []
+    for item in items:
+        r, why = run_isolated(call, [item], shrink)
+        results.append(r[0])
+        reasons.append(why[0])
+    return results, reasons
 
 
 def where(adapter: DatasetAdapter, modality: str, row: int) -> str:
@@ -57,7 +98,7 @@ def load_rows(adapter: DatasetAdapter, modality: str, rows: list[int]) -> list:
                 raise RuntimeError(f"adapter returned {len(one)} inputs for 1 row")
             out.append(one[0])
         except Exception as exc:  # noqa: BLE001  (one bad record fails one row)
-            out.append(Failed(f"{where(adapter, modality, r)}: {describe(exc)}"[:500]))
+            out.append(Failed(reason(exc, where(adapter, modality, r))))
     return out
 
 

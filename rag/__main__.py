@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from plugins.request import ExtractRequest
 from stores.spec import load_spec
 from stores.table import format_table
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(_main, list(sys.argv[1:] if argv is None else argv))
 
 
-def _main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rag", description=__doc__)
     _common_options(ap, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
@@ -54,24 +55,24 @@ def _main(argv: list[str]) -> int:
     s.add_argument("-k", type=int, default=None)
     s.add_argument("--passages", action="store_true", help="the top-K passages as the RAG expert pools them")
     ev = command("eval", help="retrieval benchmarks (MedlinePlus synonyms; OpenI reports and impressions -> "
-                                     "MeSH topics): recall@1/@5, MRR per encoder and retrieval variant, one table")
+                              "MeSH topics): recall@1/@5, MRR per encoder and retrieval variant, one table")
     ev.add_argument("--benchmark", action="append", choices=list(BENCHMARKS), help="one or more (default: all)")
     ev.add_argument("--encoders", help="comma-separated encoder keys to compare (default: the profile's)")
     ev.add_argument("--variant", action="append",
                     help=f"dense | bm25 | hybrid:W, optional +sent (default: {', '.join(DEFAULT_VARIANTS)})")
     ev.add_argument("--out", help="also write the table as JSON here")
     a = command("adapt", help="fine-tune an offline encoder on the corpus's own structure (held-out topics) "
-                                     "and save it into the model cache as a registry-loadable encoder")
+                              "and save it into the model cache as a registry-loadable encoder")
     add_adapt_arguments(a)
     e = command("embed", help="write the RAG expert of a dataset's modalities into its store")
-    e.add_argument("--dataset", required=True)
-    e.add_argument("--store")
-    e.add_argument("--modality", action="append")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the extract stage's own flags (and every dataset option, e.g. --set): the same request, the same store
+    ExtractRequest.add_arguments(e, only=("dataset", "store", "modalities"))
+    return ap
 
+
+def _service(args, spec):
+    """The retrieval service the command line configures (the profile's RAG settings, with the overrides)."""
     from .service import RagService, search_config
-    spec = load_spec(args.config)
     cfg = spec.profile(args.profile).rag
     updates = {}
     if args.encoder:
@@ -84,45 +85,65 @@ def _main(argv: list[str]) -> int:
         updates["sentence_fusion"] = args.sentence_fusion
     if args.cmd == "search" and not args.passages:     # typed queries: the profile's `rag.search` defaults
         cfg = search_config(cfg)
-    svc = RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else cfg,
-                     index_dir=args.index_dir)
-    if args.cmd == "build-index":
-        idx = svc.index(rebuild=args.rebuild)
-        print(f"index: {idx.folder} ({idx.meta['n_passages']} passages, {idx.meta['index']}, "
-              f"encoder {svc.cfg.article_encoder}, config {idx.meta['config_hash'][:12]})")
-    elif args.cmd == "search":
-        if args.passages:
-            ids, scores = svc.retrieve([args.text], k=args.k)
-            hits = list(zip(ids[0].tolist(), scores[0].tolist()))
-        else:
-            hits = svc.retrieve_topics(args.text, k=args.k)
-        passages = svc.index().passages
-        rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": passages[p].title, "url": passages[p].url,
-                 **({"passage": p} if args.passages else {})} for r, (p, sc) in enumerate(hits)]
-        w = f" (BM25 weight {svc.cfg.bm25_weight:g})" if svc.cfg.strategy == "hybrid" else ""
-        print(f"strategy {svc.cfg.strategy}{w}, encoder {svc.cfg.query_encoder}"
-              f"{', sentence fusion' if svc.cfg.sentence_fusion else ''}")
-        print(format_table(rows))
-    elif args.cmd == "eval":
-        from .evaluate import evaluate
-        rows, keys = [], args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]
-        services = [svc] if not args.encoders else [RagService(spec, args.profile, args.data_root, svc.cfg.model_copy(
-            update={"query_encoder": key, "article_encoder": key})) for key in keys]
-        # every encoder is scored on the same held-out subset: an adapted encoder's, else the default split
-        heldout = next((h for one, key in zip(services, keys) if (h := one.heldout_topics(key))), None)
-        for one in services:
-            rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS),
-                             heldout=heldout)
-        if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1))
-        print(format_table(rows))
-    elif args.cmd == "adapt":
-        print(format_table([run_adapt(args, spec, svc)]))
-    elif args.cmd == "embed":
-        from .embed import embed_dataset
-        counts = embed_dataset(args.dataset, args.profile, args.config, args.data_root, args.store, args.modality,
-                               service=svc)
-        print(format_table([{"expert": k, "ok": v[0], "missing": v[1], "failed": v[2]} for k, v in counts.items()]))
+    return RagService(spec, args.profile, args.data_root, cfg.model_copy(update=updates) if updates else cfg,
+                      index_dir=args.index_dir)
+
+
+def _build_index(args, spec, svc) -> None:
+    idx = svc.index(rebuild=args.rebuild)
+    print(f"index: {idx.folder} ({idx.meta['n_passages']} passages, {idx.meta['index']}, "
+          f"encoder {svc.cfg.article_encoder}, config {idx.meta['config_hash'][:12]})")
+
+
+def _search(args, spec, svc) -> None:
+    if args.passages:
+        ids, scores = svc.retrieve([args.text], k=args.k)
+        hits = list(zip(ids[0].tolist(), scores[0].tolist()))
+    else:
+        hits = svc.retrieve_topics(args.text, k=args.k)
+    passages = svc.index().passages
+    rows = [{"rank": r + 1, "score": f"{sc:.4f}", "title": passages[p].title, "url": passages[p].url,
+             **({"passage": p} if args.passages else {})} for r, (p, sc) in enumerate(hits)]
+    w = f" (BM25 weight {svc.cfg.bm25_weight:g})" if svc.cfg.strategy == "hybrid" else ""
+    print(f"strategy {svc.cfg.strategy}{w}, encoder {svc.cfg.query_encoder}"
+          f"{', sentence fusion' if svc.cfg.sentence_fusion else ''}")
+    print(format_table(rows))
+
+
+def _eval(args, spec, svc) -> None:
+    from .evaluate import evaluate
+    from .service import RagService
+    rows, keys = [], args.encoders.split(",") if args.encoders else [svc.cfg.query_encoder]
+    services = [svc] if not args.encoders else [RagService(spec, args.profile, args.data_root, svc.cfg.model_copy(
+        update={"query_encoder": key, "article_encoder": key})) for key in keys]
+    # every encoder is scored on the same held-out subset: an adapted encoder's, else the default split
+    heldout = next((h for one, key in zip(services, keys) if (h := one.heldout_topics(key))), None)
+    for one in services:
+        rows += evaluate(one, tuple(args.variant or DEFAULT_VARIANTS), benchmarks=tuple(args.benchmark or BENCHMARKS),
+                         heldout=heldout)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(format_table(rows))
+
+
+def _adapt(args, spec, svc) -> None:
+    print(format_table([run_adapt(args, spec, svc)]))
+
+
+def _embed(args, spec, svc) -> None:
+    from .embed import embed_dataset
+    counts = embed_dataset(ExtractRequest.from_args(args), service=svc)
+    print(format_table([{"expert": k, "ok": v[0], "missing": v[1], "failed": v[2]} for k, v in counts.items()]))
+
+
+COMMANDS = {"build-index": _build_index, "search": _search, "eval": _eval, "adapt": _adapt, "embed": _embed}
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = load_spec(args.config)
+    COMMANDS[args.cmd](args, spec, _service(args, spec))
     return 0
 
 

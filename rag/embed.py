@@ -9,14 +9,17 @@ reason (none ships offline). The retrieved passage ids and scores of every sampl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from plugins.datasets.base import Failed, Missing, get_adapter
-from plugins.inputs import check_input, load_rows
+from plugins.inputs import check_input, halve_batch, load_rows, run_isolated
+from stores.errors import reason
+from plugins.request import ExtractRequest
 from stores import paths
-from stores.provenance import code_version, package_versions
+from stores.provenance import group_provenance
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
@@ -56,7 +59,7 @@ def generated_texts(inputs: list, generator) -> list:
                 x = inp[view].get() if isinstance(inp[view], LazyView) else inp[view]
                 out.append(generator.generate([x])[0])
             except Exception as exc:  # noqa: BLE001
-                out.append(Failed(f"report generation: {type(exc).__name__}: {exc}"[:500]))
+                out.append(Failed(reason(exc, "report generation")))
     return out
 
 
@@ -80,78 +83,106 @@ def _generator(svc: RagService, kind: str, bridged: bool):
                            params=dict(spec.params), device=str(pick_device(svc.device)), **kw)
 
 
-def embed_dataset(dataset: str, profile: str = "offline", config: str | None = None, data_root: str | None = None,
-                  store: str | None = None, modalities: list[str] | None = None, options: dict | None = None,
-                  progress: bool = True, summary=None, service: RagService | None = None) -> dict:
-    spec = load_spec(config)
-    root = paths.data_root(spec, data_root)
-    ds = spec.dataset(dataset)
-    adapter = get_adapter(ds, root, options)
-    store = str(paths.store_path(spec, dataset, options, None, store))
-    st = Store(store, mode="a")
-    targets = [m for m in ds.modalities if (not modalities or m in modalities)
-               and any(e.role == "rag" for e in spec.experts_for(dataset, m, profile).values())]
+def _targets(spec, request: ExtractRequest) -> list[str]:
+    """The modalities (of those the request names) whose profile has a RAG expert."""
+    ds = spec.dataset(request.dataset)
+    return [m for m in ds.modalities if (not request.modalities or m in request.modalities)
+            and any(e.role == "rag" for e in spec.experts_for(request.dataset, m, request.profile).values())]
+
+
+def embed_dataset(request: ExtractRequest, summary=None, service: RagService | None = None) -> dict:
+    """The RAG expert of each modality the request names, into its store: `rag embed`, and the extract stage's
+    ``medmix.expert_stages`` entry point (which passes its request whole, paths resolved)."""
+    spec = load_spec(request.config)
+    ds = spec.dataset(request.dataset)
+    adapter = get_adapter(ds, paths.data_root(spec, request.data_root), request.options)
+    st = Store(str(paths.store_path(spec, request.dataset, request.options, request.limit, request.store)), mode="a")
+    targets = _targets(spec, request)
     if not targets:
         return {}
-    svc = service or RagService(spec, profile, data_root)
-    bridges = adapter.options.get("rag_bridge", {}) or {}
+    svc = service or RagService(spec, request.profile, request.data_root, device=request.device)
     counts = {}
     for mod in targets:
-        kind = ds.modalities[mod].kind
-        bridge_mod = bridges.get(mod, mod)
-        generator = _generator(svc, kind, mod in bridges)
-        config_obj = {"rag": svc.identity(), "bridge": bridge_mod,
-                      **({"generator": generator.identity()} if generator else {}),
-                      "modality": ds.modalities[mod].identity(),
-                      "dataset": {"adapter": ds.adapter, "version": adapter.version, "options": adapter.options}}
-        h = canonical_hash(config_obj)
-        k = svc.cfg.k
-        prov = {"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "role": "rag", "family": "rag", "profile": profile,
-                "config": config_obj, "index_meta": svc.index().meta, "packages": package_versions(),
-                "code_version": code_version(), "lm": svc.lm.provenance(), "strategy": svc.cfg.strategy}
-        extras = {"retrieved_ids": ((k,), "int32", -1), "retrieved_scores": ((k,), "float32", float("nan"))}
-        if generator:
-            extras["report"] = ((), str, "")
-        group = st.require_expert_group(mod, RAG, h, svc.lm.dim, prov, extras=extras)
+        group, job = _open_group(st, svc, ds, adapter, mod, request.profile)
         pending = group.pending_units()
-        bar = tqdm(total=sum(u.stop - u.start for u in pending), desc=f"{mod}/rag", unit="item", disable=not progress)
-        ok = miss = fail = 0
-        for unit in pending:
-            rows = list(range(unit.start, unit.stop))
-            if generator:
-                texts = generated_texts(_inputs(adapter, ds, mod, rows), generator)
-            else:
-                texts = bridge_texts(_inputs(adapter, ds, bridge_mod, rows), kind, bridges.get(mod))
-            todo = [i for i, t in enumerate(texts) if isinstance(t, str)]
-            n = len(rows)
-            vec = np.zeros((n, group.group["vectors"].shape[1]), np.float32)
-            valid = np.array([FAILED if isinstance(t, Failed) else MISSING for t in texts], np.uint8)
-            reasons = [t.reason if not isinstance(t, str) else "" for t in texts]
-            ids = np.full((n, k), -1, np.int32)
-            scores = np.full((n, k), np.nan, np.float32)
-            if todo:
-                try:
-                    v, i_, s_ = svc.embed([texts[i] for i in todo])
-                    vec[todo], ids[todo], scores[todo] = v, i_, s_
-                    valid[todo] = OK
-                except Exception as exc:  # noqa: BLE001  (isolate the bad sample(s))
-                    for i in todo:
-                        try:
-                            v, i_, s_ = svc.embed([texts[i]])
-                            vec[i], ids[i], scores[i], valid[i] = v[0], i_[0], s_[0], OK
-                        except Exception as one:  # noqa: BLE001
-                            valid[i], reasons[i] = FAILED, f"{type(one).__name__}: {one}"[:500]
-                    log.warning("%s/rag unit %d: batch failed (%s); isolated per sample", mod, unit.index, exc)
-            written = {"retrieved_ids": ids, "retrieved_scores": scores}
-            if generator:
-                written["report"] = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object).astype(str)
-            group.write_unit(unit, vec, valid, reasons, extras=written)
-            ok, miss, fail = ok + int((valid == OK).sum()), miss + int((valid == MISSING).sum()), fail + int((valid == FAILED).sum())
-            bar.update(n)
-        bar.close()
-        counts[f"{mod}/{RAG}"] = (ok, miss, fail, {})
+        counts[f"{mod}/{RAG}"] = _embed_units(group, pending, svc, job, request.progress)
         if summary is not None:
             summary.skipped_units[f"{mod}/{RAG}"] = group.n_units - len(pending)
     if summary is not None:
         summary.add(counts)
     return counts
+
+
+@dataclass
+class _Job:
+    """How one modality's texts are made: its own text, a bridged modality's, or a generator's reports."""
+    adapter: object
+    ds: object
+    modality: str
+    source: str               # the modality whose inputs are read (the bridge's, else the modality itself)
+    bridged: bool
+    generator: object
+
+
+def _open_group(st: Store, svc: RagService, ds, adapter, mod: str, profile: str):
+    """The modality's RAG group (created, or reopened when this config already wrote one) and how its texts are made."""
+    kind = ds.modalities[mod].kind
+    bridges = adapter.options.get("rag_bridge", {}) or {}
+    source = bridges.get(mod, mod)
+    generator = _generator(svc, kind, mod in bridges)
+    config = {"rag": svc.identity(), "bridge": source, **({"generator": generator.identity()} if generator else {}),
+              "modality": ds.modalities[mod].identity(), "dataset": adapter.config_identity()}
+    prov = group_provenance({"model": f"rag:{svc.cfg.query_encoder}>{svc.cfg.lm}", "family": "rag",
+                             "index_meta": svc.index().meta, "lm": svc.lm.provenance(), "strategy": svc.cfg.strategy},
+                            role=RAG, config=config, profile=profile)
+    k = svc.cfg.k
+    extras = {"retrieved_ids": ((k,), "int32", -1), "retrieved_scores": ((k,), "float32", float("nan"))}
+    if generator:
+        extras["report"] = ((), str, "")
+    group = st.require_expert_group(mod, RAG, canonical_hash(config), svc.lm.dim, prov, extras=extras)
+    return group, _Job(adapter, ds, mod, source, mod in bridges, generator)
+
+
+def _texts(job: _Job, rows: list[int]) -> list:
+    if job.generator:
+        return generated_texts(_inputs(job.adapter, job.ds, job.modality, rows), job.generator)
+    bridge = job.source if job.bridged else None
+    return bridge_texts(_inputs(job.adapter, job.ds, job.source, rows), job.ds.modalities[job.modality].kind, bridge)
+
+
+def _embed_units(group, pending: list, svc: RagService, job: _Job, progress: bool) -> tuple:
+    """Each pending unit: texts -> RAG vectors (one bad text fails alone; out of memory halves the batch) ->
+    written, marker last. Returns (ok, missing, failed, {})."""
+    bar = tqdm(total=sum(u.stop - u.start for u in pending), desc=f"{job.modality}/rag", unit="item",
+               disable=not progress)
+    totals = np.zeros(3, int)
+    for unit in pending:
+        texts = _texts(job, list(range(unit.start, unit.stop)))
+        vec, valid, reasons, extras = _embed_texts(texts, svc, group.group["vectors"].shape[1])
+        if job.generator:
+            extras["report"] = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object).astype(str)
+        group.write_unit(unit, vec, valid, reasons, extras=extras)
+        totals += [(valid == OK).sum(), (valid == MISSING).sum(), (valid == FAILED).sum()]
+        bar.update(len(texts))
+    bar.close()
+    return (*(int(t) for t in totals), {})
+
+
+def _embed_texts(texts: list, svc: RagService, dim: int):
+    """Vectors, validity, reasons and the retrieved passages of one unit's texts (Missing/Failed pass through)."""
+    n, k = len(texts), svc.cfg.k
+    vec = np.zeros((n, dim), np.float32)
+    valid = np.array([FAILED if isinstance(t, Failed) else MISSING for t in texts], np.uint8)
+    reasons = [t.reason if not isinstance(t, str) else "" for t in texts]
+    ids, scores = np.full((n, k), -1, np.int32), np.full((n, k), np.nan, np.float32)
+    todo = [i for i, t in enumerate(texts) if isinstance(t, str)]
+    if todo:
+        out, why = run_isolated(lambda xs: list(zip(*svc.embed(xs))), [texts[i] for i in todo],
+                                shrink=lambda: halve_batch(svc.query_encoder, svc.lm))
+        for i, one, bad in zip(todo, out, why):
+            if bad is None:
+                vec[i], ids[i], scores[i] = one
+                valid[i] = OK
+            else:
+                valid[i], reasons[i] = FAILED, bad
+    return vec, valid, reasons, {"retrieved_ids": ids, "retrieved_scores": scores}

@@ -40,3 +40,10 @@ def code_version() -> str:
         return f"medmix {version('medmix')}"
     except PackageNotFoundError:
         return "unknown"
+
+
+def group_provenance(record: dict, role: str, config: dict, profile: str | None) -> dict:
+    """The provenance an expert group records, whichever stage writes it: what the model says of itself
+    (``record``), the expert's role, the config its hash names, the profile, the package and code versions."""
+    return {**record, "role": role, "config": config, "profile": profile, "packages": package_versions(),
+            "code_version": code_version()}

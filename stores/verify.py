@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import reason
 from .store import FAILED, MISSING, OK, SPLIT_CODES, UNWRITTEN, ExpertGroup, Store, array_digest, parse_checksum
 
 
@@ -22,7 +23,7 @@ class Report:
 
 
 def _err(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+    return reason(exc, limit=300)
 
 
 def verify(store: Store) -> list[str]:

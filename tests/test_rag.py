@@ -220,6 +220,7 @@ def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, t
                                                                    tiny_llava_dir, data_root, tmp_path):
     from rag.embed import embed_dataset
     from extract.pipeline import extract_dataset
+    from plugins.request import ExtractRequest
     from stores.store import MISSING, OK, Store
 
     def edit(raw):
@@ -230,8 +231,8 @@ def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, t
     store = tmp_path / "openi.zarr"
     extract_dataset("openi", config=str(spec), data_root=str(data_root), store=str(store), modalities=["frontal"],
                     progress=False, rag=False)
-    counts = embed_dataset("openi", config=str(spec), data_root=str(data_root), store=str(store),
-                           modalities=["frontal"], progress=False)
+    counts = embed_dataset(ExtractRequest("openi", config=str(spec), data_root=str(data_root), store=str(store),
+                                          modalities=["frontal"], progress=False))
     assert counts["frontal/rag"][0] == 1                        # the one real CXR on disk; the rest are absent
     g = Store(store).expert_group("frontal", "rag")
     valid, reports = g.group["valid"][:], g.group["report"][:]

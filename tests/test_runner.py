@@ -14,6 +14,7 @@ from extract.pipeline import extract_dataset
 from plugins.registry import EncoderOptions, build_encoder
 from extract.run.context import Context, clear_caches, encode_isolated
 from extract.run.plan import plan_jobs
+from plugins.request import ExtractRequest
 from extract.run.units import run_unit
 from stores.spec import load_spec
 from stores.store import FAILED, OK, Store
@@ -89,7 +90,7 @@ def test_duplicated_unit_rewrites_identical_bytes(ehr_spec, data_root, tmp_path)
     unit = g.units()[1]
     g.group["done"][1] = 0                                        # as if a retried task ran the unit again
     clear_caches()
-    ctx = Context(str(ehr_spec), "physionet2012", str(data_root), {}, str(path))
+    ctx = Context(ExtractRequest("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(path)))
     run_unit(ctx, "ehr", unit, plans["ehr"])
     run_unit(ctx, "ehr", unit, plans["ehr"])                      # and a duplicate of it
     _same(before, _contents(path))

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from plugins.dataset_options import add_dataset_options, dataset_options
 from stores.cli import CliError
 from stores.table import format_table
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _options(args) -> dict | None:
-    """Dataset options that name a store (as `python -m extract --set` wrote it)."""
-    return {"set": args.set_name} if getattr(args, "set_name", None) else None
+    """Dataset options that name a store (as `python -m extract --set` wrote it): plugins/dataset_options.py."""
+    return dataset_options(args, args.dataset)
 
 
 def _train(argv: list[str]) -> int:
@@ -69,7 +70,7 @@ def _train(argv: list[str]) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store", help="default: the store `python -m extract` wrote (<store root>/<dataset>[-options].zarr)")
-    ap.add_argument("--set", dest="set_name", help="physionet2012: the challenge set the store holds (as extract --set)")
+    add_dataset_options(ap)                       # --set etc., as extract wrote the store
     ap.add_argument("--methods", default=",".join(METHODS + ["large"]), help="comma list; 'large' = each teacher alone")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     ap.add_argument("--protocol", default="none", help=f"comma list, or 'all' ({', '.join(DEFAULT_GRID)})")
@@ -215,7 +216,7 @@ def _evaluate(argv):
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store")
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
-    ap.add_argument("--set", dest="set_name", help="physionet2012: the challenge set of the store (as extract --set)")
+    add_dataset_options(ap)
     args = ap.parse_args(argv)
     from stores.store import SPLIT_CODES
     from .evaluation import evaluate_split

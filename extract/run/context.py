@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stores.spec import canonical_hash
 from stores.store import Store
 
 from plugins.datasets.base import DatasetAdapter, Failed, Missing, get_adapter
-from plugins.inputs import describe
+from plugins.inputs import halve_batch, run_isolated
+from stores.errors import reason
 from plugins.readers.lazy import LazyView
 from plugins.registry import Encoder, build_encoder
+from plugins.request import ExtractRequest
 from .plan import Job
 
 log = logging.getLogger("medmix.extract")
@@ -23,15 +24,10 @@ log = logging.getLogger("medmix.extract")
 
 @dataclass
 class Context:
-    """How a worker rebuilds the dataset adapter and opens the store (picklable)."""
-    spec_file: str
-    dataset: str
-    data_root: str
-    options: dict
-    store_url: str
-    device: str | None = None
+    """How a worker rebuilds the dataset adapter and opens the store (picklable): the run's request, whole, with
+    its paths resolved, and the torch threads a worker may use."""
+    request: ExtractRequest
     threads: int | None = None
-    profile: str | None = None       # recorded in each group's provenance (train --profile selects by it)
 
 
 # ---- per-process caches (each worker loads a model once) -------------------------------------------------------
@@ -49,10 +45,11 @@ def _encoder(job: Job, device: str | None) -> Encoder:
 
 def _adapter(ctx: Context) -> DatasetAdapter:
     from stores.spec import load_spec
-    key = canonical_hash([ctx.spec_file, ctx.dataset, ctx.data_root, ctx.options])
+    req = ctx.request
+    key = canonical_hash([req.config, req.dataset, req.data_root, req.options or {}])
     if key not in _ADAPTERS:
-        spec = load_spec(ctx.spec_file)
-        _ADAPTERS[key] = get_adapter(spec.dataset(ctx.dataset), Path(ctx.data_root), ctx.options)
+        spec = load_spec(req.config)
+        _ADAPTERS[key] = get_adapter(spec.dataset(req.dataset), Path(req.data_root), req.options)
     return _ADAPTERS[key]
 
 
@@ -69,32 +66,14 @@ def clear_caches() -> None:
 
 # ---- encoding with failure isolation --------------------------------------------------------------------------
 def encode_isolated(enc: Encoder, items: list) -> tuple[np.ndarray | None, list[str | None]]:
-    """Encode a batch; on error, find the bad items one by one so one bad sample never sinks its unit.
-
-    CUDA out-of-memory halves the encoder's batch size and retries.
-    """
-    while True:
-        try:
-            return enc.encode(items), [None] * len(items)
-        except torch.cuda.OutOfMemoryError:
-            if enc.batch_size <= 1:
-                raise
-            enc.batch_size = max(1, enc.batch_size // 2)
-            torch.cuda.empty_cache()
-            log.warning("%s: CUDA out of memory, batch size -> %d", enc.card.key, enc.batch_size)
-        except Exception as batch_error:  # noqa: BLE001  (any bad input must not stop the run)
-            if len(items) == 1:
-                return None, [describe(batch_error)[:500]]
-            vecs, reasons = [], []
-            for it in items:
-                v, r = encode_isolated(enc, [it])
-                vecs.append(None if v is None else v[0])
-                reasons.append(r[0])
-            ok = [v for v in vecs if v is not None]
-            if not ok:
-                return None, reasons
-            dim = ok[0].shape[0]
-            return np.stack([v if v is not None else np.zeros(dim, np.float32) for v in vecs]), reasons
+    """Encode a batch; one bad item fails alone with its reason, never its unit (plugins/inputs.py); CUDA
+    out-of-memory halves the encoder's batch size and retries."""
+    vecs, reasons = run_isolated(lambda xs: list(enc.encode(xs)), items, shrink=lambda: halve_batch(enc))
+    ok = [v for v in vecs if v is not None]
+    if not ok:
+        return None, reasons
+    dim = ok[0].shape[0]
+    return np.stack([v if v is not None else np.zeros(dim, np.float32) for v in vecs]), reasons
 
 
 def _view(inp, view: str):
@@ -124,7 +103,7 @@ def _decode(value):
     try:
         return value.get()
     except Exception as exc:  # noqa: BLE001  (an unreadable volume fails its row, the unit goes on)
-        return Failed(describe(exc)[:500])
+        return Failed(reason(exc))
 
 
 def lazy_group(kind: str) -> int:
@@ -134,6 +113,6 @@ def lazy_group(kind: str) -> int:
 
 def probe(ctx: Context, job: Job) -> tuple[int, dict]:
     """Load the encoder (where it will run) and report its output dim and provenance."""
-    enc = _encoder(job, ctx.device)
+    enc = _encoder(job, ctx.request.device)
     return enc.dim, enc.provenance()
 

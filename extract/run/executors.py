@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from stores.provenance import code_version, package_versions
+from stores.provenance import group_provenance
 from stores.store import Store
 
 from plugins.datasets.base import DatasetAdapter
-from plugins.inputs import describe
+from stores.errors import describe
 from .context import Context, _adapter, probe
 from .plan import Job
 from .units import run_unit, run_unit_task
@@ -150,7 +150,7 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
     ``retry_units``). Returns the per-expert summary; a unit that errors as a whole stays pending and is listed in
     ``summary.unit_errors`` while the run goes on."""
     executor = executor or LocalExecutor()
-    store = Store(ctx.store_url, mode="a")
+    store = Store(ctx.request.store, mode="a")
     summary = Summary()
     work = []
     bars = {}
@@ -160,8 +160,7 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
             group = _cached_group(store, mod, job)
             if group is None or group.pending_units():
                 dim, prov = executor.probe(ctx, job)
-                prov = {**prov, "role": job.role, "view": job.view, "config": job.config, "profile": ctx.profile,
-                        "packages": package_versions(), "code_version": code_version()}
+                prov = group_provenance({**prov, "view": job.view}, job.role, job.config, ctx.request.profile)
                 group = store.require_expert_group(mod, job.name, job.config_hash, dim, prov)
             else:
                 store.root[f"embeddings/{mod}/{job.name}"].attrs["latest"] = job.config_hash[:12]

@@ -60,8 +60,7 @@ def plan_jobs(spec: PipelineSpec, dataset: str, profile: str, adapter: DatasetAd
                 options = fitted_options(enc, options, adapter, mod, view, name, train_rows, encoding_from)
                 enc = build_encoder(model, options, device="cpu")
             config = {"expert": enc.identity(), "view": view, "modality": mspec.identity(),
-                      "dataset": {"adapter": ds.adapter, "version": adapter.version,
-                                  "options": {**ds.options, **adapter.options}}}
+                      "dataset": adapter.config_identity()}
             jobs.append(Job(mod, name, role, model, options, view, config, canonical_hash(config)))
         if jobs:
             plans[mod] = jobs

@@ -7,7 +7,7 @@ from stores.store import Store, Unit
 from stores.tiles import require_slide_tiles, tiles_path
 
 from plugins.datasets.base import Failed
-from plugins.inputs import describe
+from stores.errors import reason
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
 from .context import Context, _encoder, _peek, _view, encode_isolated
@@ -34,11 +34,11 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
         for j in work:
             s = views[j.name]
             try:
-                enc = _encoder(j, ctx.device)
+                enc = _encoder(j, ctx.request.device)
                 state[j.name] = (s, enc, require_slide_tiles(store.root, modality, j.name, j.config_hash, row, ids[row],
                                                              s.coords, enc.dim, s.batch, s.info))
             except Exception as exc:  # noqa: BLE001
-                out[(j.name, k)] = Failed(describe(exc)[:500])
+                out[(j.name, k)] = Failed(reason(exc))
         try:
             for b in range(max((s.n_batches for s, _, _ in state.values()), default=0)):
                 need = [(n, s, enc, t) for n, (s, enc, t) in state.items()
@@ -56,7 +56,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
                 out.setdefault((n, k), t.mean())
         except Exception as exc:  # noqa: BLE001  (an unreadable region: the slide fails, the run goes on)
             for n in state:
-                out.setdefault((n, k), Failed(describe(exc)[:500]))
+                out.setdefault((n, k), Failed(reason(exc)))
         finally:
             for s, _, _ in state.values():
                 s.close()

@@ -9,7 +9,8 @@ import torch
 from stores.store import FAILED, MISSING, OK, Unit
 
 from plugins.datasets.base import DatasetAdapter, Failed, Missing
-from plugins.inputs import check_input, describe, load_rows, where
+from plugins.inputs import check_input, load_rows, where
+from stores.errors import describe
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
 from plugins.registry import Encoder
@@ -70,7 +71,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
     """
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
-    store = _store(ctx.store_url)
+    store = _store(ctx.request.store)
     rows = list(range(unit.start, unit.stop))
     adapter = _adapter(ctx)
     mspec = adapter.spec.modalities.get(modality)
@@ -105,7 +106,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
             else:
                 eager.append(i)
         if eager:
-            _encode_into(st, _encoder(job, ctx.device), eager, [st.values[i] for i in eager])
+            _encode_into(st, _encoder(job, ctx.request.device), eager, [st.values[i] for i in eager])
         states.append(st)
     lazy_rows = sorted({i for st in states for i in st.lazy})
     kinds = {st.values[i].kind for st in states for i in st.lazy}
@@ -124,7 +125,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
                     todo.append(i)
                     items.append(decoded[key])
             if todo:
-                _encode_into(st, _encoder(st.job, ctx.device), todo, items)
+                _encode_into(st, _encoder(st.job, ctx.request.device), todo, items)
         del decoded
     counts = {}
     for st in states:

@@ -83,6 +83,10 @@ class DatasetAdapter:
         """What the adapter read (file names and sizes), for provenance."""
         return {"adapter": self.name, "root": str(self.root), "options": self.options}
 
+    def config_identity(self) -> dict:
+        """The dataset's part of every expert's config hash (extract and RAG alike): what changes its inputs."""
+        return {"adapter": self.spec.adapter, "version": self.version, "options": self.options}
+
     def where(self, modality: str, row: int) -> str:
         """The record and file a row comes from, for failure reasons (adapters name their file and member)."""
         return f"{self.name}: sample {self.ids()[row]}"

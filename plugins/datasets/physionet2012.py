@@ -19,8 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
-from pydantic import Field
-
+from ..dataset_options import cli_option
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
@@ -38,7 +37,8 @@ def _fmt(v: float) -> str:
 
 
 class PhysioNetOptions(AdapterOptions):
-    set: str = Field("a", pattern=r"^[a-z0-9]+$")      # the challenge set: set-<set>.tar.gz + Outcomes-<set>.txt
+    set: str = cli_option("a", "the challenge set (a, b, c): set-<set>.tar.gz + Outcomes-<set>.txt",
+                          pattern=r"^[a-z0-9]+$")
 
 
 @adapter("physionet2012")
