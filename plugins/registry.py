@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stores.registry import Registry
+from stores.spec import key_paths
 
 from .sources import Resolved, resolve_source
 
@@ -112,9 +113,7 @@ def _validate_params(cls: type["Encoder"], params: dict, where: str) -> None:
     try:
         cls.Params.model_validate(params or {})
     except ValidationError as exc:
-        lines = [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
-                 + ("unknown key for " + key if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
-        raise ValueError("; ".join(lines)) from None
+        raise ValueError("; ".join(key_paths(exc, where, "unknown key for " + key))) from None
 
 
 class Encoder:

@@ -57,6 +57,7 @@ class WsiPreprocess(_Closed):
     store_tiles: StrictBool = True
 
 
+# the modality kinds (stores/spec.py's ``Kind`` is this list) and each kind's settings; tabular: a structured record
 PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": TextPreprocess, "ehr": EhrPreprocess,
                                         "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess,
                                         "tabular": NoPreprocess}

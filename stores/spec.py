@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from .paths import PathError, find_config
 from .preprocess import PREPROCESS
 
-Kind = Literal["cxr", "note", "ehr", "ct", "wsi", "mri", "tabular"]   # tabular: a structured record (fields)
+Kind = Literal[tuple(PREPROCESS)]       # the modality kinds: one list, the kinds stores/preprocess.py types
 Role = Literal["general", "biomedical", "rag", "imported", "classical"]
 
 
@@ -229,13 +229,18 @@ class PipelineSpec(Strict):
         return kind.teacher if kind else None
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
+def key_paths(err: ValidationError, prefix: str = "", unknown: str = "unknown key (not allowed here)") -> list[str]:
+    """Each validation error as 'key.path: message' (``prefix`` first; an unknown key said as ``unknown``): how
+    the spec, adapter options and encoder params all name a bad key."""
+    out = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{source}: {path}: {msg}")
-    return "invalid pipeline spec:\n  " + "\n  ".join(lines)
+        path = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]]) or "(top level)"
+        out.append(f"{path}: {unknown if e['type'] == 'extra_forbidden' else e['msg']}")
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    return "invalid pipeline spec:\n  " + "\n  ".join(f"{source}: {line}" for line in key_paths(err))
 
 
 def load_spec(path: str | os.PathLike | None = None) -> PipelineSpec:

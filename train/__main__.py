@@ -94,11 +94,10 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--no-probes", action="store_true", help="skip the linear-probe diagnostics")
     _recipe_args(ap)
     args = ap.parse_args(argv)
-    import torch
     from .experiment import run_experiment
     from .report import headline_rows, write_report
     from .tuning import parse_grid
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
     results = run_experiment(_default_store(args.dataset, args.store, _options(args)), args.methods.split(","),
@@ -122,8 +121,8 @@ def _load_checkpoint(path: str):
 
 
 def _device(name: str | None) -> str:
-    import torch
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    from plugins.registry import pick_device            # the one device default (cuda when present, else cpu)
+    return str(pick_device(name))
 
 
 class UsageError(CliError):

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from stores.cli import INSTALL_HINTS
+from stores.errors import describe
 from stores.provenance import group_provenance
 from stores.store import Store
 
 from plugins.datasets.base import DatasetAdapter
-from stores.errors import describe
 from .context import Context, _adapter, probe
 from .plan import Job
 from .units import run_unit, run_unit_task
@@ -74,7 +75,7 @@ class DaskExecutor:
             try:
                 from dask_cuda import LocalCUDACluster
             except ImportError as exc:
-                raise RuntimeError("--gpus needs dask-cuda (pip install 'medmix[gpu]')") from exc
+                raise RuntimeError(f"--gpus needs dask-cuda ({INSTALL_HINTS['dask_cuda']})") from exc
             self.cluster = LocalCUDACluster(n_workers=gpus, threads_per_worker=1)
             self.client = Client(self.cluster)
         else:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sklearn.model_selection import train_test_split
 
 from stores.registry import Registry
-from stores.spec import DatasetSpec, SpecError
+from stores.spec import DatasetSpec, SpecError, key_paths
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,8 @@ class DatasetAdapter:
             return cls.Options.model_validate(options)
         except ValidationError as exc:
             valid = ", ".join(sorted(cls.Options.model_fields))
-            lines = [f"options.{'.'.join(str(p) for p in e['loc'])}: "
-                     + (f"unknown option for dataset adapter '{cls.name}' (valid: {valid})"
-                        if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
-            raise SpecError("; ".join(lines)) from None
+            unknown = f"unknown option for dataset adapter '{cls.name}' (valid: {valid})"
+            raise SpecError("; ".join(key_paths(exc, "options", unknown))) from None
 
     def path_option(self, key: str) -> Path | None:
         """A path from the dataset options, resolved against the dataset folder and checked to exist."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stores.cli import INSTALL_HINTS
+
 from ..registry import Encoder, NoParams, register
 
 
@@ -22,7 +24,7 @@ def _import_uni2ts():
         from uni2ts.common.torch_util import packed_attention_mask
         from uni2ts.model.moirai import MoiraiModule
     except ImportError as e:
-        raise ImportError("MOIRAI needs uni2ts (the optional extra: pip install 'medmix[moirai]', best in its own "
+        raise ImportError(f"MOIRAI needs uni2ts (the optional extra: {INSTALL_HINTS['uni2ts']}, best in its own "
                           f"environment: it pins numpy~=1.26): {e}") from e
     return MoiraiModule, packed_attention_mask
 

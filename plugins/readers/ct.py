@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stores.cli import INSTALL_HINTS
+
 
 def slice_indices(depth: int, n: int = 48) -> np.ndarray:
     """i_j = floor((D-1)/(N-1) * j), j = 0..N-1 (repeats when D < N)."""
@@ -93,7 +95,7 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     try:
         import pydicom
     except ImportError as exc:
-        raise RuntimeError("DICOM needs pydicom (pip install 'medmix[dicom]')") from exc
+        raise RuntimeError(f"DICOM needs pydicom ({INSTALL_HINTS['pydicom']})") from exc
     slices = []
     for f in sorted(folder.iterdir()):
         if f.is_file():
