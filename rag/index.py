@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)    # its AVX512/AVX2 probing is not news to a user
 import faiss  # noqa: E402
 
+from stores.numeric import l2_normalise
 from stores.spec import canonical_hash
 
 from .corpus import Passage, corpus_hash
@@ -30,8 +31,7 @@ log = logging.getLogger("medmix.rag")
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalise(np.asarray(x, dtype=np.float32))
 
 
 def make_faiss(vectors: np.ndarray, kind: str = "flat") -> faiss.Index:

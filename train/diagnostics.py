@@ -9,6 +9,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from stores.numeric import l2_normalise
+
 from .data import Data
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0)
@@ -73,7 +75,7 @@ def spread(x: np.ndarray) -> dict:
     if len(x) == 0:
         return {"mean_norm": float("nan"), "mean_dim_std": float("nan"), "mean_cosine": float("nan")}
     s = x[:SPREAD_ROWS].astype(np.float64)
-    u = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+    u = l2_normalise(s)
     cos = u @ u.T
     off = ~np.eye(len(s), dtype=bool)
     return {"mean_norm": float(np.linalg.norm(x, axis=1).mean()), "mean_dim_std": float(x.std(0).mean()),

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stores.numeric import l2_normalise
+
 from ..registry import Encoder, NoParams, register
 
 ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
@@ -141,7 +143,7 @@ class HFTextEncoder(Encoder):
     def _unit(self, v: np.ndarray) -> np.ndarray:
         if not self.normalize:
             return v
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return l2_normalise(v)
 
     def _probe_dim(self) -> int:
         self.load()
