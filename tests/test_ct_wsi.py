@@ -44,6 +44,7 @@ def test_dhw_and_hwd_inputs_give_the_same_embedding(data_root, tmp_path):
     np.testing.assert_allclose(ea, eb, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_real_ct_to_a_2_5d_embedding_with_the_offline_model(data_root):
     enc = build_encoder("efficientnet_lite0").load()
     vol = read_volume(data_root / "ct" / "example_ct_sm.nii.gz")
@@ -56,6 +57,7 @@ def test_real_ct_to_a_2_5d_embedding_with_the_offline_model(data_root):
         crop_to_mask(vol, seg, [100_000])
 
 
+@pytest.mark.slow
 def test_real_slide_to_tissue_tiles_to_an_embedding(data_root):
     path = data_root / "wsi" / "CMU-1-Small-Region.svs"
     slide = open_slide(path)
@@ -134,6 +136,7 @@ def _mmist_wsi_spec(spec_writer, data_root, tmp_path, **pre):
     return spec_writer(edit), cases
 
 
+@pytest.mark.slow
 def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a_slide(
         spec_writer, data_root, tmp_path, monkeypatch):
     from extract.pipeline import extract_dataset
@@ -185,6 +188,7 @@ def test_slides_are_read_once_per_tile_batch_for_all_experts_and_resume_inside_a
                                direct, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tile_embeddings_can_be_dropped_after_the_slide_row_is_committed(spec_writer, data_root, tmp_path):
     from extract.pipeline import extract_dataset
     from stores.store import Store

@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stores.store import Store
 from stores.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_demo_wiring_on_real_data(tmp_path, data_root):
     env = {**os.environ, "MEDMIX_STORE_ROOT": str(tmp_path / "stores"), "MEDMIX_DATA_ROOT": str(data_root)}
     out = tmp_path / "demo"

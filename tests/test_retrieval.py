@@ -81,6 +81,7 @@ def test_topic_split_is_disjoint_stable_and_pairs_come_from_training_topics(topi
     assert all(p.query not in p.passage for p in pairs if p.kind == "sentence")    # never its own passage verbatim
 
 
+@pytest.mark.slow
 def test_adaptation_lowers_the_loss_and_loads_through_the_registry(tmp_path, topics, tiny_text_dir):
     from rag.adapt import Recipe, adapt_encoder
     small = topics[:30]
@@ -177,6 +178,7 @@ def test_a_killed_build_leaves_the_saved_index_intact(tmp_path, tiny_bert_dir, m
     assert os.listdir(tmp_path).count("index") == 1
 
 
+@pytest.mark.slow
 def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_text_dir, tiny_qwen_dir, tmp_path,
                                                                data_root, capsys, monkeypatch):
     """`rag eval` end to end on the real corpus and reports with a tiny encoder: one row per variant, all and
@@ -203,6 +205,7 @@ def test_rag_eval_prints_one_table_over_encoders_and_variants(spec_writer, tiny_
     assert "imp R@5" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_missing_adapted_encoder_is_adapted_once_on_first_use(spec_writer, tiny_text_dir, tiny_qwen_dir, tmp_path,
                                                                 data_root, monkeypatch):
     """A profile naming `minilm_adapted` on a fresh cache trains it once (default recipe) and then reuses it."""

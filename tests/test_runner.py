@@ -42,6 +42,7 @@ def _same(a, b):
         np.testing.assert_array_equal(a[k][3], b[k][3])
 
 
+@pytest.mark.slow
 def test_in_process_equals_local_cluster(ehr_spec, data_root, tmp_path):
     kw = dict(dataset="physionet2012", config=str(ehr_spec), data_root=str(data_root), limit=40, rag=False,
               progress=False)
@@ -54,6 +55,7 @@ def test_in_process_equals_local_cluster(ehr_spec, data_root, tmp_path):
     assert again.done == {} and again.skipped_units == {"ehr/fracast": 5, "ehr/bert": 5, "demographics/tabular": 5}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(ehr_spec, data_root, tmp_path):
     args = [sys.executable, "-m", "extract", "--dataset", "physionet2012", "--config", str(ehr_spec),
             "--data-root", str(data_root), "--limit", "96", "--no-rag", "--quiet"]

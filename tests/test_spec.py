@@ -3,13 +3,19 @@ import pytest
 from stores.spec import SpecError, canonical_hash, load_spec
 
 
-def test_repository_spec_declares_the_five_datasets_and_two_profiles():
+def test_repository_spec_names_registered_adapters_and_typed_settings():
+    """Every dataset of the shipped spec has an adapter, every modality's settings are typed for its kind (defaults
+    filled in), every task declares its outputs, and every profile the datasets use exists."""
+    from plugins.datasets.base import load_adapters
+    from stores.preprocess import PREPROCESS
     spec = load_spec()
-    assert set(spec.profiles) == {"paper", "offline"}
-    assert {"openi", "physionet2012", "mmist", "mimic4mm", "mimic3"} <= set(spec.datasets)
-    ct = spec.dataset("mmist").modalities["ct"].preprocess
-    assert ct["slices"] == 48 and ct["hu"] == [-1000, 1000] and ct["size"] == 224
-    assert spec.dataset("openi").tasks["findings"].n_outputs == 14
+    adapters = load_adapters()
+    for name, ds in spec.datasets.items():
+        assert ds.adapter in adapters, name
+        for mod in ds.modalities.values():
+            assert isinstance(mod.pre, PREPROCESS[mod.kind])
+        assert all(t.n_outputs >= 1 for t in ds.tasks.values()), name
+        assert all(p in spec.profiles for m in ds.modalities.values() for p in m.experts), name
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -62,7 +68,16 @@ def test_cli_names_a_bad_config_key(spec_writer):
     assert out.returncode == 2 and "defaults.chunk_row: unknown key" in out.stderr and str(path) in out.stderr
 
 
-def test_models_used_by_the_offline_profile():
-    used = load_spec().models_used("offline")
-    assert {"minilm", "mpnet", "efficientnet_lite0", "fracast0", "mmist_owner_ct", "mmist_owner_wsi"} <= used
-    assert "qwen2_0_5b" not in used
+def test_models_used_follow_the_profile(spec_writer):
+    """models_used is what `extract fetch` installs: every key it lists is a registered encoder, and it follows the
+    profile (an expert put in adds its model, nothing else changes)."""
+    from plugins.registry import load_all
+    spec = load_spec()
+    used = spec.models_used("offline")
+    assert used and used <= set(load_all()) and spec.profile("offline").rag.lm in used
+    assert "gatortron_base" not in used
+
+    def edit(raw):
+        raw["profiles"]["offline"]["kinds"]["note"]["experts"]["gatortron"] = {"model": "gatortron_base",
+                                                                              "role": "biomedical"}
+    assert load_spec(spec_writer(edit)).models_used("offline") == used | {"gatortron_base"}
