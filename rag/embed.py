@@ -127,7 +127,7 @@ class _Job:
 def _open_group(st: Store, svc: RagService, ds, adapter, mod: str, profile: str):
     """The modality's RAG group (created, or reopened when this config already wrote one) and how its texts are made."""
     kind = ds.modalities[mod].kind
-    bridges = adapter.options.get("rag_bridge", {}) or {}
+    bridges = adapter.opts.rag_bridge
     source = bridges.get(mod, mod)
     generator = _generator(svc, kind, mod in bridges)
     config = {"rag": svc.identity(), "bridge": source, **({"generator": generator.identity()} if generator else {}),

@@ -41,6 +41,25 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [i for i in items if id(i) not in gone]
 
 
+MODEL_CACHE = Path(os.environ.get("MEDMIX_MODEL_CACHE", ROOT / "cache" / "models")).resolve()
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """A session model cache whose entries link to the real weights: retrieval indexes (built beside the model
+    cache) land in the session folder, never in the real cache that other runs read."""
+    cache = tmp_path_factory.mktemp("cache") / "models"
+    cache.mkdir()
+    for entry in MODEL_CACHE.iterdir() if MODEL_CACHE.is_dir() else ():
+        (cache / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_into_the_real_cache(session_cache, monkeypatch):
+    monkeypatch.setenv("MEDMIX_MODEL_CACHE", str(session_cache))
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real public data (../shared/data or MEDMIX_DATA_ROOT); tests that need it skip when it is absent."""
@@ -71,7 +90,7 @@ def write_spec(tmp_path: Path, edit) -> Path:
     raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
     # relative paths in a config resolve against its folder: pin the copy to the real data and the shared weights
     raw["defaults"].update(data_root=str(DATA), store_root=str(tmp_path / "runs" / "stores"),
-                           model_cache=str(Path(os.environ.get("MEDMIX_MODEL_CACHE", ROOT / "cache" / "models")).resolve()))
+                           model_cache=os.environ.get("MEDMIX_MODEL_CACHE", str(MODEL_CACHE)))
     edit(raw)
     path = tmp_path / "pipelines.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -36,14 +36,14 @@ _ADAPTERS: dict[str, DatasetAdapter] = {}
 _STORES: dict[str, Store] = {}
 
 
-def _encoder(job: Job, device: str | None) -> Encoder:
+def cached_encoder(job: Job, device: str | None) -> Encoder:
     key = canonical_hash({"model": job.model, "options": job.options.__dict__, "device": device})
     if key not in _ENCODERS:
         _ENCODERS[key] = build_encoder(job.model, job.options, device).load()
     return _ENCODERS[key]
 
 
-def _adapter(ctx: Context) -> DatasetAdapter:
+def cached_adapter(ctx: Context) -> DatasetAdapter:
     from stores.spec import load_spec
     req = ctx.request
     key = canonical_hash([req.config, req.dataset, req.data_root, req.options or {}])
@@ -53,7 +53,7 @@ def _adapter(ctx: Context) -> DatasetAdapter:
     return _ADAPTERS[key]
 
 
-def _store(url: str) -> Store:
+def cached_store(url: str) -> Store:
     if url not in _STORES:
         _STORES[url] = Store(url, mode="a")
     return _STORES[url]
@@ -76,11 +76,11 @@ def encode_isolated(enc: Encoder, items: list) -> tuple[np.ndarray | None, list[
     return np.stack([v if v is not None else np.zeros(dim, np.float32) for v in vecs]), reasons
 
 
-def _view(inp, view: str):
+def view_of(inp, view: str):
     """The decoded input of a view; a successful decode replaces the LazyView, so it happens once per unit."""
-    value = _peek(inp, view)
+    value = peek(inp, view)
     if isinstance(value, LazyView):
-        value = _decode(value)
+        value = decode(value)
         if not isinstance(value, Failed):
             inp[view] = value
     return value
@@ -90,7 +90,7 @@ LAZY_GROUP = 4        # raw volumes decoded at a time: memory stays bounded howe
 IMAGE_GROUP = 16      # 2-D images decoded at a time (each <= 2x the encoder's input side after decode)
 
 
-def _peek(inp, view: str):
+def peek(inp, view: str):
     """The input of a view without decoding it (a LazyView stays lazy)."""
     if isinstance(inp, (Missing, Failed)):
         return inp
@@ -99,7 +99,7 @@ def _peek(inp, view: str):
     return inp[view]
 
 
-def _decode(value):
+def decode(value):
     try:
         return value.get()
     except Exception as exc:  # noqa: BLE001  (an unreadable volume fails its row, the unit goes on)
@@ -113,6 +113,6 @@ def lazy_group(kind: str) -> int:
 
 def probe(ctx: Context, job: Job) -> tuple[int, dict]:
     """Load the encoder (where it will run) and report its output dim and provenance."""
-    enc = _encoder(job, ctx.request.device)
+    enc = cached_encoder(job, ctx.request.device)
     return enc.dim, enc.provenance()
 

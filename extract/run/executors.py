@@ -14,7 +14,7 @@ from stores.provenance import group_provenance
 from stores.store import Store
 
 from plugins.datasets.base import DatasetAdapter
-from .context import Context, _adapter, probe
+from .context import Context, cached_adapter, probe
 from .plan import Job
 from .units import run_unit, run_unit_task
 
@@ -166,7 +166,7 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
             else:
                 store.root[f"embeddings/{mod}/{job.name}"].attrs["latest"] = job.config_hash[:12]
             pend = {u.index for u in group.pending_units()}
-            retry = retry_units(group, _adapter(ctx), mod, retry_failed) - pend
+            retry = retry_units(group, cached_adapter(ctx), mod, retry_failed) - pend
             key = f"{mod}/{job.name}"
             summary.skipped_units[key] = group.n_units - len(pend) - len(retry)
             if retry:

@@ -10,11 +10,11 @@ from plugins.datasets.base import Failed
 from stores.errors import reason
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
-from .context import Context, _encoder, _peek, _view, encode_isolated
+from .context import Context, cached_encoder, encode_isolated, peek, view_of
 from .plan import Job
 
 
-def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: list[Job], inputs: list) -> dict:
+def embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: list[Job], inputs: list) -> dict:
     """Whole-slide images: read each tile batch ONCE, feed it to every pending expert, store per-tile embeddings
     with a marker per batch (a killed run resumes inside a slide), and return each slide's mean embedding
     (or Failed) per (expert, row)."""
@@ -23,8 +23,8 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
     for k, inp in enumerate(inputs):
         views = {}
         for j in jobs:                                   # only slides are planned here; volumes stay lazy
-            raw = _peek(inp, j.view)
-            views[j.name] = _view(inp, j.view) if isinstance(raw, LazyView) and raw.kind == "wsi" else raw
+            raw = peek(inp, j.view)
+            views[j.name] = view_of(inp, j.view) if isinstance(raw, LazyView) and raw.kind == "wsi" else raw
         work = [j for j in jobs if isinstance(views[j.name], TiledSlide)]
         if not work:
             continue
@@ -34,7 +34,7 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
         for j in work:
             s = views[j.name]
             try:
-                enc = _encoder(j, ctx.request.device)
+                enc = cached_encoder(j, ctx.request.device)
                 state[j.name] = (s, enc, require_slide_tiles(store.root, modality, j.name, j.config_hash, row, ids[row],
                                                              s.coords, enc.dim, s.batch, s.info))
             except Exception as exc:  # noqa: BLE001
@@ -63,12 +63,12 @@ def _embed_slides(ctx: Context, store: Store, modality: str, unit: Unit, jobs: l
     return out
 
 
-def _keep_tiles(inp, view: str) -> bool:
+def keep_tiles(inp, view: str) -> bool:
     v = inp.get(view) if isinstance(inp, dict) else None
     return getattr(v, "keep_tiles", True)
 
 
-def _drop_tiles(store: Store, modality: str, job: Job, row: int) -> None:
+def drop_tiles(store: Store, modality: str, job: Job, row: int) -> None:
     path = tiles_path(modality, job.name, job.config_hash, row)
     if path in store.root:
         del store.root[path]

@@ -14,10 +14,10 @@ from stores.errors import describe
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
 from plugins.registry import Encoder
-from .context import (LAZY_GROUP, Context, _adapter, _decode, _encoder, _peek, _store, encode_isolated,
-                      lazy_group)
+from .context import (LAZY_GROUP, Context, cached_adapter, cached_encoder, cached_store, decode, encode_isolated,
+                      lazy_group, peek)
 from .plan import Job
-from .slides import _drop_tiles, _embed_slides, _keep_tiles
+from .slides import drop_tiles, embed_slides, keep_tiles
 
 
 @dataclass
@@ -66,14 +66,14 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
 
     Loading is isolated per row (``inputs.load_rows``) and every input passes the input rules (``check_input``),
     so a bad record fails its row, never the unit. Raw volumes (lazy views) are decoded a few rows at a time, each
-    view once for every job that reads it; slides go tile batch by tile batch (``_embed_slides``); everything else
+    view once for every job that reads it; slides go tile batch by tile batch (``embed_slides``); everything else
     is encoded in one call per job. ``force``: run the jobs even where the unit is committed (a retry).
     """
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
-    store = _store(ctx.request.store)
+    store = cached_store(ctx.request.store)
     rows = list(range(unit.start, unit.stop))
-    adapter = _adapter(ctx)
+    adapter = cached_adapter(ctx)
     mspec = adapter.spec.modalities.get(modality)
     preprocess = dict(mspec.preprocess) if mspec is not None else {}
     inputs = []
@@ -85,11 +85,11 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
     sources = _sources(adapter, modality, rows)
     groups = {j.name: store.expert_group(modality, j.name, j.config_hash) for j in jobs}
     pending = jobs if force else [j for j in jobs if not groups[j.name].done_units()[unit.index]]
-    slides = _embed_slides(ctx, store, modality, unit, pending, inputs)
+    slides = embed_slides(ctx, store, modality, unit, pending, inputs)
     states = []
     for job in pending:
         group = groups[job.name]
-        st = _JobRows(job, group, [_peek(inp, job.view) for inp in inputs],
+        st = _JobRows(job, group, [peek(inp, job.view) for inp in inputs],
                       np.zeros((len(rows), group.group["vectors"].shape[1]), np.float32),
                       np.full(len(rows), MISSING, np.uint8), [""] * len(rows), {}, set())
         eager = []
@@ -106,7 +106,7 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
             else:
                 eager.append(i)
         if eager:
-            _encode_into(st, _encoder(job, ctx.request.device), eager, [st.values[i] for i in eager])
+            _encode_into(st, cached_encoder(job, ctx.request.device), eager, [st.values[i] for i in eager])
         states.append(st)
     lazy_rows = sorted({i for st in states for i in st.lazy})
     kinds = {st.values[i].kind for st in states for i in st.lazy}
@@ -118,22 +118,22 @@ def run_unit(ctx: Context, modality: str, unit: Unit, jobs: list[Job], force: bo
             for i in (r for r in group_rows if r in st.lazy):
                 key = (i, st.job.view)
                 if key not in decoded:
-                    decoded[key] = _decode(st.values[i])
+                    decoded[key] = decode(st.values[i])
                 if isinstance(decoded[key], Failed):
                     st.valid[i], st.reasons[i] = FAILED, decoded[key].reason
                 else:
                     todo.append(i)
                     items.append(decoded[key])
             if todo:
-                _encode_into(st, _encoder(st.job, ctx.request.device), todo, items)
+                _encode_into(st, cached_encoder(st.job, ctx.request.device), todo, items)
         del decoded
     counts = {}
     for st in states:
         job = st.job
         st.group.write_unit(unit, st.vectors, st.valid, st.reasons, sources=sources)
         for i in st.tiled:
-            if not _keep_tiles(inputs[i], job.view):
-                _drop_tiles(store, modality, job, unit.start + i)
+            if not keep_tiles(inputs[i], job.view):
+                drop_tiles(store, modality, job, unit.start + i)
         reason_counts = {}
         for i in np.flatnonzero(st.valid == FAILED):
             reason_counts[st.reasons[i]] = reason_counts.get(st.reasons[i], 0) + 1

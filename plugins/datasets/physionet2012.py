@@ -48,7 +48,7 @@ class PhysioNet2012(DatasetAdapter):
 
     @property
     def set_name(self) -> str:
-        return str(self.options.get("set", "a"))
+        return self.opts.set                        # typed, default declared once (PhysioNetOptions)
 
     @cached_property
     def _raw(self) -> dict[str, bytes]:
