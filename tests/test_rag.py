@@ -136,10 +136,19 @@ def _tiny_rag_profile(raw, bert_dir, qwen_dir, **rag) -> dict:
     return prof
 
 
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, data_root):
+    """The first 60 real MedlinePlus topics: a tiny model indexes them in seconds (the whole corpus: minutes)."""
+    topics = json.loads((data_root / "medlineplus" / "health_topics.json").read_text())[:60]
+    path = tmp_path_factory.mktemp("corpus") / "health_topics.json"
+    path.write_text(json.dumps(topics))
+    return path
+
+
 @pytest.fixture
-def tiny_rag_spec(spec_writer, tiny_bert_dir, tiny_qwen_dir):
+def tiny_rag_spec(spec_writer, tiny_bert_dir, tiny_qwen_dir, small_corpus):
     def edit(raw):
-        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=5, strategy="dense")
+        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=5, strategy="dense", corpus=str(small_corpus))
         prof["kinds"]["note"] = {"experts": {"rag": {"role": "rag"}}}
     return spec_writer(edit)
 
@@ -223,14 +232,14 @@ def test_report_generator_through_the_real_loading_path(tiny_llava_dir, data_roo
 
 @pytest.mark.slow
 def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, tiny_bert_dir, tiny_qwen_dir,
-                                                                   tiny_llava_dir, data_root, tmp_path):
+                                                                   tiny_llava_dir, data_root, tmp_path, small_corpus):
     from rag.embed import embed_dataset
     from extract.pipeline import extract_dataset
     from plugins.request import ExtractRequest
     from stores.store import MISSING, OK, Store
 
     def edit(raw):
-        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=3, generators={
+        prof = _tiny_rag_profile(raw, tiny_bert_dir, tiny_qwen_dir, k=3, corpus=str(small_corpus), generators={
             "cxr": {"model": "llava", "source": str(tiny_llava_dir), "max_new_tokens": 6}})
         prof["kinds"]["cxr"] = {"experts": {"rag": {"role": "rag"}}}
     spec = spec_writer(edit)
