@@ -230,7 +230,6 @@ def test_report_generator_through_the_real_loading_path(tiny_llava_dir, data_roo
         ReportGenerator("llava")
 
 
-@pytest.mark.slow
 def test_generated_reports_feed_the_cxr_rag_expert_and_are_stored(spec_writer, tiny_bert_dir, tiny_qwen_dir,
                                                                    tiny_llava_dir, data_root, tmp_path, small_corpus):
     from rag.embed import embed_dataset
