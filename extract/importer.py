@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plugins.dataset_options import add_dataset_options, dataset_options
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
@@ -98,11 +99,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-name", default="imported")
     ap.add_argument("--role", default="imported")
     ap.add_argument("--config", help="your own pipelines.yaml")
+    add_dataset_options(ap)                       # --set etc.: the store `extract --set` wrote
 
 
 def run(args) -> int:
     from stores.paths import PathError, resolve, store_path
-    store = str(store_path(load_spec(args.config), args.dataset, cli=args.store))
+    options = dataset_options(args, args.dataset, args.config)
+    store = str(store_path(load_spec(args.config), args.dataset, options, cli=args.store))
     source = resolve(args.source, Path.cwd())
     if not source.exists():
         raise PathError(f"--from {source} does not exist")

@@ -68,6 +68,17 @@ def test_train_evaluate_opens_the_store_extract_set_b_wrote(monkeypatch):
     assert got.value.args[0] == str(paths.store_path(load_spec(), "physionet2012", {"set": "b"}))
 
 
+def test_extract_import_writes_into_the_set_b_store(tmp_path, monkeypatch):
+    import extract.importer as importer
+    from extract.__main__ import build_parser
+    seen = []
+    monkeypatch.setattr(importer, "import_features", lambda store, *a: seen.append(store) or {})
+    args = build_parser().parse_args(["import", "--dataset", "physionet2012", "--set", "b", "--modality", "ehr",
+                                      "--expert", "x", "--from", str(tmp_path)])
+    assert importer.run(args) == 0
+    assert seen == [str(paths.store_path(load_spec(), "physionet2012", {"set": "b"}))]
+
+
 @pytest.mark.parametrize("cli", ["extract", "rag", "train", "evaluate"])
 def test_a_dataset_option_the_dataset_lacks_fails_the_same_everywhere(cli, monkeypatch):
     import train.__main__ as train_cli
