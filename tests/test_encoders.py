@@ -16,15 +16,21 @@ def _check(enc, items, dim):
     return v
 
 
-def test_registry_lists_every_family_with_metadata():
-    load_all()
+def test_models_table_lists_every_registered_encoder_with_metadata(capsys):
+    """`python -m extract models` is the registry: one row per key, none without licence, source, modality, role;
+    and every encoder a shipped profile names is registered."""
+    from extract.__main__ import main
+    from stores.spec import load_spec
+    registry = load_all()
     rows = table()
-    keys = {r["key"] for r in rows}
-    assert {"biomedclip", "dinov2_b", "dinov3_vitl", "gatortron_base", "qwen2_0_5b", "qwen2_7b", "medcpt_query",
-            "medcpt_article", "chronos_small", "chronos_large", "minilm", "mpnet", "efficientnet_lite0",
-            "fracast0"} <= keys
+    assert sorted(r["key"] for r in rows) == sorted(registry)
     for r in rows:
-        assert r["licence"] and r["source"] and r["modality"] and r["role"]
+        assert r["licence"] and r["source"] and r["modality"] and r["role"], r
+    spec = load_spec()
+    assert set().union(*(spec.models_used(p) for p in spec.profiles)) <= set(registry)
+    assert main(["models"]) == 0
+    printed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert printed == set(registry)
 
 
 @pytest.mark.parametrize("key, kind", [("medcpt_query", "bert"), ("medcpt_article", "bert"),
