@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from plugins.datasets.base import Failed, Missing, get_adapter
 from plugins.inputs import check_input, halve_batch, load_rows, run_isolated
-from stores.errors import reason
 from plugins.request import ExtractRequest
 from stores import paths
+from stores.errors import reason
 from stores.provenance import group_provenance
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store

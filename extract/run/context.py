@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stores.errors import reason
 from stores.spec import canonical_hash
 from stores.store import Store
 
 from plugins.datasets.base import DatasetAdapter, Failed, Missing, get_adapter
 from plugins.inputs import halve_batch, run_isolated
-from stores.errors import reason
 from plugins.readers.lazy import LazyView
 from plugins.registry import Encoder, build_encoder
 from plugins.request import ExtractRequest

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from stores.errors import reason
 from stores.store import Store, Unit
 from stores.tiles import require_slide_tiles, tiles_path
 
 from plugins.datasets.base import Failed
-from stores.errors import reason
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
 from .context import Context, cached_encoder, encode_isolated, peek, view_of

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stores.errors import describe
 from stores.store import FAILED, MISSING, OK, Unit
 
 from plugins.datasets.base import DatasetAdapter, Failed, Missing
 from plugins.inputs import check_input, load_rows, where
-from stores.errors import describe
 from plugins.readers.lazy import LazyView
 from plugins.readers.wsi import TiledSlide
 from plugins.registry import Encoder
