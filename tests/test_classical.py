@@ -126,7 +126,6 @@ def _group(path, mod, name):
     return Store(path, mode="a").expert_group(mod, name)
 
 
-@pytest.mark.slow
 def test_tabular_is_fitted_on_train_rows_only_and_reused_for_a_new_cohort(classical_spec, data_root, tmp_path):
     from plugins.datasets.base import get_adapter
     kw = dict(config=str(classical_spec), data_root=str(data_root), rag=False, progress=False,
@@ -186,7 +185,6 @@ def _second_cohort_from_set_a(data_root, root, first: int, n: int):
     return [str(r) for r, _ in members]
 
 
-@pytest.mark.slow
 def test_external_validation_wiring(classical_spec, data_root, tmp_path, capsys):
     """Train on cohort A, encode cohort B with A's encoding, `train evaluate` the checkpoint on B."""
     from train.__main__ import main as train_main
@@ -227,7 +225,6 @@ def test_external_validation_wiring(classical_spec, data_root, tmp_path, capsys)
     assert "auroc" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_both_experts_cache_and_resume(classical_spec, data_root, tmp_path):
     path = tmp_path / "p.zarr"
     kw = dict(config=str(classical_spec), data_root=str(data_root), store=str(path), limit=96, rag=False,
