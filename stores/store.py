@@ -39,6 +39,8 @@ import numpy as np
 import zarr
 
 FORMAT_VERSION = 1
+INTEGRITY = 2            # whole-store integrity: ids, split, labels, group attributes and bound unit checksums
+GROUP_ARRAYS = ("vectors", "valid", "reason", "source", "checksum", "done")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MISSING, OK, FAILED, UNWRITTEN = 0, 1, 2, 255
 
@@ -110,6 +112,37 @@ def parse_checksum(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in str(text).split(",") if "=" in part)
 
 
+def json_digest(obj) -> str:
+    """sha256 of canonical JSON (sorted keys): attributes are sealed with it."""
+    import json
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def ids_digest(ids) -> str:
+    return array_digest("ids", np.asarray(list(ids), dtype=str))
+
+
+def label_digest(values: np.ndarray, attrs: dict) -> str:
+    """A task's labels as stored (float32, shape) and their meaning (type, class names): a flipped label changes it."""
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    return hashlib.sha256(json_digest([list(a.shape), {k: attrs.get(k) for k in ("type", "labels")}]).encode()
+                          + a.tobytes()).hexdigest()
+
+
+def seal(attrs: dict) -> str:
+    """The digest of a group's attributes without the seal itself (an edited config_hash or provenance breaks it)."""
+    return json_digest({k: v for k, v in attrs.items() if k != "seal"})
+
+
+def latest_seal(parent_path: str, key: str, config_hash: str) -> str:
+    return json_digest([parent_path, key, config_hash])
+
+
+def bound_prefix(unit: "Unit", ids) -> str:
+    """What a v2 unit checksum is bound to: its index, its row range and the ids it covers (a swapped unit fails)."""
+    return f"unit={unit.index},rows={unit.start}-{unit.stop},ids={ids_digest(ids)}"
+
+
 def split_codes_hash(codes: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int8).tobytes()).hexdigest()
 
@@ -128,9 +161,29 @@ class Unit:
 class ExpertGroup:
     """One cached (modality, expert, config) result: vectors + validity + reasons + unit markers."""
 
-    def __init__(self, group: zarr.Group, chunk_rows: int):
+    def __init__(self, group: zarr.Group, chunk_rows: int, store: "Store | None" = None):
         self.group = group
         self.chunk_rows = chunk_rows
+        self.store = store
+
+    @property
+    def integrity(self) -> int:
+        """2 for groups written with bound checksums and sealed attributes; 1 for groups written before."""
+        return int(self.group.attrs.get("integrity", 1))
+
+    def unit_ids(self, unit: "Unit") -> list[str]:
+        root = self.store.root if self.store is not None else zarr.open_group(self.group.store, mode="r")
+        return [str(x) for x in root["samples/id"][unit.rows]]
+
+    def per_row_arrays(self) -> list[str]:
+        """Arrays hashed per unit besides vectors/valid/reason: source and extras (retrieval audit, reports)."""
+        return sorted(n for n in self.group.array_keys() if n not in ("vectors", "valid", "reason", "checksum", "done"))
+
+    def bound_checksum(self, unit: "Unit", vectors: np.ndarray, valid: np.ndarray, reasons) -> str:
+        """The v2 checksum of a unit: bound prefix + digests of every per-row array's slice as stored."""
+        parts = [bound_prefix(unit, self.unit_ids(unit)), unit_checksum(vectors, valid, reasons)]
+        parts += [f"{n}={array_digest(n, self.group[n][unit.rows])}" for n in self.per_row_arrays()]
+        return ",".join(parts)
 
     @property
     def path(self) -> str:
@@ -180,7 +233,9 @@ class ExpertGroup:
         if sources is not None and "source" in members:
             self.group["source"][unit.rows] = np.asarray([s or "" for s in sources], dtype=object).astype(str)
         if "checksum" in members:
-            self.group["checksum"][unit.index] = unit_checksum(vectors, valid, reasons)
+            self.group["checksum"][unit.index] = (self.bound_checksum(unit, vectors, valid, reasons)
+                                                  if self.integrity >= INTEGRITY else
+                                                  unit_checksum(vectors, valid, reasons))
         self.group["done"][unit.index] = 1          # the marker, last
 
     def has(self, name: str) -> bool:
@@ -255,6 +310,7 @@ class Store:
         store.url, store.root, store.meta = str(url), root, dict(root.attrs["medmix"])
         store.chunk_rows, store.n = int(chunk_rows), n
         store._write_labels(labels)
+        store.seal_root()
 
     def _reuse(self, ids: list[str], split: list[str], labels: dict, replace_split: bool) -> "Store":
         have = self.ids()
@@ -279,8 +335,33 @@ class Store:
             meta["split_hash"] = new_hash
             self.root.attrs["medmix"] = meta
             self.meta = meta
+        elif self.meta.get("split_hash") not in (None, self.split_hash(old)):
+            raise StoreError(f"{self.url}: samples/split does not match its recorded split_hash: the store was "
+                             "edited (`python -m stores verify` says more)")
         self._write_labels(labels)   # labels may be refreshed (same rows); unchanged ones are not rewritten
+        self.seal_root()             # a store written before integrity v2 is sealed here (ids and labels re-read)
         return self
+
+    def root_record(self) -> dict:
+        """The integrity record of the store's fixed part, computed from its content now."""
+        labels = {t: label_digest(v, m) for t, (v, m) in self.labels().items()}
+        return {"version": INTEGRITY, "ids": ids_digest(self.ids()), "split": self.split_hash(), "labels": labels}
+
+    @staticmethod
+    def root_seal(meta: dict, record: dict) -> str:
+        return json_digest({**{k: v for k, v in meta.items() if k != "integrity"},
+                            "integrity": {k: v for k, v in record.items() if k != "seal"}})
+
+    def seal_root(self) -> None:
+        """Record the hashes of ids, split and labels, and seal the store's attributes (written only on change, so
+        a read-only store whose content is unchanged is never written)."""
+        meta = dict(self.root.attrs["medmix"])
+        record = self.root_record()
+        record["seal"] = self.root_seal(meta, record)
+        if meta.get("integrity") != record:
+            meta["integrity"] = record
+            self.root.attrs["medmix"] = meta
+        self.meta = meta
 
     def split_hash(self, codes: np.ndarray | None = None) -> str:
         """sha256 of the split codes (int8, row order): include it in any results hash computed on this store."""
@@ -326,13 +407,32 @@ class Store:
         key = config_hash[:12] if config_hash else self.root[base].attrs.get("latest")
         if key is None or key not in self.root[base]:
             raise StoreError(f"{self.url}: {base}: no group for config {key}")
-        return ExpertGroup(self.root[f"{base}/{key}"], self.chunk_rows)
+        if config_hash is None:
+            self.check_latest(modality, expert)
+        return ExpertGroup(self.root[f"{base}/{key}"], self.chunk_rows, self)
+
+    def check_latest(self, modality: str, expert: str) -> None:
+        """``latest`` must name a group of this expert and carry its seal (an edited pointer is refused)."""
+        parent = self.root[f"embeddings/{modality}/{expert}"]
+        key, recorded = parent.attrs.get("latest"), parent.attrs.get("latest_seal")
+        if key is None or key not in parent:
+            raise StoreError(f"{self.url}: {parent.path}: latest {key!r} names no group")
+        want = latest_seal(parent.path, key, parent[key].attrs.get("config_hash", ""))
+        if recorded is not None and recorded != want:
+            raise StoreError(f"{self.url}: {parent.path}: latest {key!r} does not match its seal (edited)")
+
+    def set_latest(self, modality: str, expert: str, key: str) -> None:
+        """Point ``latest`` at a group, sealed; nothing is written when it already points there."""
+        parent = self.root[f"embeddings/{modality}/{expert}"]
+        want = {"latest": key, "latest_seal": latest_seal(parent.path, key, parent[key].attrs.get("config_hash", ""))}
+        if {k: parent.attrs.get(k) for k in want} != want:
+            parent.attrs.update(want)
 
     def iter_groups(self) -> Iterable[tuple[str, str, str, ExpertGroup]]:
         for m in self.modalities():
             for e in self.experts(m):
                 for h in self.versions(m, e):
-                    yield m, e, h, ExpertGroup(self.root[f"embeddings/{m}/{e}/{h}"], self.chunk_rows)
+                    yield m, e, h, ExpertGroup(self.root[f"embeddings/{m}/{e}/{h}"], self.chunk_rows, self)
 
     # ---- writing expert groups ------------------------------------------------------------------------------
     def require_expert_group(self, modality: str, expert: str, config_hash: str, dim: int, provenance: dict,
@@ -347,8 +447,11 @@ class Store:
             if g["vectors"].shape[1] != dim:
                 raise StoreError(f"{self.url}: {g.path}: stored dim {g['vectors'].shape[1]} != encoder dim {dim}")
         else:
-            attrs = {"config_hash": config_hash, "modality": modality, "expert": expert,
+            attrs = {"config_hash": config_hash, "modality": modality, "expert": expert, "integrity": INTEGRITY,
+                     "arrays": sorted([*GROUP_ARRAYS, *(extras or {})]),
                      "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance}
+            attrs = json_safe(attrs)
+            attrs["seal"] = seal(attrs)
             if _is_local(self.url):
                 stage = _staging(_local_path(self.url))
                 self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
@@ -359,8 +462,8 @@ class Store:
             g = parent[key]
             if g.attrs.get("config_hash") != config_hash:
                 raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
-        parent.attrs["latest"] = key
-        return ExpertGroup(g, self.chunk_rows)
+        self.set_latest(modality, expert, key)
+        return ExpertGroup(g, self.chunk_rows, self)
 
 
     def _build_group(self, g: zarr.Group, attrs: dict, dim: int, dtype: str, extras: dict | None) -> None:
@@ -377,7 +480,13 @@ class Store:
         for name, (tail, dt, fill) in (extras or {}).items():
             g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
                            dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
-        g.attrs.update(attrs)
+        g.attrs.update(json_safe(attrs))
+
+
+def json_safe(attrs: dict) -> dict:
+    """Attributes as JSON stores them (tuples become lists), so the seal computed now matches the one read back."""
+    import json
+    return json.loads(json.dumps(attrs, default=str))
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> Store:

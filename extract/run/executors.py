@@ -164,7 +164,7 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
                         "packages": package_versions(), "code_version": code_version()}
                 group = store.require_expert_group(mod, job.name, job.config_hash, dim, prov)
             else:
-                store.root[f"embeddings/{mod}/{job.name}"].attrs["latest"] = job.config_hash[:12]
+                store.set_latest(mod, job.name, job.config_hash[:12])
             pend = {u.index for u in group.pending_units()}
             retry = retry_units(group, _adapter(ctx), mod, retry_failed) - pend
             key = f"{mod}/{job.name}"
