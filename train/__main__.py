@@ -217,11 +217,13 @@ def _evaluate(argv):
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
     ap.add_argument("--set", dest="set_name", help="physionet2012: the challenge set of the store (as extract --set)")
     args = ap.parse_args(argv)
-    from stores.store import SPLIT_CODES
+    from stores.loader import check_split
+    from stores.store import SPLIT_CODES, Store
     from .evaluation import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store, _options(args))
+    check_split(Store(store), meta, args.split)
     data = _data_for(meta, store, _device(args.device), args.allow_other_features, notes)
     model = _model(meta, state, recipe, build, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
