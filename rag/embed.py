@@ -89,6 +89,7 @@ def embed_dataset(dataset: str, profile: str = "offline", config: str | None = N
     adapter = get_adapter(ds, root, options)
     store = str(paths.store_path(spec, dataset, options, None, store))
     st = Store(store, mode="a")
+    st.check_rows(dataset, adapter.ids(), adapter.options)
     targets = [m for m in ds.modalities if (not modalities or m in modalities)
                and any(e.role == "rag" for e in spec.experts_for(dataset, m, profile).values())]
     if not targets:

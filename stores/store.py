@@ -363,6 +363,26 @@ class Store:
             self.root.attrs["medmix"] = meta
         self.meta = meta
 
+    def check_rows(self, dataset: str, ids: list[str], options: dict | None = None) -> None:
+        """Before a stage writes rows it computed from an adapter into this store: the same dataset, the same ids in
+        the same row order, the same dataset options (e.g. PhysioNet's set) as the store was created with. One
+        cohort's vectors never land on another's patients."""
+        if self.meta.get("dataset") not in (None, dataset):
+            raise StoreError(f"{self.url}: holds dataset '{self.meta['dataset']}', not '{dataset}'")
+        recorded = {k: v for k, v in ((self.meta.get("adapter") or {}).get("options") or {}).items()
+                    if k != "rag_bridge"}
+        given = {k: v for k, v in (options or {}).items() if k != "rag_bridge"}
+        differ = sorted(k for k in set(recorded) | set(given) if recorded.get(k) != given.get(k))
+        if recorded and differ:
+            raise StoreError(f"{self.url}: created with dataset options {recorded}, given {given} (differ in "
+                             f"{', '.join(differ)}): pass the store's options, or the store of these options")
+        have = self.ids()
+        if list(ids[:self.n]) != have:
+            bad = next((i for i, (a, b) in enumerate(zip(ids, have)) if a != b), min(len(ids), self.n))
+            raise StoreError(f"{self.url}: the dataset's ids differ from the store's (row {bad}: "
+                             f"{ids[bad] if bad < len(ids) else 'none'!r} vs {have[bad]!r}; {len(ids)} vs {self.n} "
+                             "rows): another cohort or set; refused, nothing written")
+
     def split_hash(self, codes: np.ndarray | None = None) -> str:
         """sha256 of the split codes (int8, row order): include it in any results hash computed on this store."""
         return split_codes_hash(self.split() if codes is None else codes)
