@@ -1,0 +1,204 @@
+"""Issue 24: planted cases on the real layouts (copies of small real files), each recorded with its reason or refused
+with one line, never a crash and never silently accepted. Findings 1 (rag embed), 3 (isolation), 4 (plausibility)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extract.pipeline import create_store
+from plugins.datasets.base import Failed, get_adapter
+from stores.spec import load_spec
+from stores.store import StoreError
+from test_reliability import _real_records, write_set
+
+MMIST = Path("/work/shared/data/mmist_ccrcc")
+
+
+def _physio(tmp_path, data_root, records=None, name="a", n=12):
+    folder = tmp_path / "physionet2012"
+    write_set(folder, records if records is not None else _real_records(data_root, n), name)
+    return get_adapter(load_spec().dataset("physionet2012"), tmp_path, {"set": name})
+
+
+def _add_member(tar_path: Path, name: str, data: bytes = b"Time,Parameter,Value\n00:00,Age,60\n") -> None:
+    with tarfile.open(tar_path, "r:gz") as t:
+        members = [(m, t.extractfile(m).read()) for m in t]
+    with tarfile.open(tar_path, "w:gz") as t:
+        for m, b in [*members, (tarfile.TarInfo(name), data)]:
+            m.size = len(b)
+            t.addfile(m, io.BytesIO(b))
+
+
+# ---- finding 1: rag embed never writes one cohort's rows on another's store ---------------------------------------
+def test_rag_embed_refuses_a_store_of_another_set(tmp_path, data_root):
+    from rag.embed import embed_dataset
+    recs = _real_records(data_root, 24)
+    _physio(tmp_path, data_root, recs[:12], "a")
+    b = _physio(tmp_path, data_root, recs[12:], "b")
+    create_store(load_spec(), "physionet2012", b, tmp_path / "b.zarr", None)
+    with pytest.raises(StoreError, match=r"created with dataset options \{'set': 'b'\}.*differ in set"):
+        embed_dataset("physionet2012", data_root=str(tmp_path), store=str(tmp_path / "b.zarr"), progress=False)
+    a = _physio(tmp_path, data_root, recs[:12], "a")
+    from stores.store import Store
+    with pytest.raises(StoreError, match="the dataset's ids differ from the store's .row 0"):
+        Store(tmp_path / "b.zarr").check_rows("physionet2012", a.ids(), {"set": "b"})
+
+
+# ---- finding 3: isolation ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("member, outcome", [
+    ("set-a/abc.txt", "ignored"), ("../../../x.txt", "traversal"), ("/tmp/x.txt", "traversal"),
+    ("set-a/132539.txt", "both name id 132539")])
+def test_physionet_tar_members_follow_exact_rules(tmp_path, data_root, caplog, member, outcome):
+    a = _physio(tmp_path, data_root)
+    _add_member(tmp_path / "physionet2012" / "set-a.tar.gz", member)
+    a = get_adapter(load_spec().dataset("physionet2012"), tmp_path, {"set": "a"})
+    if outcome == "ignored":
+        with caplog.at_level(logging.WARNING, "medmix.datasets"):
+            assert len(a.ids()) == 12 and "abc" not in a.ids()
+        assert "not named <RecordID>.txt ignored" in caplog.text and "set-a/abc.txt" in caplog.text
+    else:
+        with pytest.raises(ValueError, match=outcome):
+            a.ids()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not gzip"])
+def test_a_damaged_archive_is_one_line_naming_it(tmp_path, data_root, damage):
+    a = _physio(tmp_path, data_root)
+    tar = tmp_path / "physionet2012" / "set-a.tar.gz"
+    data = tar.read_bytes()
+    tar.write_bytes({"truncated": data[:len(data) // 2], "empty": b"", "not gzip": b"Time,Parameter\n" * 50}[damage])
+    with pytest.raises(ValueError, match=r"set-a.tar.gz: (unreadable|empty file)") as e:
+        a.ids()
+    assert "\n" not in str(e.value)
+
+
+def test_the_cli_exits_2_with_one_line_on_a_truncated_archive(tmp_path, data_root, capsys):
+    from extract.__main__ import main as extract_main
+    _physio(tmp_path, data_root)
+    tar = tmp_path / "physionet2012" / "set-a.tar.gz"
+    tar.write_bytes(tar.read_bytes()[:300])
+    code = extract_main(["--dataset", "physionet2012", "--data-root", str(tmp_path), "--store",
+                         str(tmp_path / "s.zarr"), "--no-rag", "--modality", "demographics"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "set-a.tar.gz: unreadable" in err
+
+
+def test_outcome_cells_and_rows_are_isolated(tmp_path, data_root, caplog):
+    a = _physio(tmp_path, data_root)
+    ids = a.ids()
+    out = tmp_path / "physionet2012" / "Outcomes-a.txt"
+    lines = out.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",abc"                        # a non-numeric label cell
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",2"                          # a label outside the classes
+    lines[3] = lines[3].split(",")[0] + ",1"                              # a short row
+    lines.append(lines[4].rsplit(",", 1)[0] + ("," + str(1 - int(lines[4][-1]))))    # a conflicting duplicate
+    out.write_text("\ufeff" + "\n".join(lines) + "\n")                    # with a UTF-8 BOM
+    a = get_adapter(load_spec().dataset("physionet2012"), tmp_path, {"set": "a"})
+    with caplog.at_level(logging.WARNING, "medmix.datasets"):
+        y = a.labels()["mortality"][:, 0]
+    assert np.isnan(y[:4]).all() and not np.isnan(y[4:]).any() and len(y) == len(ids)
+    assert "not a class of the task" in caplog.text and "conflicting duplicate rows" in caplog.text
+    out.write_bytes(b"")
+    with pytest.raises(ValueError, match="Outcomes-a.txt: empty table"):
+        get_adapter(load_spec().dataset("physionet2012"), tmp_path, {"set": "a"}).labels()
+
+
+def _mmist_copy(tmp_path, edit) -> Path:
+    root = tmp_path / "mmist_ccrcc"
+    shutil.copytree(MMIST, root, ignore=shutil.ignore_patterns("gdc_manifest*"))
+    for p in root.iterdir():
+        p.chmod(0o644)
+    csv_path = root / "clinical+genomic_split.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(edit(lines)) + "\n")
+    return root
+
+
+def _cell(line: str, header: str, col: str, value: str) -> str:
+    cells = line.split(",")
+    cells[header.split(",").index(col)] = value
+    return ",".join(cells)
+
+
+def test_mmist_bad_rows_fail_or_leave_alone_with_reasons(tmp_path, caplog):
+    def edit(lines):
+        h = lines[0]
+        lines[1] = _cell(lines[1], h, "Split", "foo")                     # no split: left out, named
+        lines[2] = _cell(lines[2], h, "vital_status_12", "abc")           # label unknown, named
+        lines[3] = _cell(lines[3], h, "age_diag", "old")                  # the row's note fails
+        lines[4] = lines[4] + ",extra"                                    # a row of the wrong length: its note fails
+        lines[5] = _cell(lines[5], h, "grade", "x" * 300_000)             # a 300 KB cell
+        return ["\ufeff" + lines[0], *lines[1:]]
+    _mmist_copy(tmp_path, edit)
+    a = get_adapter(load_spec().dataset("mmist"), tmp_path)
+    with caplog.at_level(logging.WARNING, "medmix.datasets"):
+        assert len(a.ids()) == 617
+        y = a.labels()["vital_status_12"]
+    assert np.isnan(y[0, 0]) and "left out" in caplog.text and "not a class" in caplog.text
+    notes = a.load("note", [0, 1, 2, 3, 4])
+    assert isinstance(notes[1], Failed) and "age_diag 'old' is not a number" in notes[1].reason
+    assert isinstance(notes[2], Failed) and "fields, header has" in notes[2].reason
+    assert isinstance(notes[3], dict) and isinstance(notes[4], dict)
+    from extract.fitting import fit_on_rows
+    from plugins.registry import build_encoder, model_options
+    enc = build_encoder("tabular", model_options(load_spec().profile("offline"), "tabular", {}, None), device="cpu")
+    assert fit_on_rows(enc, a, "note", "fields", list(range(40)))["n_train"] == 38
+
+
+def test_openi_structure_and_label_rows(tmp_path, caplog):
+    root = tmp_path / "openi"
+    root.mkdir()
+    src = Path("/work/shared/data/openi")
+    reports = json.loads((src / "reports_ori.json").read_text())
+    keys = list(reports)[:10]
+    sub = {k: reports[k] for k in keys}
+    sub[keys[0]]["report"]["FINDINGS"] = ["a", "list"]                   # a section that is not text
+    (root / "reports_ori.json").write_text(json.dumps(sub))
+    labels = json.loads((src / "file2label.json").read_text())
+    lab = {k: labels[k] for k in keys if k in labels}
+    lab[keys[1]] = [0, 1]                                                 # wrong length
+    lab[keys[2]] = [2] * 14                                               # not 0/1
+    (root / "file2label.json").write_text(json.dumps(lab))
+    a = get_adapter(load_spec().dataset("openi"), tmp_path)
+    with caplog.at_level(logging.WARNING, "medmix.datasets"):
+        y = a.labels()["findings"]
+    row = {k: a.ids().index(k.split("/")[-1].replace(".xml", "")) for k in keys}
+    assert np.isnan(y[row[keys[1]]]).all() and np.isnan(y[row[keys[2]]]).all()
+    assert "not 14 labels of 0/1" in caplog.text and (~np.isnan(y)).any()
+    note = a.load("note", [row[keys[0]]])[0]
+    assert isinstance(note, Failed) and "section FINDINGS is a list" in note.reason
+    (root / "reports_ori.json").write_text(json.dumps(list(sub.values())))
+    with pytest.raises(ValueError, match="reports_ori.json: expected an object"):
+        get_adapter(load_spec().dataset("openi"), tmp_path).ids()
+
+
+# ---- finding 4: plausibility ----------------------------------------------------------------------------------------
+def test_implausible_physionet_values_are_dropped_and_counted(tmp_path, data_root, caplog):
+    recs = _real_records(data_root, 6)
+    rid, body = recs[0]
+    body = body.replace(b"00:00,Gender,", b"00:00,Gender,7\n00:00,Ignored,", 1)
+    recs[0] = (rid, body + b"01:00,HR,999999\n00:00,Age,250\n00:00,ICUType,9\n")
+    a = _physio(tmp_path, data_root, recs)
+    with caplog.at_level(logging.WARNING, "medmix.datasets"):
+        row = a.load("demographics", [0])[0]
+        ehr = a.load("ehr", [0])[0]
+    assert a.dropped["HR"] == 1 and a.dropped["Gender"] == 1 and a.dropped["ICUType"] == 1
+    assert row["fields"]["categorical"]["Gender"] is None
+    assert np.nanmax(ehr["series"][:, 14]) < 1000 and "HR 999999 outside the plausible range 0..350" in caplog.text
+    assert a.version.startswith("3+")
+
+
+def test_plausibility_rules_are_validated_in_the_spec(tmp_path):
+    from conftest import write_spec
+    from stores.spec import SpecError
+    spec = write_spec(tmp_path, lambda raw: raw["datasets"]["physionet2012"]["plausible"].update(
+        {"HR": {"range": [10, 0]}}))
+    with pytest.raises(SpecError, match=r"datasets.physionet2012.plausible.HR.*low > high"):
+        load_spec(spec)
