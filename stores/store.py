@@ -31,9 +31,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import zarr
@@ -68,6 +69,7 @@ def _local_path(url: str) -> Path:
 def _staging(store_path: Path) -> Path:
     """A fresh folder on the store's filesystem but outside its hierarchy (so a rename into place is atomic)."""
     base = store_path.parent / f".{store_path.name}.staging"
+    _remove_dead_stages(base)
     for _ in range(20):                 # another process may remove the (empty) base between mkdir and mkdtemp
         base.mkdir(parents=True, exist_ok=True)
         try:
@@ -75,6 +77,44 @@ def _staging(store_path: Path) -> Path:
         except FileNotFoundError:
             continue
     raise StoreError(f"{base}: cannot create a staging folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                     # alive, another user's
+    return True
+
+
+def _remove_dead_stages(base: Path) -> None:
+    """Staging folders of processes that no longer run (killed mid-build) are removed (same host: pid prefix)."""
+    try:
+        stages = list(base.iterdir())
+    except OSError:
+        return
+    for stage in stages:
+        pid = stage.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _cleaned(stage: Path, url) -> Iterator[None]:
+    """Build in ``stage``; on failure remove it (nothing leaks) and say a write error in one line (disk full...)."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            stage.parent.rmdir()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise StoreError(f"{url}: cannot write the store ({exc.strerror or exc})") from exc
+        raise
 
 
 def _publish(stage: Path, target: Path) -> bool:
@@ -280,7 +320,8 @@ class Store:
         if _is_local(str(url)):
             if not (path / "zarr.json").exists():
                 stage = _staging(path)
-                cls._build(stage, dataset, ids, split, labels, chunk_rows, attrs)
+                with _cleaned(stage, url):
+                    cls._build(stage, dataset, ids, split, labels, chunk_rows, attrs)
                 _publish(stage, path)
             return cls(url, mode="a")._reuse(ids, split, labels, replace_split)
         if _open(url, "a").attrs.get("medmix") is not None:      # remote: no atomic rename; first writer wins
@@ -474,7 +515,8 @@ class Store:
             attrs["seal"] = seal(attrs)
             if _is_local(self.url):
                 stage = _staging(_local_path(self.url))
-                self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
+                with _cleaned(stage, self.url):
+                    self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
                 target = _local_path(self.url) / parent.path / key
                 _publish(stage, target)     # False: another run published it first; theirs is used (checked below)
             else:
