@@ -278,6 +278,14 @@ class ExpertGroup:
                                                   unit_checksum(vectors, valid, reasons))
         self.group["done"][unit.index] = 1          # the marker, last
 
+    def failed_rows(self, exclude_units=()) -> int:
+        """Failed rows of the committed units (``--strict`` counts those a run reused, not only those it wrote)."""
+        valid, done = self.group["valid"][:], self.done_units()
+        keep = np.zeros(len(valid), bool)
+        for u in self.units():
+            keep[u.rows] = done[u.index] and u.index not in exclude_units
+        return int((keep & (valid == FAILED)).sum())
+
     def has(self, name: str) -> bool:
         return name in set(self.group.array_keys())
 
@@ -507,6 +515,7 @@ class Store:
                 raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
             if g["vectors"].shape[1] != dim:
                 raise StoreError(f"{self.url}: {g.path}: stored dim {g['vectors'].shape[1]} != encoder dim {dim}")
+            _same_weights(self.url, g, provenance)
         else:
             attrs = {"config_hash": config_hash, "modality": modality, "expert": expert, "integrity": INTEGRITY,
                      "arrays": sorted([*GROUP_ARRAYS, *(extras or {})]),
@@ -549,6 +558,18 @@ def json_safe(attrs: dict) -> dict:
     """Attributes as JSON stores them (tuples become lists), so the seal computed now matches the one read back."""
     import json
     return json.loads(json.dumps(attrs, default=str))
+
+
+def _same_weights(url: str, g: zarr.Group, provenance: dict) -> None:
+    """A group is resumed only with the weights it was started with (their sha256 in the provenance): otherwise one
+    group would hold rows of two models. Refused; a changed model belongs in a new group (a new revision/source)."""
+    old = (g.attrs.get("provenance") or {}).get("weights_sha256") or {}
+    new = (provenance or {}).get("weights_sha256") or {}
+    if old and new and old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise StoreError(f"{url}: {g.path}: the weights changed since this group was started ({', '.join(changed[:3])}: "
+                         f"sha256 {str(old.get(changed[0]))[:12]} -> {str(new.get(changed[0]))[:12]}); refusing to "
+                         "mix two models' rows in one group: restore the weights, or pin another revision/source")
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> Store:

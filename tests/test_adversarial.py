@@ -202,3 +202,154 @@ def test_plausibility_rules_are_validated_in_the_spec(tmp_path):
         {"HR": {"range": [10, 0]}}))
     with pytest.raises(SpecError, match=r"datasets.physionet2012.plausible.HR.*low > high"):
         load_spec(spec)
+
+
+# ---- finding 5: bounded resources, degenerate volumes ---------------------------------------------------------------
+def _nifti(path: Path, vol: np.ndarray) -> Path:
+    import nibabel as nib
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+    return path
+
+
+def test_a_tiny_nifti_declaring_a_huge_volume_is_refused_from_its_header(tmp_path):
+    import gzip
+    import nibabel as nib
+    from plugins.readers.ct import read_volume, read_volume_ras
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 1024))
+    hdr.set_data_dtype(np.int16)
+    path = tmp_path / "forged.nii.gz"
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\x00" * 4))
+    assert path.stat().st_size < 200
+    for read in (read_volume, read_volume_ras):
+        with pytest.raises(ValueError, match="header declares .* (cannot hold them|refused before reading)"):
+            read(path)
+
+
+@pytest.mark.parametrize("vol, why", [
+    (np.zeros((40, 40, 1), np.float32) + np.arange(40)[:, None, None], "degenerate volume"),
+    (np.full((20, 20, 8), 40.0, np.float32), "constant volume"),
+    (np.full((20, 20, 8), np.inf, np.float32), "non-finite voxels"),
+    (np.linspace(0, 1e30, 3200, dtype=np.float32).reshape(20, 20, 8), "not Hounsfield units")])
+def test_degenerate_ct_volumes_fail_with_a_reason(tmp_path, vol, why):
+    from plugins.readers.ct import read_volume, read_volume_ras
+    real = Path("/work/shared/data/ct/example_ct_sm.nii.gz")
+    assert read_volume(real).shape[0] > 1                                 # the real volume passes
+    path = _nifti(tmp_path / "v.nii.gz", vol)
+    for read in (read_volume, read_volume_ras):
+        with pytest.raises(ValueError, match=why):
+            read(path)
+
+
+def test_a_note_without_whitespace_is_capped_in_characters():
+    from plugins.inputs import check_text
+    assert len(check_text("x" * 300_000)) == 100
+    assert len(check_text("word " * 100_000, max_words=1000)) <= 10_000
+
+
+# ---- finding 6: caches bound to what made them ----------------------------------------------------------------------
+def test_a_group_is_not_resumed_with_other_weights(tmp_path):
+    from stores.store import Store
+    st = Store.create(tmp_path / "s.zarr", "t", [f"s{i}" for i in range(8)], ["train"] * 8, {}, chunk_rows=4)
+    st.require_expert_group("note", "e", "a" * 64, 3, {"model": "m", "weights_sha256": {"model.bin": "1" * 64}})
+    st.require_expert_group("note", "e", "a" * 64, 3, {"model": "m", "weights_sha256": {"model.bin": "1" * 64}})
+    with pytest.raises(StoreError, match=r"the weights changed since this group was started \(model.bin"):
+        st.require_expert_group("note", "e", "a" * 64, 3, {"model": "m", "weights_sha256": {"model.bin": "2" * 64}})
+
+
+def test_an_ok_row_whose_input_changed_is_embedded_again(ehr_spec, data_root, tmp_path):
+    from test_reliability import _group_rows, _run
+    recs = _real_records(data_root, 10)
+    write_set(tmp_path / "physionet2012", recs, "d")
+    _run(ehr_spec, tmp_path, tmp_path / "s.zarr", modalities=["ehr"])
+    before = _group_rows(tmp_path / "s.zarr", "ehr", "fracast")[2][3].copy()
+    rid, body = recs[3]
+    recs[3] = (rid, body + b"00:30,HR,140\n00:40,HR,150\n")
+    write_set(tmp_path / "physionet2012", recs, "d")
+    again = _run(ehr_spec, tmp_path, tmp_path / "s.zarr", modalities=["ehr"])
+    assert again.retried_units.get("ehr/fracast") == 1
+    assert not np.array_equal(_group_rows(tmp_path / "s.zarr", "ehr", "fracast")[2][3], before)
+
+
+class _Encoder:
+    """A deterministic stand-in with the encoder contract the index uses (identity, card.key, encode)."""
+    card = type("card", (), {"key": "stub"})
+
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def identity(self):
+        return {"model": "stub"}
+
+    def encode(self, docs):
+        if self.fail:
+            raise RuntimeError("killed mid-build")
+        return np.stack([np.random.default_rng(len(d)).normal(size=8) for d in docs]).astype(np.float32)
+
+
+def test_the_index_has_content_hashes_checked_at_open_and_failed_builds_leave_nothing(tmp_path):
+    from rag.corpus import Passage
+    from rag.index import CorruptIndex, build_index, load_index, open_index
+    passages = [Passage(pid=i, topic_id=str(i), title=f"t{i}", url="", text=f"text {'x' * i}") for i in range(6)]
+    idx_dir = tmp_path / "index"
+    (tmp_path / ".index.tmp-999999").mkdir()                               # left by a killed build
+    open_index(idx_dir, passages, _Encoder())
+    assert not list(tmp_path.glob(".index.tmp-*"))
+    f = idx_dir / "vectors.npy"
+    data = bytearray(f.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"                                       # same size, other content
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndex, match="vectors.npy: content does not match its sha256"):
+        load_index(idx_dir)
+    assert open_index(idx_dir, passages, _Encoder()).vectors.shape == (6, 8)     # rebuilt at open
+    with pytest.raises(RuntimeError):
+        build_index(tmp_path / "other", passages, _Encoder(fail=True))
+    assert not list(tmp_path.glob(".other.tmp-*"))
+
+
+def test_extract_import_keeps_ids_inside_the_folder(tmp_path):
+    from extract.importer import import_features
+    from stores.store import Store
+    ids = ["../../../../etc/passwd", "ok", "huge"]
+    Store.create(tmp_path / "s.zarr", "t", ids, ["train"] * 3, {}, chunk_rows=4)
+    src = tmp_path / "feats"
+    src.mkdir()
+    np.save(src / "ok.npy", np.ones(4, np.float32))
+    np.save(src / "huge.npy", np.full(4, 1e30, np.float32))
+    counts = import_features(str(tmp_path / "s.zarr"), "note", "mine", src, pattern="{id}.npy")
+    assert counts == {"ok": 1, "missing": 0, "failed": 2}
+    g = Store(tmp_path / "s.zarr").expert_group("note", "mine")
+    reasons = [str(r) for r in g.group["reason"][:]]
+    assert "points outside" in reasons[0] and "absurd magnitude" in reasons[2]
+
+
+# ---- finding 7: training inputs ---------------------------------------------------------------------------------------
+def test_training_refuses_bad_values_and_no_test_rows_and_predict_writes_json(tmp_path, capsys):
+    from stores.store import OK, Store
+    from test_train_store import FAST, _write, make_store
+    from train.__main__ import main
+    st = make_store(tmp_path / "s.zarr")
+    out = tmp_path / "run"
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST]) == 0
+    ck = out / "checkpoints" / "medmix.pt"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    ck.write_bytes(ck.read_bytes()[:100])                                 # a truncated checkpoint
+    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 2
+    assert "unreadable checkpoint" in capsys.readouterr().err
+    x = np.random.default_rng(0).normal(size=(st.n, 6)).astype(np.float32)
+    x[5] = 3e38
+    _write(st, "a", "e0", "a9", x, np.full(st.n, OK, np.uint8))          # committed with an absurd valid row
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a/e0: 1 valid row(s) hold NaN/inf or |x| > 1e+09" in err[0]
+    n = 40
+    y = (np.arange(n) % 2).astype(np.float32)[:, None]
+    st2 = Store.create(tmp_path / "t.zarr", "toy", [f"s{i}" for i in range(n)], ["train"] * 30 + ["val"] * 10,
+                       {"y": (y, {"type": "binary", "labels": ["y"]})}, chunk_rows=32)
+    _write(st2, "a", "e0", "a1", np.random.default_rng(1).normal(size=(n, 6)).astype(np.float32),
+           np.full(n, OK, np.uint8))
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "r2"), *FAST]) == 2
+    assert "0 test samples" in capsys.readouterr().err
