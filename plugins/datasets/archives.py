@@ -12,14 +12,13 @@ import csv
 import io
 import logging
 import re
-import sys
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 log = logging.getLogger("medmix.datasets")
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))     # a long cell is one row's problem (the note cap), not the run's
+TABLE_CELL_LIMIT = 64 << 20     # a long table cell is one row's problem (the note cap), not the run's
 
 
 def unreadable(path: Path, exc: BaseException) -> ValueError:
@@ -77,6 +76,7 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 (byte {exc.start:,})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
+    old_limit = csv.field_size_limit(TABLE_CELL_LIMIT)      # for this table only (records keep the default)
     try:
         header = next(reader)
         missing = [c for c in required if c not in header]
@@ -92,4 +92,6 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
             rows.append(row)
     except csv.Error as exc:
         raise ValueError(f"{path}: line {reader.line_num}: {exc}") from None
+    finally:
+        csv.field_size_limit(old_limit)
     return rows
