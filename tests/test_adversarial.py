@@ -353,3 +353,16 @@ def test_training_refuses_bad_values_and_no_test_rows_and_predict_writes_json(tm
            np.full(n, OK, np.uint8))
     assert main(["--dataset", "toy", "--store", str(tmp_path / "t.zarr"), "--out", str(tmp_path / "r2"), *FAST]) == 2
     assert "0 test samples" in capsys.readouterr().err
+
+
+def test_mimic_events_outside_their_rule_or_non_finite_are_dropped(caplog):
+    import pandas as pd
+    from plugins.datasets.mimic4mm import plausible
+    from stores.spec import PlausibleRule
+    ev = pd.DataFrame({"stay_id": [1] * 5, "col": [0, 0, 1, 1, 1], "t": [0.5] * 5,
+                       "valuenum": [80.0, 999999.0, 37.0, np.inf, 12.0]})
+    with caplog.at_level(logging.WARNING, "medmix.datasets"):
+        kept = plausible(ev, ["HR", "TempC"], {"HR": PlausibleRule(range=(0, 350)),
+                                               "TempC": PlausibleRule(range=(15, 46))})
+    assert kept["valuenum"].tolist() == [80.0, 37.0]
+    assert "3 implausible or non-finite event(s) dropped: {'HR': 1, 'TempC': 2}" in caplog.text

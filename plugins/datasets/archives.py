@@ -21,6 +21,14 @@ ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 TABLE_CELL_LIMIT = 64 << 20     # a long table cell is one row's problem (the note cap), not the run's
 
 
+def rules_version(version: str, spec) -> str:
+    """An adapter's version with its dataset's plausibility rules folded in: rules shape every row, so they enter
+    every expert's config hash (a changed range re-embeds)."""
+    import hashlib
+    rules = sorted((k, r.model_dump()) for k, r in spec.plausible.items())
+    return f"{version}+{hashlib.sha256(repr(rules).encode()).hexdigest()[:8]}" if rules else version
+
+
 def unreadable(path: Path, exc: BaseException) -> ValueError:
     return ValueError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
 

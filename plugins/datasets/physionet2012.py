@@ -23,7 +23,7 @@ import numpy as np
 
 from pydantic import Field
 
-from .archives import read_table, tar_records
+from .archives import read_table, rules_version, tar_records
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 log = logging.getLogger("medmix.datasets")
@@ -62,9 +62,7 @@ class PhysioNet2012(DatasetAdapter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        rules = {k: r.model_dump() for k, r in self.spec.plausible.items()}
-        if rules:       # the rules shape every row: they enter the config hash through the adapter's version
-            self.version = f"{type(self).version}+{hashlib.sha256(repr(sorted(rules.items())).encode()).hexdigest()[:8]}"
+        self.version = rules_version(type(self).version, self.spec)
         self.dropped: Counter = Counter()      # variable -> implausible observations dropped (this process)
 
     @property
