@@ -366,3 +366,17 @@ def test_mimic_events_outside_their_rule_or_non_finite_are_dropped(caplog):
                                                "TempC": PlausibleRule(range=(15, 46))})
     assert kept["valuenum"].tolist() == [80.0, 37.0]
     assert "3 implausible or non-finite event(s) dropped: {'HR': 1, 'TempC': 2}" in caplog.text
+
+
+def test_a_slide_header_declaring_absurd_dimensions_is_refused_before_tiling():
+    from plugins.readers.wsi import plan_grid
+
+    class Forged:                 # what openslide reports for a forged header (no pixels are ever read)
+        dimensions = (10**7, 10**7)
+        level_downsamples = [1.0]
+        properties = {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}
+
+        def get_thumbnail(self, size):
+            raise AssertionError("the thumbnail must not be read")
+    with pytest.raises(ValueError, match="slide header declares 10000000x10000000 px .* refused before planning"):
+        plan_grid(Forged())
