@@ -380,3 +380,26 @@ def test_a_slide_header_declaring_absurd_dimensions_is_refused_before_tiling():
             raise AssertionError("the thumbnail must not be read")
     with pytest.raises(ValueError, match="slide header declares 10000000x10000000 px .* refused before planning"):
         plan_grid(Forged())
+
+
+def test_a_full_disk_at_creation_is_one_line_and_dead_stagings_are_removed(tmp_path, monkeypatch):
+    from stores.store import Store
+    dead = tmp_path / ".s.zarr.staging" / "999999-killed"                  # left by a killed run (no such pid)
+    dead.mkdir(parents=True)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Store, "_build", staticmethod(full))
+    with pytest.raises(StoreError, match=r"s.zarr: cannot write the store \(No space left on device\)"):
+        Store.create(tmp_path / "s.zarr", "t", ["a", "b"], ["train", "test"], {})
+    assert not dead.exists() and not (tmp_path / ".s.zarr.staging").exists() and not (tmp_path / "s.zarr").exists()
+
+
+def test_owners_features_of_absurd_magnitude_fail_their_row():
+    from plugins.datasets.mmist import _features_of
+    buf = io.BytesIO()
+    np.savez(buf, x=np.full(8, 1e30, np.float32))
+    assert "beyond +-1e+06" in _features_of("CT Features/c-1.npz", buf.getvalue())
+    buf = io.BytesIO()
+    np.savez(buf, x=np.arange(8, dtype=np.float32))
+    assert _features_of("CT Features/c-1.npz", buf.getvalue()).dtype == np.float32
