@@ -144,7 +144,8 @@ class MMIST(DatasetAdapter):
             return None if v in ("", "-1", "-1.0") else v.removesuffix(".0")
         age = code("age_diag")
         if age is not None and not _finite(age):
-            raise ValueError(f"clinical+genomic_split.csv: case {r['case_id'][:40]}: age_diag {age[:20]!r} is not a number")
+            raise ValueError(f"clinical+genomic_split.csv: case {r['case_id'][:40]}: age_diag {age[:20]!r} "
+                             "is not a number")
         races = [k[5:] for k in r if k.startswith("race_") and r[k] == "1"]
         cat = {k: code(k) for k, _ in NOTE_FIELDS if k != "age_diag"}
         cat["cancer_history"] = "yes" if code("cancer_history") == "1" else "not recorded"
@@ -160,8 +161,8 @@ class MMIST(DatasetAdapter):
             return {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / "WSI_patientfiles.csv", cols)
                     if r.get("chosen_exam")}
         tag = {"ct": "CT", "mri": "MR"}[modality]
-        chosen = {r["case_id"]: r["chosen_exam"] for r in
-                  _read_csv(self.root / f"{'MRI' if tag == 'MR' else 'CT'}_patientfiles.csv", cols) if r.get("chosen_exam")}
+        table = self.root / f"{'MRI' if tag == 'MR' else 'CT'}_patientfiles.csv"
+        chosen = {r["case_id"]: r["chosen_exam"] for r in _read_csv(table, cols) if r.get("chosen_exam")}
         per_case: dict[str, list[str]] = {}
         for r in _read_csv(self.root / f"patients_with_labels_{tag}_final.csv", ("case_id", "File")):
             if r.get("File"):
