@@ -567,9 +567,10 @@ def _same_weights(url: str, g: zarr.Group, provenance: dict) -> None:
     new = (provenance or {}).get("weights_sha256") or {}
     if old and new and old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise StoreError(f"{url}: {g.path}: the weights changed since this group was started ({', '.join(changed[:3])}: "
-                         f"sha256 {str(old.get(changed[0]))[:12]} -> {str(new.get(changed[0]))[:12]}); refusing to "
-                         "mix two models' rows in one group: restore the weights, or pin another revision/source")
+        was, now = str(old.get(changed[0]))[:12], str(new.get(changed[0]))[:12]
+        raise StoreError(f"{url}: {g.path}: the weights changed since this group was started "
+                         f"({', '.join(changed[:3])}: sha256 {was} -> {now}); refusing to mix two models' rows in one "
+                         "group: restore the weights, or pin another revision/source")
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> Store:

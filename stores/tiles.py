@@ -46,7 +46,8 @@ class SlideTiles:
         self.group["done"][b] = 1                                   # marker last
 
     def batch_checksum(self, b: int, emb: np.ndarray) -> str:
-        """A tile batch's digest bound to its batch index, tile rows and slide (a batch swapped between slides fails)."""
+        """A tile batch's digest bound to its batch index, tile rows and slide (a batch swapped between slides
+        fails)."""
         rows = self.batch_rows(b)
         return (f"batch={b},rows={rows.start}-{rows.stop},sample={self.group.attrs.get('sample_id')},"
                 f"embeddings={array_digest('embeddings', np.asarray(emb, np.float32))}")

@@ -323,7 +323,7 @@ def test_extract_import_keeps_ids_inside_the_folder(tmp_path):
     assert "points outside" in reasons[0] and "absurd magnitude" in reasons[2]
 
 
-# ---- finding 7: training inputs ---------------------------------------------------------------------------------------
+# ---- finding 7: training inputs ------------------------------------------------------------------------------------
 def test_training_refuses_bad_values_and_no_test_rows_and_predict_writes_json(tmp_path, capsys):
     from stores.store import OK, Store
     from test_train_store import FAST, _write, make_store

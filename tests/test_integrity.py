@@ -126,7 +126,8 @@ def test_verify_fails_every_corruption_and_training_refuses(tmp_path, capsys, na
     plant(path)
     code, out = _verify(path, capsys)
     assert code == 1 and expected in out and "Traceback" not in out, out
-    with pytest.raises(StoreError, match="fails its integrity check|names no group|does not match its seal|no group for config"):
+    with pytest.raises(StoreError,
+                       match="fails its integrity check|names no group|does not match its seal|no group for config"):
         st = Store(path)
         read_experts(st, {"note": ["e"]})
         read_labels(st)
