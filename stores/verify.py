@@ -165,10 +165,10 @@ def _check_group(store: Store, where: str, g: ExpertGroup, ids: list[str], rep: 
         rep.notes.append(f"{where}: {len(pending)} of {g.n_units} units pending (no marker): "
                          f"{pending[:10]}{' ...' if len(pending) > 10 else ''}")
     if g.integrity < integrity.INTEGRITY:
-        rep.notes.append(f"{where}: group {integrity.LEGACY}"
-                         + (f"; no content hash recorded for {unchecked} committed unit(s)" if unchecked or
-                            "checksum" not in arrays else "")
-                         + ": its data is checked for consistency only")
+        rep.notes.append(f"{where}: group {integrity.LEGACY}" + (
+            f"; no content hash recorded for {unchecked} committed unit(s): its data is checked for consistency only"
+            if unchecked or "checksum" not in arrays else
+            ": unit checksums are not bound to unit index and ids, attributes not sealed"))
 
 
 def _check_digest(arrays: dict, where: str, g: ExpertGroup, u, data: dict, rep: Report) -> int:
