@@ -152,8 +152,17 @@ class PhysioNet2012(DatasetAdapter):
         with np.errstate(invalid="ignore", divide="ignore"):
             series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
         if dropped:
-            log.warning("%s: %d implausible observation(s) dropped: %s", where, len(dropped), "; ".join(dropped[:3]))
+            log.debug("%s: %d implausible observation(s) dropped: %s", where, len(dropped), "; ".join(dropped[:3]))
         return {"series": series, "last": last, "desc": desc, "events": events, "dropped": dropped}
+
+    def _warn_dropped(self, modality: str, rids: list[str]) -> None:
+        """One warning per load call: how many of its records had implausible observations dropped, and examples."""
+        hit = [(rid, rec["dropped"]) for rid in rids if (rec := self._record(rid)).get("dropped")]
+        if hit:
+            n = sum(len(d) for _, d in hit)
+            log.warning("%s: %d implausible observation(s) dropped in %d of %d record(s) (rules: pipelines.yaml "
+                        "plausible), e.g. %s: %s", modality, n, len(hit), len(rids), self._member(hit[0][0]),
+                        "; ".join(hit[0][1][:2]))
 
     def _implausible(self, param: str, value: float, line: str, dropped: list[str]) -> bool:
         """True (and counted) when the spec's rule for ``param`` rejects ``value``: the observation is dropped."""
@@ -233,6 +242,7 @@ class PhysioNet2012(DatasetAdapter):
         keys = self.ids()
         tabular = self.spec.modalities[modality].kind == "tabular"
         out = []
+        self._warn_dropped(modality, [keys[r] for r in rows])
         for r in rows:
             rec = self._record(keys[r])
             if "error" in rec:
