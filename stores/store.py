@@ -42,6 +42,7 @@ import zarr
 FORMAT_VERSION = 1
 INTEGRITY = 2            # whole-store integrity: ids, split, labels, group attributes and bound unit checksums
 GROUP_ARRAYS = ("vectors", "valid", "reason", "source", "checksum", "done")
+SEALED_META = ("format", "dataset", "n_samples", "chunk_rows", "created", "split_hash", "split_history")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MISSING, OK, FAILED, UNWRITTEN = 0, 1, 2, 255
 
@@ -398,7 +399,9 @@ class Store:
 
     @staticmethod
     def root_seal(meta: dict, record: dict) -> str:
-        return json_digest({**{k: v for k, v in meta.items() if k != "integrity"},
+        """The seal of what defines the store's rows (the keys of ``SEALED_META``) and its integrity record; other
+        store attributes are informational and may be added later without breaking it."""
+        return json_digest({**{k: meta.get(k) for k in SEALED_META},
                             "integrity": {k: v for k, v in record.items() if k != "seal"}})
 
     def seal_root(self) -> None:

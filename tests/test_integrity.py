@@ -106,6 +106,8 @@ CORRUPTIONS = {
                       "values outside the task's classes"),
     "swapped ids": (_set_ids, "samples/id: content does not match"),
     "split + split_hash": (_split_and_hash, "samples/split: content does not match its recorded hash"),
+    "store attribute edited": (lambda p: _edit_json(p / "zarr.json", lambda m: m["attributes"]["medmix"].update(
+        dataset="other")), "attrs.medmix: attributes do not match their seal"),
     "config_hash edited": (lambda p: _group_attr(p, "config_hash", "a" * 12 + "f" * 52), "do not match their seal"),
     "provenance edited": (lambda p: _group_attr(p, "provenance", {"model": "other"}), "do not match their seal"),
     "latest edited": (_latest, "does not match its seal"),
