@@ -523,8 +523,6 @@ class Store:
             attrs = {"config_hash": config_hash, "modality": modality, "expert": expert, "integrity": INTEGRITY,
                      "arrays": sorted([*GROUP_ARRAYS, *(extras or {})]),
                      "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance}
-            attrs = json_safe(attrs)
-            attrs["seal"] = seal(attrs)
             if _is_local(self.url):
                 stage = _staging(_local_path(self.url))
                 with _cleaned(stage, self.url):
@@ -555,10 +553,11 @@ class Store:
             g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
                            dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
         g.attrs.update(json_safe(attrs))
+        g.attrs["seal"] = seal(dict(g.attrs))      # of the attributes as read back (JSON round trip exact)
 
 
 def json_safe(attrs: dict) -> dict:
-    """Attributes as JSON stores them (tuples become lists), so the seal computed now matches the one read back."""
+    """Attributes as JSON stores them (tuples become lists, numpy scalars numbers)."""
     import json
     return json.loads(json.dumps(attrs, default=str))
 

@@ -86,7 +86,8 @@ def require_slide_tiles(root: zarr.Group, modality: str, expert: str, config_has
     g.create_array("checksum", shape=(max(1, -(-n // b)),), chunks=(1,), dtype=str, dimension_names=["tile_batch"])
     attrs = json_safe({"sample_id": sample_id, "row": int(row), "grid": info, "integrity": INTEGRITY,
                        "coords_sha256": array_digest("coords", coords)})
-    g.attrs.update({**attrs, "seal": seal(attrs)})
+    g.attrs.update(attrs)
+    g.attrs["seal"] = seal(dict(g.attrs))
     return SlideTiles(g)
 
 
