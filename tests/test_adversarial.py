@@ -336,6 +336,13 @@ def test_training_refuses_bad_values_and_no_test_rows_and_predict_writes_json(tm
     assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 0
     for line in capsys.readouterr().out.splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    import torch
+    state = torch.load(ck, weights_only=True)
+    torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, ck)
+    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 0     # NaN weights
+    recs = [json.loads(line, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+            for line in capsys.readouterr().out.splitlines()]
+    assert recs[0]["y"]["y"] is None
     ck.write_bytes(ck.read_bytes()[:100])                                 # a truncated checkpoint
     assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 2
     assert "unreadable checkpoint" in capsys.readouterr().err
