@@ -30,6 +30,8 @@ def root_problems(store: Store) -> list[str]:
     split = store.split_hash()
     if rec.get("split") != split or store.meta.get("split_hash") != split:
         out.append("samples/split: content does not match its recorded hash (split edited)")
+    extra = sorted(set(store.root["samples"].array_keys()) - {"id", "split"})
+    out += [f"samples/{name}: extra array not part of the store's layout" for name in extra]
     have = {t: label_digest(v, m) for t, (v, m) in store.labels().items()}
     want = rec.get("labels") or {}
     for task in sorted(set(have) | set(want)):

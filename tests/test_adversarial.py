@@ -410,3 +410,16 @@ def test_owners_features_of_absurd_magnitude_fail_their_row():
     buf = io.BytesIO()
     np.savez(buf, x=np.arange(8, dtype=np.float32))
     assert _features_of("CT Features/c-1.npz", buf.getvalue()).dtype == np.float32
+
+
+def test_strict_counts_the_failed_rows_of_reused_units(ehr_spec, data_root, tmp_path, capsys):
+    from extract.__main__ import main as extract_main
+    recs = _real_records(data_root, 7)
+    rid, body = recs[2]
+    recs[2] = (rid, body + b"02:00,HR,abc\n")                              # one record fails
+    write_set(tmp_path / "physionet2012", recs, "d")
+    args = ["--config", str(ehr_spec), "--dataset", "physionet2012", "--data-root", str(tmp_path), "--set", "d",
+            "--store", str(tmp_path / "s.zarr"), "--no-rag", "--modality", "demographics", "--quiet"]
+    assert extract_main(args) == 0
+    assert extract_main([*args, "--strict"]) == 1                           # every unit cached, the row still failed
+    assert "units skipped (cached)" in capsys.readouterr().out

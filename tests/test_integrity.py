@@ -113,6 +113,8 @@ CORRUPTIONS = {
     "latest edited": (_latest, "does not match its seal"),
     "source edited": (_source, "source: unit 0 (rows 0-7): content hash mismatch"),
     "extra array": (_extra_array, "planted: extra array"),
+    "extra sample array": (lambda p: Store(p, mode="a").root["samples"].create_array("age", shape=(24,), dtype="f4"),
+                           "samples/age: extra array"),
     "emptied group": (_emptied, "group folder without metadata"),
     "checksum deleted": (lambda p: shutil.rmtree(p / G / "checksum"), "checksum: array missing"),
     "units swapped": (_swap_units, "unit 0 (rows 0-7): checksum bound to another unit/rows/ids"),
