@@ -54,7 +54,7 @@ def _run(args) -> int:
     summary = extract(ExtractRequest.from_args(args))
     if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
         return 1
-    return exit_status(sum(summary.failed.values()), args.strict)
+    return exit_status(sum(summary.failed.values()) + sum(summary.cached_failed.values()), args.strict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,14 +12,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import re
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from plugins.dataset_options import add_dataset_options, dataset_options
+from plugins.datasets.archives import ARCHIVE_ERRORS, member_id, unreadable
+from plugins.datasets.base import DatasetAdapter
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
+
+ABSURD = 1e10           # no embedding comes near it; beyond = corrupt (a float32 bit flip, a unit error)
 
 
 def _read_array(blob: bytes, name: str, key: str | None) -> np.ndarray:
@@ -30,17 +35,42 @@ def _read_array(blob: bytes, name: str, key: str | None) -> np.ndarray:
             return z[key or z.files[0]]
 
 
+def _inside(source: Path, names: set[str]) -> tuple[set[str], dict[str, str]]:
+    """The file names that stay inside ``source``, and why the others are refused (an id like ../../etc/passwd)."""
+    ok, refused = set(), {}
+    for n in names:
+        try:
+            DatasetAdapter.under(source, n, "file name")
+            ok.add(n)
+        except ValueError as exc:
+            refused[n] = str(exc)
+    return ok, refused
+
+
 def _files(source: Path, names: set[str]) -> dict[str, bytes]:
-    """name -> bytes, for the wanted file names, from a folder or a tar archive."""
+    """name -> bytes, for the wanted file names, from a folder or a tar archive (members matched by exact name:
+    traversal and absolute members refuse the archive, two members of one name are refused naming both)."""
     if source.is_dir():
         return {n: (source / n).read_bytes() for n in names if (source / n).is_file()}
-    out = {}
-    with tarfile.open(source, "r:*") as tar:
-        for m in tar:
-            base = m.name.rsplit("/", 1)[-1]
-            if m.isfile() and base in names:
-                out[base] = tar.extractfile(m).read()
+    out, where = {}, {}
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                member_id(m.name, _ANY, source)
+                base = m.name.rsplit("/", 1)[-1]
+                if base in names:
+                    if base in where:
+                        raise ValueError(f"{source}: members {where[base]!r} and {m.name!r} both give {base}: refused")
+                    where[base] = m.name
+                    out[base] = tar.extractfile(m).read()
+    except ARCHIVE_ERRORS as exc:
+        raise unreadable(source, exc) from None
     return out
+
+
+_ANY = re.compile(r"(.*)")
 
 
 def import_features(store_path: str, modality: str, expert: str, source: Path, pattern: str = "{id}.npz",
@@ -48,13 +78,17 @@ def import_features(store_path: str, modality: str, expert: str, source: Path, p
     st = Store(store_path, mode="a")
     ids = st.ids()
     wanted = {pattern.format(id=i): r for r, i in enumerate(ids)}
-    blobs = _files(source, set(wanted))
-    arrays, reasons = {}, {}
+    inside, refused = _inside(source, set(wanted))
+    blobs = _files(source, inside)
+    arrays, reasons = {}, {wanted[n]: why for n, why in refused.items()}
     for name, blob in blobs.items():
         try:
-            a = np.asarray(_read_array(blob, name, key), dtype=np.float32).reshape(-1)
+            a = np.asarray(_read_array(blob, name, key), dtype=np.float64).reshape(-1)
             if not np.isfinite(a).all():
                 raise ValueError("NaN/inf values")
+            if np.abs(a).max(initial=0) > ABSURD:
+                raise ValueError(f"absurd magnitude (max |x| {np.abs(a).max():.3g} > {ABSURD:g})")
+            a = a.astype(np.float32)
             arrays[wanted[name]] = a
         except Exception as exc:  # noqa: BLE001
             reasons[wanted[name]] = f"{name}: {exc}"[:300]

@@ -7,7 +7,8 @@ input fail with a reason instead of being embedded as ok:
 
 - text: binary content (a NUL byte, or more than 10% control / non-printable characters) fails; control
   characters are removed; text with nothing printable left fails; a note longer than ``max_note_words``
-  (modality preprocess, default 20,000 whitespace-separated words) is cut there (about 100 windows of 256 tokens).
+  (modality preprocess, default 20,000 whitespace-separated words) is cut there (about 100 windows of 256 tokens);
+  runs of more than 100 characters without whitespace are cut to 100, and a text to 10 characters per allowed word.
 - series / features: +-inf anywhere fails (NaN means "not measured").
 Images are checked when decoded (readers/image.py: pixel budget, minimum size, blank).
 """
@@ -29,6 +30,8 @@ from .datasets.base import DatasetAdapter, Failed, Missing
 MAX_NOTE_WORDS = TextPreprocess.model_fields["max_note_words"].default     # stores/preprocess.py
 BINARY_FRACTION = 0.10
 log = logging.getLogger("medmix")
+MAX_WORD_CHARS, CHARS_PER_WORD = 100, 10          # a "word" of 300 kB (no whitespace) is cut: bounded in characters
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _ODD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ud800-\udfff]")   # + replacement chars
 
@@ -113,6 +116,8 @@ def check_text(text, max_words: int = MAX_NOTE_WORDS) -> str | Failed:
     clean = _CONTROL.sub("", text)
     if not clean.strip():
         return Failed("no printable text (control characters only)")
+    clean = _LONG_WORD.sub(lambda m: m[0][:MAX_WORD_CHARS], clean)      # cost bound: tokenizers [UNK] such runs
+    clean = clean[:max_words * CHARS_PER_WORD] if max_words else clean   # and a character cap beside the word cap
     if max_words and len(clean.split()) > max_words:
         last = next(islice(re.finditer(r"\S+", clean), max_words - 1, None))
         clean = clean[:last.end()]

@@ -97,6 +97,7 @@ def embed_dataset(request: ExtractRequest, summary=None, service: RagService | N
     ds = spec.dataset(request.dataset)
     adapter = get_adapter(ds, paths.data_root(spec, request.data_root), request.options)
     st = Store(str(paths.store_path(spec, request.dataset, request.options, request.limit, request.store)), mode="a")
+    st.check_rows(request.dataset, adapter.ids(), adapter.options)
     targets = _targets(spec, request)
     if not targets:
         return {}

@@ -125,11 +125,34 @@ class CorruptIndex(RuntimeError):
 def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "flat") -> RetrievalIndex:
     """Embed and index the passages into a temporary sibling folder, then swap it in by rename: a killed build
     never leaves a half-written index under ``folder``."""
-    import bm25s
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):      # left by a killed build (callers hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        return _build_into(tmp, folder, passages, encoder, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)                     # a failed build leaves nothing behind
+        raise
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a saved index but meta.json (bm25/ included): checked at every open."""
+    import hashlib
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "meta.json":
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[p.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
+def _build_into(tmp: Path, folder: Path, passages: list[Passage], encoder, kind: str) -> RetrievalIndex:
+    import bm25s
     t0 = time.perf_counter()
     docs, step = [p.as_document() for p in passages], 256
     with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:   # rate and ETA
@@ -148,6 +171,7 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
     (tmp / "passages.json").write_text(json.dumps([asdict(p) for p in passages]))
     bm25.save(str(tmp / "bm25"))
     meta["file_sizes"] = {f: (tmp / f).stat().st_size for f in FILES[:-1]}
+    meta["file_sha256"] = _file_digests(tmp)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     old = folder.parent / f".{folder.name}.old-{os.getpid()}"
     if folder.exists():
@@ -166,6 +190,12 @@ def load_index(folder: Path) -> RetrievalIndex:
         for name, size in meta.get("file_sizes", {}).items():
             if (folder / name).stat().st_size != size:
                 raise CorruptIndex(f"{folder / name}: {(folder / name).stat().st_size} bytes, meta.json says {size}")
+        if "file_sha256" not in meta:
+            raise CorruptIndex(f"{folder}: written before content hashes (meta.json has no file_sha256)")
+        have = _file_digests(folder)
+        changed = sorted(n for n in set(have) | set(meta["file_sha256"]) if have.get(n) != meta["file_sha256"].get(n))
+        if changed:
+            raise CorruptIndex(f"{folder / changed[0]}: content does not match its sha256 in meta.json")
         passages = [Passage(**p) for p in json.loads((folder / "passages.json").read_text())]
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         index = faiss.read_index(str(folder / "index.faiss"))

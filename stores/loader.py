@@ -6,12 +6,16 @@ with a boolean mask (valid == ok). Rows that are missing or failed are zeroed, s
 """
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numpy as np
 
+from . import integrity
 from .spec import canonical_hash
 from .store import OK, Store, StoreError
+
+log = logging.getLogger("medmix.store")
 
 
 class Experts(NamedTuple):
@@ -26,13 +30,41 @@ class Experts(NamedTuple):
 TEACHER = "teacher"
 
 
-def read_group(group) -> tuple[np.ndarray, np.ndarray]:
-    """One expert group, whole: (N, D) float32 vectors with every row that is not ok zeroed, and the (N,) bool mask."""
+def _refuse(store, problems: list[str]) -> None:
+    url = getattr(store, "url", "store")
+    raise StoreError(f"{url}: fails its integrity check ({problems[0]}"
+                     f"{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}): refused; "
+                     f"`python -m stores verify {url}` lists every problem")
+
+
+def read_group(group, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One expert group, whole: (N, D) float32 vectors with every row that is not ok zeroed, and the (N,) bool mask.
+
+    ``check``: what was read is compared with the group's recorded hashes (seal, every committed unit's bound
+    checksum) before it is used; a mismatch is refused (StoreError naming the store and the first problem)."""
     valid = group.group["valid"][:]
+    raw = group.group["vectors"][:]
+    if check:
+        problems = integrity.read_problems(group.store, group, raw, valid)
+        if problems:
+            _refuse(group.store, [f"{group.path}: {p.removeprefix(group.path).lstrip('/: ')}" for p in problems])
+        if group.integrity < integrity.INTEGRITY:
+            log.warning("%s: group %s: read without content hashes", group.path, integrity.LEGACY)
     mask = valid == OK
-    vec = group.group["vectors"][:].astype(np.float32)
+    vec = raw.astype(np.float32)
     vec[~mask] = 0.0
     return vec, mask
+
+
+def check_store(store: Store) -> None:
+    """The store's fixed part (ids, split, labels) against its recorded hashes, and label values in the tasks'
+    classes: fast (hashes of small arrays), run before any training, evaluation or prediction reads labels."""
+    problems = integrity.root_problems(store) + integrity.label_value_problems(store)
+    if problems:
+        _refuse(store, problems)
+    if integrity.is_legacy(store):
+        log.warning("%s: store %s: ids, split and labels are read without recorded hashes", store.url,
+                    integrity.LEGACY)
 
 
 def group_profile(attrs: dict) -> str | None:
@@ -75,6 +107,7 @@ def read_experts(store: Store | str, select: dict[str, list[str]] | None = None,
     the newest group of each expert. ``provenance`` records, per expert, the hash, model and how it was chosen.
     """
     store = store if isinstance(store, Store) else Store(store)
+    check_store(store)
     versions = versions or {}
     select = select or {m: [e for e in store.experts(m) if e != TEACHER] for m in store.modalities()}
     experts, masks, prov = {}, {}, {}
@@ -105,9 +138,23 @@ def read_experts(store: Store | str, select: dict[str, list[str]] | None = None,
     return Experts(experts, masks, t_vec, t_mask, prov)
 
 
+def check_split(store: Store, recorded: dict, part: str) -> None:
+    """A checkpoint scored on one split of the cohort it was trained on must see the split it was trained with:
+    ``recorded`` holds the checkpoint's ``split_hash`` and ``ids_hash``. Another cohort (other ids) or ``all`` rows
+    pass; a replaced split is refused (its test rows may have been training rows)."""
+    from .store import ids_digest
+    want, ids = recorded.get("split_hash"), recorded.get("ids_hash")
+    if part == "all" or not want or ids != ids_digest(store.ids()) or want == store.split_hash():
+        return
+    raise StoreError(f"{store.url}: split hash {store.split_hash()[:12]} differs from the one the checkpoint was "
+                     f"trained with ({want[:12]}; e.g. --replace-split): scoring split '{part}' would mix training "
+                     "rows in; evaluate with --split all or retrain")
+
+
 def read_labels(store: Store | str) -> dict[str, tuple[np.ndarray, dict]]:
     """Every task's labels as float32 (N, C) arrays (NaN = unknown) with the task's attributes (type, labels)."""
     store = store if isinstance(store, Store) else Store(store)
+    check_store(store)
     return {task: (values.astype(np.float32), attrs) for task, (values, attrs) in store.labels().items()}
 
 

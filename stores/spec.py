@@ -162,6 +162,35 @@ class ModalitySpec(Strict):
         return PREPROCESS[self.kind].model_validate(self.preprocess)
 
 
+class PlausibleRule(Strict):
+    """What a value of one variable may be (docs/datasets.md): a physical range or a code set; ``missing`` lists the
+    codes that mean "not recorded" (e.g. PhysioNet's -1). A value outside is dropped and counted by the adapter."""
+    range: tuple[float, float] | None = None
+    codes: list[float] | None = None
+    missing: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.range is None) == (self.codes is None):
+            raise ValueError("a plausibility rule needs exactly one of 'range' [low, high] or 'codes' [...]")
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range {list(self.range)}: low > high")
+        return self
+
+    def check(self, value: float) -> str | None:
+        """None when plausible (or a 'not recorded' code), else why not."""
+        if value in self.missing:
+            return None
+        if self.codes is not None:
+            return None if value in self.codes else f"not one of the codes {[_num(c) for c in self.codes]}"
+        lo, hi = self.range
+        return None if lo <= value <= hi else f"outside the plausible range {_num(lo)}..{_num(hi)}"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
 class DatasetSpec(Strict):
     adapter: str
     path: str                                   # relative to the data root
@@ -170,6 +199,7 @@ class DatasetSpec(Strict):
     split: SplitSpec
     modalities: dict[str, ModalitySpec]
     options: dict[str, Any] = Field(default_factory=dict)
+    plausible: dict[str, PlausibleRule] = Field(default_factory=dict)   # variable -> physical range / code set
 
     @model_validator(mode="after")
     def _stratify(self):

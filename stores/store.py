@@ -31,14 +31,18 @@ import hashlib
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import zarr
 
 FORMAT_VERSION = 1
+INTEGRITY = 2            # whole-store integrity: ids, split, labels, group attributes and bound unit checksums
+GROUP_ARRAYS = ("vectors", "valid", "reason", "source", "checksum", "done")
+SEALED_META = ("format", "dataset", "n_samples", "chunk_rows", "created", "split_hash", "split_history")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MISSING, OK, FAILED, UNWRITTEN = 0, 1, 2, 255
 
@@ -66,6 +70,7 @@ def _local_path(url: str) -> Path:
 def _staging(store_path: Path) -> Path:
     """A fresh folder on the store's filesystem but outside its hierarchy (so a rename into place is atomic)."""
     base = store_path.parent / f".{store_path.name}.staging"
+    _remove_dead_stages(base)
     for _ in range(20):                 # another process may remove the (empty) base between mkdir and mkdtemp
         base.mkdir(parents=True, exist_ok=True)
         try:
@@ -73,6 +78,44 @@ def _staging(store_path: Path) -> Path:
         except FileNotFoundError:
             continue
     raise StoreError(f"{base}: cannot create a staging folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                     # alive, another user's
+    return True
+
+
+def _remove_dead_stages(base: Path) -> None:
+    """Staging folders of processes that no longer run (killed mid-build) are removed (same host: pid prefix)."""
+    try:
+        stages = list(base.iterdir())
+    except OSError:
+        return
+    for stage in stages:
+        pid = stage.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _cleaned(stage: Path, url) -> Iterator[None]:
+    """Build in ``stage``; on failure remove it (nothing leaks) and say a write error in one line (disk full...)."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            stage.parent.rmdir()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise StoreError(f"{url}: cannot write the store ({exc.strerror or exc})") from exc
+        raise
 
 
 def _publish(stage: Path, target: Path) -> bool:
@@ -110,6 +153,37 @@ def parse_checksum(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in str(text).split(",") if "=" in part)
 
 
+def json_digest(obj) -> str:
+    """sha256 of canonical JSON (sorted keys): attributes are sealed with it."""
+    import json
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def ids_digest(ids) -> str:
+    return array_digest("ids", np.asarray(list(ids), dtype=str))
+
+
+def label_digest(values: np.ndarray, attrs: dict) -> str:
+    """A task's labels as stored (float32, shape) and their meaning (type, class names): a flipped label changes it."""
+    a = np.ascontiguousarray(values, dtype=np.float32)
+    return hashlib.sha256(json_digest([list(a.shape), {k: attrs.get(k) for k in ("type", "labels")}]).encode()
+                          + a.tobytes()).hexdigest()
+
+
+def seal(attrs: dict) -> str:
+    """The digest of a group's attributes without the seal itself (an edited config_hash or provenance breaks it)."""
+    return json_digest({k: v for k, v in attrs.items() if k != "seal"})
+
+
+def latest_seal(parent_path: str, key: str, config_hash: str) -> str:
+    return json_digest([parent_path, key, config_hash])
+
+
+def bound_prefix(unit: "Unit", ids) -> str:
+    """What a v2 unit checksum is bound to: its index, its row range and the ids it covers (a swapped unit fails)."""
+    return f"unit={unit.index},rows={unit.start}-{unit.stop},ids={ids_digest(ids)}"
+
+
 def split_codes_hash(codes: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int8).tobytes()).hexdigest()
 
@@ -128,9 +202,29 @@ class Unit:
 class ExpertGroup:
     """One cached (modality, expert, config) result: vectors + validity + reasons + unit markers."""
 
-    def __init__(self, group: zarr.Group, chunk_rows: int):
+    def __init__(self, group: zarr.Group, chunk_rows: int, store: "Store | None" = None):
         self.group = group
         self.chunk_rows = chunk_rows
+        self.store = store
+
+    @property
+    def integrity(self) -> int:
+        """2 for groups written with bound checksums and sealed attributes; 1 for groups written before."""
+        return int(self.group.attrs.get("integrity", 1))
+
+    def unit_ids(self, unit: "Unit") -> list[str]:
+        root = self.store.root if self.store is not None else zarr.open_group(self.group.store, mode="r")
+        return [str(x) for x in root["samples/id"][unit.rows]]
+
+    def per_row_arrays(self) -> list[str]:
+        """Arrays hashed per unit besides vectors/valid/reason: source and extras (retrieval audit, reports)."""
+        return sorted(n for n in self.group.array_keys() if n not in ("vectors", "valid", "reason", "checksum", "done"))
+
+    def bound_checksum(self, unit: "Unit", vectors: np.ndarray, valid: np.ndarray, reasons) -> str:
+        """The v2 checksum of a unit: bound prefix + digests of every per-row array's slice as stored."""
+        parts = [bound_prefix(unit, self.unit_ids(unit)), unit_checksum(vectors, valid, reasons)]
+        parts += [f"{n}={array_digest(n, self.group[n][unit.rows])}" for n in self.per_row_arrays()]
+        return ",".join(parts)
 
     @property
     def path(self) -> str:
@@ -180,8 +274,18 @@ class ExpertGroup:
         if sources is not None and "source" in members:
             self.group["source"][unit.rows] = np.asarray([s or "" for s in sources], dtype=object).astype(str)
         if "checksum" in members:
-            self.group["checksum"][unit.index] = unit_checksum(vectors, valid, reasons)
+            self.group["checksum"][unit.index] = (self.bound_checksum(unit, vectors, valid, reasons)
+                                                  if self.integrity >= INTEGRITY else
+                                                  unit_checksum(vectors, valid, reasons))
         self.group["done"][unit.index] = 1          # the marker, last
+
+    def failed_rows(self, exclude_units=()) -> int:
+        """Failed rows of the committed units (``--strict`` counts those a run reused, not only those it wrote)."""
+        valid, done = self.group["valid"][:], self.done_units()
+        keep = np.zeros(len(valid), bool)
+        for u in self.units():
+            keep[u.rows] = done[u.index] and u.index not in exclude_units
+        return int((keep & (valid == FAILED)).sum())
 
     def has(self, name: str) -> bool:
         return name in set(self.group.array_keys())
@@ -225,7 +329,8 @@ class Store:
         if _is_local(str(url)):
             if not (path / "zarr.json").exists():
                 stage = _staging(path)
-                cls._build(stage, dataset, ids, split, labels, chunk_rows, attrs)
+                with _cleaned(stage, url):
+                    cls._build(stage, dataset, ids, split, labels, chunk_rows, attrs)
                 _publish(stage, path)
             return cls(url, mode="a")._reuse(ids, split, labels, replace_split)
         if _open(url, "a").attrs.get("medmix") is not None:      # remote: no atomic rename; first writer wins
@@ -255,6 +360,7 @@ class Store:
         store.url, store.root, store.meta = str(url), root, dict(root.attrs["medmix"])
         store.chunk_rows, store.n = int(chunk_rows), n
         store._write_labels(labels)
+        store.seal_root()
 
     def _reuse(self, ids: list[str], split: list[str], labels: dict, replace_split: bool) -> "Store":
         have = self.ids()
@@ -279,8 +385,55 @@ class Store:
             meta["split_hash"] = new_hash
             self.root.attrs["medmix"] = meta
             self.meta = meta
+        elif self.meta.get("split_hash") not in (None, self.split_hash(old)):
+            raise StoreError(f"{self.url}: samples/split does not match its recorded split_hash: the store was "
+                             "edited (`python -m stores verify` says more)")
         self._write_labels(labels)   # labels may be refreshed (same rows); unchanged ones are not rewritten
+        self.seal_root()             # a store written before integrity v2 is sealed here (ids and labels re-read)
         return self
+
+    def root_record(self) -> dict:
+        """The integrity record of the store's fixed part, computed from its content now."""
+        labels = {t: label_digest(v, m) for t, (v, m) in self.labels().items()}
+        return {"version": INTEGRITY, "ids": ids_digest(self.ids()), "split": self.split_hash(), "labels": labels}
+
+    @staticmethod
+    def root_seal(meta: dict, record: dict) -> str:
+        """The seal of what defines the store's rows (the keys of ``SEALED_META``) and its integrity record; other
+        store attributes are informational and may be added later without breaking it."""
+        return json_digest({**{k: meta.get(k) for k in SEALED_META},
+                            "integrity": {k: v for k, v in record.items() if k != "seal"}})
+
+    def seal_root(self) -> None:
+        """Record the hashes of ids, split and labels, and seal the store's attributes (written only on change, so
+        a read-only store whose content is unchanged is never written)."""
+        meta = dict(self.root.attrs["medmix"])
+        record = self.root_record()
+        record["seal"] = self.root_seal(meta, record)
+        if meta.get("integrity") != record:
+            meta["integrity"] = record
+            self.root.attrs["medmix"] = meta
+        self.meta = meta
+
+    def check_rows(self, dataset: str, ids: list[str], options: dict | None = None) -> None:
+        """Before a stage writes rows it computed from an adapter into this store: the same dataset, the same ids in
+        the same row order, the same dataset options (e.g. PhysioNet's set) as the store was created with. One
+        cohort's vectors never land on another's patients."""
+        if self.meta.get("dataset") not in (None, dataset):
+            raise StoreError(f"{self.url}: holds dataset '{self.meta['dataset']}', not '{dataset}'")
+        recorded = {k: v for k, v in ((self.meta.get("adapter") or {}).get("options") or {}).items()
+                    if k != "rag_bridge"}
+        given = {k: v for k, v in (options or {}).items() if k != "rag_bridge"}
+        differ = sorted(k for k in set(recorded) | set(given) if recorded.get(k) != given.get(k))
+        if recorded and differ:
+            raise StoreError(f"{self.url}: created with dataset options {recorded}, given {given} (differ in "
+                             f"{', '.join(differ)}): pass the store's options, or the store of these options")
+        have = self.ids()
+        if list(ids[:self.n]) != have:
+            bad = next((i for i, (a, b) in enumerate(zip(ids, have)) if a != b), min(len(ids), self.n))
+            raise StoreError(f"{self.url}: the dataset's ids differ from the store's (row {bad}: "
+                             f"{ids[bad] if bad < len(ids) else 'none'!r} vs {have[bad]!r}; {len(ids)} vs {self.n} "
+                             "rows): another cohort or set; refused, nothing written")
 
     def split_hash(self, codes: np.ndarray | None = None) -> str:
         """sha256 of the split codes (int8, row order): include it in any results hash computed on this store."""
@@ -326,13 +479,32 @@ class Store:
         key = config_hash[:12] if config_hash else self.root[base].attrs.get("latest")
         if key is None or key not in self.root[base]:
             raise StoreError(f"{self.url}: {base}: no group for config {key}")
-        return ExpertGroup(self.root[f"{base}/{key}"], self.chunk_rows)
+        if config_hash is None:
+            self.check_latest(modality, expert)
+        return ExpertGroup(self.root[f"{base}/{key}"], self.chunk_rows, self)
+
+    def check_latest(self, modality: str, expert: str) -> None:
+        """``latest`` must name a group of this expert and carry its seal (an edited pointer is refused)."""
+        parent = self.root[f"embeddings/{modality}/{expert}"]
+        key, recorded = parent.attrs.get("latest"), parent.attrs.get("latest_seal")
+        if key is None or key not in parent:
+            raise StoreError(f"{self.url}: {parent.path}: latest {key!r} names no group")
+        want = latest_seal(parent.path, key, parent[key].attrs.get("config_hash", ""))
+        if recorded is not None and recorded != want:
+            raise StoreError(f"{self.url}: {parent.path}: latest {key!r} does not match its seal (edited)")
+
+    def set_latest(self, modality: str, expert: str, key: str) -> None:
+        """Point ``latest`` at a group, sealed; nothing is written when it already points there."""
+        parent = self.root[f"embeddings/{modality}/{expert}"]
+        want = {"latest": key, "latest_seal": latest_seal(parent.path, key, parent[key].attrs.get("config_hash", ""))}
+        if {k: parent.attrs.get(k) for k in want} != want:
+            parent.attrs.update(want)
 
     def iter_groups(self) -> Iterable[tuple[str, str, str, ExpertGroup]]:
         for m in self.modalities():
             for e in self.experts(m):
                 for h in self.versions(m, e):
-                    yield m, e, h, ExpertGroup(self.root[f"embeddings/{m}/{e}/{h}"], self.chunk_rows)
+                    yield m, e, h, ExpertGroup(self.root[f"embeddings/{m}/{e}/{h}"], self.chunk_rows, self)
 
     # ---- writing expert groups ------------------------------------------------------------------------------
     def require_expert_group(self, modality: str, expert: str, config_hash: str, dim: int, provenance: dict,
@@ -346,12 +518,15 @@ class Store:
                 raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
             if g["vectors"].shape[1] != dim:
                 raise StoreError(f"{self.url}: {g.path}: stored dim {g['vectors'].shape[1]} != encoder dim {dim}")
+            _same_weights(self.url, g, provenance)
         else:
-            attrs = {"config_hash": config_hash, "modality": modality, "expert": expert,
+            attrs = {"config_hash": config_hash, "modality": modality, "expert": expert, "integrity": INTEGRITY,
+                     "arrays": sorted([*GROUP_ARRAYS, *(extras or {})]),
                      "dim": dim, "dtype": dtype, "created": _now(), "provenance": provenance}
             if _is_local(self.url):
                 stage = _staging(_local_path(self.url))
-                self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
+                with _cleaned(stage, self.url):
+                    self._build_group(_open(stage, "w"), attrs, dim, dtype, extras)
                 target = _local_path(self.url) / parent.path / key
                 _publish(stage, target)     # False: another run published it first; theirs is used (checked below)
             else:
@@ -359,8 +534,8 @@ class Store:
             g = parent[key]
             if g.attrs.get("config_hash") != config_hash:
                 raise StoreError(f"{self.url}: {g.path}: hash prefix collision with a different config")
-        parent.attrs["latest"] = key
-        return ExpertGroup(g, self.chunk_rows)
+        self.set_latest(modality, expert, key)
+        return ExpertGroup(g, self.chunk_rows, self)
 
 
     def _build_group(self, g: zarr.Group, attrs: dict, dim: int, dtype: str, extras: dict | None) -> None:
@@ -377,7 +552,27 @@ class Store:
         for name, (tail, dt, fill) in (extras or {}).items():
             g.create_array(name, shape=(self.n, *tail), chunks=(c, *tail), dtype=dt, fill_value=fill,
                            dimension_names=["sample", *[f"{name}_{i}" for i in range(len(tail))]])
-        g.attrs.update(attrs)
+        g.attrs.update(json_safe(attrs))
+        g.attrs["seal"] = seal(dict(g.attrs))      # of the attributes as read back (JSON round trip exact)
+
+
+def json_safe(attrs: dict) -> dict:
+    """Attributes as JSON stores them (tuples become lists, numpy scalars numbers)."""
+    import json
+    return json.loads(json.dumps(attrs, default=str))
+
+
+def _same_weights(url: str, g: zarr.Group, provenance: dict) -> None:
+    """A group is resumed only with the weights it was started with (their sha256 in the provenance): otherwise one
+    group would hold rows of two models. Refused; a changed model belongs in a new group (a new revision/source)."""
+    old = (g.attrs.get("provenance") or {}).get("weights_sha256") or {}
+    new = (provenance or {}).get("weights_sha256") or {}
+    if old and new and old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        was, now = str(old.get(changed[0]))[:12], str(new.get(changed[0]))[:12]
+        raise StoreError(f"{url}: {g.path}: the weights changed since this group was started "
+                         f"({', '.join(changed[:3])}: sha256 {was} -> {now}); refusing to mix two models' rows in one "
+                         "group: restore the weights, or pin another revision/source")
 
 
 def open_store(url: str | os.PathLike, mode: str = "r") -> Store:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
+from .store import INTEGRITY, array_digest, json_safe, seal
+
 
 class SlideTiles:
     def __init__(self, group: zarr.Group):
@@ -37,8 +39,18 @@ class SlideTiles:
         rows = self.batch_rows(b)
         if emb.shape[0] != rows.stop - rows.start or not np.isfinite(emb).all():
             raise ValueError(f"{self.group.path}: tile batch {b} has {emb.shape[0]} rows or non-finite values")
-        self.group["embeddings"][rows] = emb.astype(np.float32)
+        emb = emb.astype(np.float32)
+        self.group["embeddings"][rows] = emb
+        if "checksum" in set(self.group.array_keys()):
+            self.group["checksum"][b] = self.batch_checksum(b, emb)
         self.group["done"][b] = 1                                   # marker last
+
+    def batch_checksum(self, b: int, emb: np.ndarray) -> str:
+        """A tile batch's digest bound to its batch index, tile rows and slide (a batch swapped between slides
+        fails)."""
+        rows = self.batch_rows(b)
+        return (f"batch={b},rows={rows.start}-{rows.stop},sample={self.group.attrs.get('sample_id')},"
+                f"embeddings={array_digest('embeddings', np.asarray(emb, np.float32))}")
 
     def mean(self) -> np.ndarray:
         if not self.done().all():
@@ -71,7 +83,11 @@ def require_slide_tiles(root: zarr.Group, modality: str, expert: str, config_has
                    dimension_names=["tile", "feature"])
     g.create_array("done", shape=(max(1, -(-n // b)),), chunks=(1,), dtype="uint8", fill_value=0,
                    dimension_names=["tile_batch"])
-    g.attrs.update({"sample_id": sample_id, "row": int(row), "grid": info})
+    g.create_array("checksum", shape=(max(1, -(-n // b)),), chunks=(1,), dtype=str, dimension_names=["tile_batch"])
+    attrs = json_safe({"sample_id": sample_id, "row": int(row), "grid": info, "integrity": INTEGRITY,
+                       "coords_sha256": array_digest("coords", coords)})
+    g.attrs.update(attrs)
+    g.attrs["seal"] = seal(dict(g.attrs))
     return SlideTiles(g)
 
 

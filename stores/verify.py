@@ -1,10 +1,11 @@
 """Consistency and integrity checks and a coverage summary of a store (`python -m stores verify|info`).
 
-Integrity: every unit committed since checksums exist carries sha256 digests of its vectors / valid / reason
-slices (``checksum``, written just before the marker); verify recomputes them, so flipped bytes that still decode to
-finite numbers, or a chunk swapped for another unit's, are caught and named (array and unit). Unreadable chunks
-and metadata are reported the same way, never as a traceback. Groups written before checksums existed still verify
-(with a note).
+Integrity (v2, stores/integrity.py): the ids, split and labels against their recorded hashes, every group's sealed
+attributes and recorded array list, ``latest`` against its seal, and every committed unit's checksum, bound to its
+index, rows and ids: flipped bytes that still decode to finite numbers, a chunk or a whole unit swapped for
+another's, an edited label, config hash or provenance, an extra or deleted array, an emptied group folder are FAIL
+lines naming what changed. Unreadable chunks and metadata are reported the same way, never as a traceback. Stores
+and groups written before v2 verify for consistency, with the note "written before integrity v2".
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import integrity
 from .errors import reason
-from .store import FAILED, MISSING, OK, SPLIT_CODES, UNWRITTEN, ExpertGroup, Store, array_digest, parse_checksum
+from .store import FAILED, MISSING, OK, SPLIT_CODES, UNWRITTEN, ExpertGroup, Store
 
 
 @dataclass
@@ -55,12 +57,26 @@ def check(store: Store) -> Report:
         for task, (values, _meta) in store.labels().items():
             if values.shape[0] != n:
                 rep.problems.append(f"labels/{task}: {values.shape[0]} rows != {n}")
+        rep.problems += integrity.label_value_problems(store)
+        rep.problems += integrity.root_problems(store)
     except Exception as exc:  # noqa: BLE001
         rep.problems.append(f"labels: unreadable ({_err(exc)})")
+    if integrity.is_legacy(store):
+        rep.notes.append(f"store {integrity.LEGACY}: ids, split and labels carry no recorded hash (an extract run "
+                         "on the store records them)")
+    rep.problems += integrity.stray_folders(store)
     for where, g in _groups(store, rep):
         _check_group(store, where, g, ids, rep)
     _verify_tiles(store, rep)
     return rep
+
+
+def _check_latest(store: Store, parent: str, rep: Report) -> None:
+    mod, exp = parent.split("/")[1:3]
+    try:
+        store.check_latest(mod, exp)
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(str(exc).removeprefix(f"{store.url}: "))
 
 
 def _groups(store: Store, rep: Report):
@@ -73,10 +89,11 @@ def _groups(store: Store, rep: Report):
             return []
     for m in children("embeddings"):
         for e in children(f"embeddings/{m}"):
+            _check_latest(store, f"embeddings/{m}/{e}", rep)
             for h in children(f"embeddings/{m}/{e}"):
                 where = f"embeddings/{m}/{e}/{h}"
                 try:
-                    yield where, ExpertGroup(store.root[where], store.chunk_rows)
+                    yield where, ExpertGroup(store.root[where], store.chunk_rows, store)
                 except Exception as exc:  # noqa: BLE001
                     rep.problems.append(f"{where}: unreadable group metadata ({_err(exc)})")
 
@@ -87,8 +104,9 @@ def _open_arrays(where: str, g: ExpertGroup, rep: Report) -> dict | None:
         try:
             arrays[name] = g.group[name]
         except KeyError:
-            if name != "checksum":
+            if name != "checksum" or g.integrity >= integrity.INTEGRITY:
                 rep.problems.append(f"{where}/{name}: array missing")
+            if name != "checksum":
                 return None
         except Exception as exc:  # noqa: BLE001  (truncated / corrupt zarr.json)
             rep.problems.append(f"{where}/{name}: unreadable array metadata ({_err(exc)})")
@@ -106,6 +124,10 @@ def _read(arrays: dict, name: str, sel, where: str, unit, rep: Report):
 
 
 def _check_group(store: Store, where: str, g: ExpertGroup, ids: list[str], rep: Report) -> None:
+    try:
+        rep.problems += integrity.group_problems(where, g)
+    except Exception as exc:  # noqa: BLE001
+        rep.problems.append(f"{where}: unreadable attributes ({_err(exc)})")
     arrays = _open_arrays(where, g, rep)
     if arrays is None:
         return
@@ -134,8 +156,8 @@ def _check_group(store: Store, where: str, g: ExpertGroup, ids: list[str], rep: 
         bad = ok & ~np.isfinite(x.astype(np.float32)).all(axis=1)
         nonfinite += [ids[u.start + i] for i in np.flatnonzero(bad)]
         no_reason += sum(1 for code, why in zip(v, r) if code == FAILED and str(why) == "")
-        if done:
-            unchecked += _check_digest(arrays, where, u, {"vectors": x, "valid": v, "reason": r}, rep)
+        if done and "checksum" in arrays:
+            unchecked += _check_digest(arrays, where, g, u, {"vectors": x, "valid": v, "reason": r}, rep)
     if nonfinite:
         rep.problems.append(f"{where}/vectors: {len(nonfinite)} valid rows hold NaN/inf (e.g. {nonfinite[:3]})")
     if no_reason:
@@ -143,24 +165,24 @@ def _check_group(store: Store, where: str, g: ExpertGroup, ids: list[str], rep: 
     if pending:
         rep.notes.append(f"{where}: {len(pending)} of {g.n_units} units pending (no marker): "
                          f"{pending[:10]}{' ...' if len(pending) > 10 else ''}")
-    if unchecked:
-        rep.notes.append(f"{where}: no content hash recorded for {unchecked} committed unit(s) "
-                         "(written before checksums existed); their data is checked for consistency only")
+    if g.integrity < integrity.INTEGRITY:
+        rep.notes.append(f"{where}: group {integrity.LEGACY}" + (
+            f"; no content hash recorded for {unchecked} committed unit(s): its data is checked for consistency only"
+            if unchecked or "checksum" not in arrays else
+            ": unit checksums are not bound to unit index and ids, attributes not sealed"))
 
 
-def _check_digest(arrays: dict, where: str, u, data: dict, rep: Report) -> int:
-    """Compare a committed unit's slices with their recorded digests; 1 when the unit has none."""
-    if "checksum" not in arrays:
-        return 1
+def _check_digest(arrays: dict, where: str, g: ExpertGroup, u, data: dict, rep: Report) -> int:
+    """Compare a committed unit's slices with their recorded checksum; 1 when a legacy unit has none."""
     text = _read(arrays, "checksum", u.index, where, u, rep)
-    digests = parse_checksum(text) if text is not None else {}
-    if not digests:
-        return 1 if text is not None else 0
-    for name, values in data.items():
-        want = digests.get(name)
-        if want and array_digest(name, values) != want:
-            rep.problems.append(f"{where}/{name}: unit {u.index} (rows {u.start}-{u.stop - 1}): content hash "
-                                "mismatch (the chunk changed after it was committed)")
+    if text is None:
+        return 0
+    if not str(text) and g.integrity < integrity.INTEGRITY:
+        return 1
+    try:
+        rep.problems += integrity.unit_problems(where, g, u, text, data)
+    except Exception as exc:  # noqa: BLE001  (an unreadable per-row array)
+        rep.problems.append(f"{where}: unit {u.index}: unreadable ({_err(exc)})")
     return 0
 
 
@@ -185,6 +207,7 @@ def _verify_tiles(store: Store, rep: Report) -> None:
             for b in np.flatnonzero(t.done()):
                 if not np.isfinite(emb[t.batch_rows(int(b))]).all():
                     rep.problems.append(f"{path}: tile batch {b} has a marker but NaN/inf embeddings")
+            rep.problems += integrity.tile_problems(path, t.group)
         except Exception as exc:  # noqa: BLE001
             rep.problems.append(f"{path}/embeddings: unreadable ({_err(exc)})")
 

@@ -334,11 +334,14 @@ def test_verify_reports_unreadable_metadata_pending_units_and_old_groups(tmp_pat
     assert code == 1 and "FAIL embeddings/note/e/aaaaaaaaaaaa/valid: unreadable array metadata" in out
 
     st, g = _small_store(tmp_path / "old.zarr")
-    del g.group["checksum"]                                                 # as written before checksums
-    g.group["done"][2] = 0
+    del g.group["checksum"]                                                 # integrity v2: a FAIL, not a note
+    out = _verify_cli(tmp_path / "old.zarr", capsys)[1]
+    assert "FAIL embeddings/note/e/aaaaaaaaaaaa/checksum: array missing" in out
+    g.group.attrs.put({k: v for k, v in g.attrs.items() if k not in ("integrity", "arrays", "seal")})
+    g.group["done"][2] = 0                                                  # as written before checksums
     rep = check(Store(tmp_path / "old.zarr"))
     assert rep.problems == []
-    assert any("no content hash recorded" in n for n in rep.notes)
+    assert any("written before integrity v2; no content hash recorded" in n for n in rep.notes)
     assert any("1 of 3 units pending (no marker): [2]" in n for n in rep.notes)
 
 

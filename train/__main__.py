@@ -116,8 +116,12 @@ def _train(argv: list[str]) -> int:
 def _load_checkpoint(path: str):
     import torch
     from .trainer import Recipe, build_model
-    meta = json.loads(Path(path).with_suffix(".json").read_text())
-    return meta, torch.load(path, map_location="cpu", weights_only=True), Recipe(**meta["recipe"]), build_model
+    try:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
+        raise UsageError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})"[:300]) from None
+    return meta, state, Recipe(**meta["recipe"]), build_model
 
 
 def _device(name: str | None) -> str:
@@ -203,6 +207,13 @@ def _common_args(ap):
                          "cross-config evaluation; said in the output)")
 
 
+def _num(x, digits: int):
+    """A JSON number, or null where the value is NaN/inf (JSON has no NaN)."""
+    import math
+    v = float(x)
+    return round(v, digits) if math.isfinite(v) else None
+
+
 def _no_modality(data):
     """Rows with no modality at all: reported, never scored (their output would be the heads' bias)."""
     return ~data.available().any(1).cpu().numpy()
@@ -217,11 +228,13 @@ def _evaluate(argv):
     ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
     add_dataset_options(ap)
     args = ap.parse_args(argv)
-    from stores.store import SPLIT_CODES
+    from stores.loader import check_split
+    from stores.store import SPLIT_CODES, Store
     from .evaluation import evaluate_split
     meta, state, recipe, build = _load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store, _options(args))
+    check_split(Store(store), meta, args.split)
     data = _data_for(meta, store, _device(args.device), args.allow_other_features, notes)
     model = _model(meta, state, recipe, build, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
@@ -280,12 +293,12 @@ def _predict(argv):
         for t in meta["tasks"]:
             lo = out.logits[r, t["out"][0]:t["out"][1]]
             prob = torch.softmax(lo, 0) if t["type"] == "multiclass" else torch.sigmoid(lo)
-            rec[t["name"]] = dict(zip(t["labels"], [round(float(p), 5) for p in prob]))
+            rec[t["name"]] = dict(zip(t["labels"], [_num(p, 5) for p in prob]))
         if out.router:
-            rec["router"] = {m: dict(zip(meta["layout"][m], [round(float(x), 4) for x in g[r]])) for m, g in out.router.items()}
+            rec["router"] = {m: dict(zip(meta["layout"][m], [_num(x, 4) for x in g[r]])) for m, g in out.router.items()}
         if out.fusion is not None:
-            rec["fusion"] = dict(zip(meta["layout"], [round(float(x), 4) for x in out.fusion[r]]))
-        lines.append(json.dumps(rec))
+            rec["fusion"] = dict(zip(meta["layout"], [_num(x, 4) for x in out.fusion[r]]))
+        lines.append(json.dumps(rec, allow_nan=False))
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)

@@ -12,6 +12,7 @@ from .data import Data
 log = logging.getLogger("medmix.train")
 MIN_PER_CLASS = 5
 PARTS = ("train", "val", "test")
+ABSURD = 1e9            # no embedding or summary statistic comes near it: a corrupt row would swamp every gradient
 
 
 class TrainDataError(ValueError):
@@ -42,12 +43,36 @@ def _classes(task: dict, y: np.ndarray) -> list[np.ndarray]:
     return [np.bincount(yy[~np.isnan(yy[:, j]), j].astype(int), minlength=2) for j in range(yy.shape[1])]
 
 
+def check_values(data: Data, where: str) -> None:
+    """Every valid row of every expert and teacher finite and below ``ABSURD`` in magnitude; labels in the classes.
+    One line naming the store, the expert and a sample row, never a failure deep inside an epoch."""
+    groups = [(f"{m}/{name}", data.xs[m][k], data.masks[m][:, k]) for m, names in data.layout.items()
+              for k, name in enumerate(names)]
+    groups += [(f"{m}/teacher", t, data.teacher_masks[m]) for m, t in data.teachers.items()]
+    for key, x, mask in groups:
+        x = x[mask.bool()]
+        bad = ~(x.isfinite() & (x.abs() <= ABSURD)).all(1)
+        if bad.any():
+            row = int(mask.bool().nonzero()[bad.nonzero()[0, 0], 0])
+            raise TrainDataError(f"{where}: {key}: {int(bad.sum())} valid row(s) hold NaN/inf or |x| > {ABSURD:g} "
+                                 f"(e.g. row {row}): run `python -m stores verify`, then re-extract that expert")
+    y = data.y.cpu().numpy()
+    for t in data.tasks:
+        yy = y[:, t["cols"]]
+        known = yy[~np.isnan(yy)]
+        top = len(t["labels"]) if t["type"] == "multiclass" else 2
+        if ((known != np.round(known)) | (known < 0) | (known >= top)).any():
+            raise TrainDataError(f"{where}: task '{t['name']}': label values outside its classes 0..{top - 1}")
+
+
 def check_trainable(data: Data, where: str) -> None:
-    """At least two training rows and one validation row with a modality, and each task with two classes in train."""
+    """At least two training rows, one validation and one test row with a modality, and each task with two classes
+    in train (a run without test rows would report metrics of nothing)."""
     n = {p: len(data.rows(p)) for p in PARTS}
-    if n["train"] < 2 or n["val"] < 1:
-        raise TrainDataError(f"{where}: {n['train']} training and {n['val']} validation samples with any valid "
-                             "modality (need >= 2 and >= 1): extract the store first, or check its split")
+    if n["train"] < 2 or n["val"] < 1 or n["test"] < 1:
+        raise TrainDataError(f"{where}: {n['train']} training, {n['val']} validation and {n['test']} test samples "
+                             "with any valid modality (need >= 2, >= 1 and >= 1): extract the store first, or check "
+                             "its split")
     y = data.y[data.rows("train")].cpu().numpy()
     for t in data.tasks:
         if all((c > 0).sum() < 2 for c in _classes(t, y)):

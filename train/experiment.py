@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stores.spec import canonical_hash
-from stores.store import Store
+from stores.store import Store, ids_digest
 
 from .data import Data
 from .evaluation import evaluate_split, val_thresholds
@@ -104,6 +104,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
         log.warning(prep.notes[-1])
         protocols = ["none"]
     results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
+               "split_hash": store.split_hash(), "ids_hash": ids_digest(store.ids()),
                "recipe_name": recipe_name, "seeds": seeds, "protocols": protocols,
                "store_config_hashes": prep.selection, "selection": {"profile": profile, "pinned": versions or {}},
                "layout": data.layout, "teachers": sorted(data.teachers), "notes": prep.notes,
@@ -114,7 +115,7 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
     folds = cv_splits(prep.raw, n_folds, seeds[0]) if n_folds else None
     results["code_version"] = code_version()
     results["train_code_sha256"] = _train_code_fingerprint()
-    results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols",
+    results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols", "split_hash",
                                                                       "store_config_hashes", "train_code_sha256",
                                                                       "tune_grid", "tune_validation")},
                                              "plan": sorted(plan), "select": select, "tasks": tasks,
@@ -312,5 +313,6 @@ def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed
             "recipe": recipe_dict(recipe), "seed": seed, "large_modality": large_mod,
             "thresholds": {k: v.tolist() for k, v in thresholds.items()},
             "store": results["store"], "store_config_hashes": results["store_config_hashes"],
+            "split_hash": results["split_hash"], "ids_hash": results["ids_hash"],
             "normalisation": normalisation, "recipe_name": results.get("recipe_name")}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))

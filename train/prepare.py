@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from stores.store import Store
 
 from .data import Data
-from .data_checks import TrainDataError, check_trainable, class_guard, exclude_rows_without_modality, modality_counts
+from .data_checks import (TrainDataError, check_trainable, check_values, class_guard, exclude_rows_without_modality,
+                          modality_counts)
 from .normalise import apply_stats, fit_stats
 from .trainer import Recipe
 
@@ -109,6 +110,7 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
         select = {m: [e for e in store.experts(m) if e != "teacher"] for m in mods}
     data, selection = Data.from_store(store, select, tasks, versions=versions, profile=profile)
     check_complete(store, selection)
+    check_values(data, store.url)
     for key, p in selection.items():
         log.info("expert group %s: config %s, model %s (%s; %d group(s) in the store)", key, p["config_hash"][:12],
                  p["model"], p["chosen"], p["versions_in_store"])

@@ -30,6 +30,7 @@ class Summary:
     reasons: dict = field(default_factory=dict)    # "modality/expert" -> {reason: count}
     retried_units: dict = field(default_factory=dict)   # "modality/expert" -> committed units run again
     unit_errors: list = field(default_factory=list)     # "modality unit k: reason" (left pending; rerun retries)
+    cached_failed: dict = field(default_factory=dict)   # "modality/expert" -> failed rows in units not run again
 
     def add(self, other: dict) -> None:
         for key, (ok, miss, fail, reasons) in other.items():
@@ -119,13 +120,13 @@ def _cached_group(store: Store, modality: str, job: Job):
 
 
 def retry_units(group, adapter: DatasetAdapter, modality: str, retry_failed: bool = False) -> set[int]:
-    """Committed units to run again: those holding a failed row (``retry_failed``), or a failed / missing row
-    whose input fingerprint changed since it was written (a fixed file is picked up without any flag)."""
-    from stores.store import FAILED as _F, MISSING as _M
+    """Committed units to run again: those holding a failed row (``retry_failed``), or any written row (ok too)
+    whose input fingerprint changed since it was written (a fixed or edited file is picked up without any flag)."""
+    from stores.store import FAILED as _F, MISSING as _M, OK as _OK
     valid = group.group["valid"][:]
     done = group.done_units()
     out = set()
-    bad_rows = np.flatnonzero((valid == _F) | (valid == _M))
+    bad_rows = np.flatnonzero(np.isin(valid, (_F, _M, _OK)))
     if not bad_rows.size:
         return out
     stored = group.sources()
@@ -164,11 +165,12 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
                 prov = group_provenance({**prov, "view": job.view}, job.role, job.config, ctx.request.profile)
                 group = store.require_expert_group(mod, job.name, job.config_hash, dim, prov)
             else:
-                store.root[f"embeddings/{mod}/{job.name}"].attrs["latest"] = job.config_hash[:12]
+                store.set_latest(mod, job.name, job.config_hash[:12])
             pend = {u.index for u in group.pending_units()}
             retry = retry_units(group, cached_adapter(ctx), mod, retry_failed) - pend
             key = f"{mod}/{job.name}"
             summary.skipped_units[key] = group.n_units - len(pend) - len(retry)
+            summary.cached_failed[key] = group.failed_rows(exclude_units=pend | retry)
             if retry:
                 summary.retried_units[key] = len(retry)
             if pend or retry:

@@ -15,6 +15,8 @@ admission charted before the cut, concatenated.
 """
 from __future__ import annotations
 
+import logging
+import zlib
 from functools import cached_property
 from pathlib import Path
 
@@ -22,7 +24,10 @@ import numpy as np
 import pandas as pd
 
 from ..readers.lazy import LazyView
+from .archives import rules_version, unreadable
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
+
+log = logging.getLogger("medmix.datasets")
 
 # name -> (table, itemids). MIMIC-IV MetaVision / lab itemids.
 VARIABLES: dict[str, tuple[str, list[int]]] = {
@@ -45,9 +50,28 @@ FRONTAL, LATERAL = {"PA", "AP"}, {"LATERAL", "LL"}
 
 
 def _read(path: Path, **kw) -> pd.DataFrame:
+    """A table, or one line naming it (empty, truncated gzip, a missing column)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: MIMIC-IV table not found")
-    return pd.read_csv(path, **kw)
+    try:
+        return pd.read_csv(path, **kw)
+    except (ValueError, OSError, EOFError, pd.errors.ParserError, zlib.error) as exc:
+        raise unreadable(path, exc) from None
+
+
+def plausible(ev: pd.DataFrame, names: list[str], rules: dict) -> pd.DataFrame:
+    """Events outside their variable's rule (pipelines.yaml ``plausible``) or non-finite: dropped, counted."""
+    keep = np.isfinite(ev["valuenum"].to_numpy(float))
+    for c, name in enumerate(names):
+        rule = rules.get(name)
+        if rule is not None:
+            sel = (ev["col"] == c).to_numpy()
+            keep[sel] &= [rule.check(float(v)) is None for v in ev["valuenum"].to_numpy(float)[sel]]
+    if not keep.all():
+        dropped = ev[~keep].groupby("col").size()
+        log.warning("%d implausible or non-finite event(s) dropped: %s", int((~keep).sum()),
+                    {names[int(c)]: int(k) for c, k in dropped.items()})
+    return ev[keep]
 
 
 class MIMICOptions(AdapterOptions):
@@ -58,7 +82,12 @@ class MIMICOptions(AdapterOptions):
 
 @adapter("mimic4mm")
 class MIMIC4MM(DatasetAdapter):
+    version = "2"          # 2: non-finite events dropped (they failed the stay); plausibility rules from the spec
     Options = MIMICOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = rules_version(type(self).version, self.spec)
 
     @property
     def hours(self) -> int:
@@ -145,7 +174,7 @@ class MIMIC4MM(DatasetAdapter):
             ev = ev[(ev["charttime"] >= ev["intime"]) & (ev["charttime"] < ev["cut"])].copy()
             ev["t"] = (ev["charttime"] - ev["intime"]).dt.total_seconds() / 3600
             ev["col"] = [col[(table, int(i))] for i in ev["itemid"]]
-            parts.append(ev[["stay_id", "col", "t", "valuenum"]])
+            parts.append(plausible(ev[["stay_id", "col", "t", "valuenum"]], names, self.spec.plausible))
         return pd.concat(parts) if parts else pd.DataFrame(columns=["stay_id", "col", "t", "valuenum"])
 
     @cached_property

@@ -8,16 +8,21 @@ patients_with_labels_*_final.csv.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
+import logging
+import math
+import re
 import tarfile
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from .archives import ARCHIVE_ERRORS, member_id, read_table, unreadable
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
+
+log = logging.getLogger("medmix.datasets")
 
 LABEL, SPLIT = "vital_status_12", "Split"
 NOTE_FIELDS = [("gender", "gender (code)"), ("age_diag", "age at diagnosis (bin 1-8)"), ("grade", "tumour grade"),
@@ -30,13 +35,43 @@ MUTATIONS = [("VHL_mutation", "VHL"), ("PBMR1_mutation", "PBRM1"), ("TTN_mutatio
 FEATURE_DIRS = {"ct": "CT Features", "mri": "MRI Features", "wsi": "WSI Features"}
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path, required: tuple[str, ...] = ("case_id",)) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: MMIST-ccRCC file not found")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_table(path, required)
 
 
+def _label(text) -> float:
+    """vital_status_12 as a class (0 / 1), NaN when empty; anything else raises (the row's label is refused)."""
+    text = (text or "").strip()
+    if text == "":
+        return float("nan")
+    v = float(text)
+    if v not in (0.0, 1.0):
+        raise ValueError(f"{text[:20]!r} is not a class (0 or 1)")
+    return v
+
+
+def _features_of(name: str, data: bytes) -> np.ndarray | str:
+    """One owner's feature file -> a finite float32 vector, or an error string (the row fails with it)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            v = np.asarray(z[z.files[0]], dtype=np.float64).reshape(-1)
+    except Exception as exc:  # noqa: BLE001  (a corrupt member fails its row)
+        return f"{name}: unreadable npz ({type(exc).__name__}: {exc})"[:300]
+    if not np.isfinite(v).all() or np.abs(v).max(initial=0) > ABSURD_FEATURE:
+        return f"{name}: features non-finite or beyond +-{ABSURD_FEATURE:g} (max |x| {np.abs(v).max():.3g})"
+    return v.astype(np.float32)
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+ABSURD_FEATURE = 1e6        # the owners' features are O(1-100); beyond = corrupt
 RAW_DIR_OPTION = {"ct": "ct_dir", "wsi": "wsi_dir"}      # modality -> the option naming its raw-file folder
 
 
@@ -52,17 +87,37 @@ class MMIST(DatasetAdapter):
 
     @cached_property
     def _clinical(self) -> list[dict]:
-        rows = _read_csv(self.root / "clinical+genomic_split.csv")
-        for r in rows:
-            if r.get(SPLIT) not in ("train", "test"):
-                raise ValueError(f"clinical+genomic_split.csv: case {r.get('case_id')}: Split {r.get(SPLIT)!r}")
+        """The clinical table's rows. A row without a case id or with a Split other than train/test cannot be placed
+        in a split: left out with a warning naming it; two rows of one case refuse the table (naming both)."""
+        rows, seen, left_out = [], {}, []
+        for line, r in enumerate(_read_csv(self.root / "clinical+genomic_split.csv", ("case_id", LABEL, SPLIT)), 2):
+            case = (r.get("case_id") or "").strip()
+            if not case or r.get(SPLIT) not in ("train", "test"):
+                left_out.append(f"line {line}: case {case[:40]!r}, Split {str(r.get(SPLIT))[:20]!r}")
+                continue
+            if case in seen:
+                raise ValueError(f"clinical+genomic_split.csv: case {case[:40]!r} on lines {seen[case]} and {line}: "
+                                 "refused (which row is right is unknowable)")
+            seen[case] = line
+            rows.append(r)
+        if left_out:
+            log.warning("clinical+genomic_split.csv: %d row(s) left out (no case id, or Split not train/test): %s",
+                        len(left_out), "; ".join(left_out[:3]))
         return rows
 
     def ids(self) -> list[str]:
         return [r["case_id"] for r in self._clinical]
 
     def labels(self) -> dict[str, np.ndarray]:
-        y = np.array([[float(r[LABEL])] if r[LABEL] != "" else [np.nan] for r in self._clinical], np.float32)
+        y, bad = np.full((len(self._clinical), 1), np.nan, np.float32), []
+        for i, r in enumerate(self._clinical):
+            try:
+                y[i, 0] = _label(r.get(LABEL))
+            except ValueError as exc:
+                bad.append(f"case {r['case_id'][:40]}: {LABEL} {exc}")
+        if bad:
+            log.warning("clinical+genomic_split.csv: %d label(s) not a class of the task (unknown): %s", len(bad),
+                        "; ".join(bad[:3]))
         return {LABEL: y}
 
     def official_split(self) -> list[str]:
@@ -85,9 +140,12 @@ class MMIST(DatasetAdapter):
         cell) = not recorded -> missing. Age bin is ordinal (numeric); grade and the AJCC T/N/M/stage codes are
         one-hot: their code order is not documented as ordinal."""
         def code(k):
-            v = r.get(k, "")
+            v = (r.get(k) or "").strip()
             return None if v in ("", "-1", "-1.0") else v.removesuffix(".0")
         age = code("age_diag")
+        if age is not None and not _finite(age):
+            raise ValueError(f"clinical+genomic_split.csv: case {r['case_id'][:40]}: age_diag {age[:20]!r} "
+                             "is not a number")
         races = [k[5:] for k in r if k.startswith("race_") and r[k] == "1"]
         cat = {k: code(k) for k, _ in NOTE_FIELDS if k != "age_diag"}
         cat["cancer_history"] = "yes" if code("cancer_history") == "1" else "not recorded"
@@ -98,13 +156,17 @@ class MMIST(DatasetAdapter):
     # ---- the owners' features -------------------------------------------------------------------------------
     def _chosen_files(self, modality: str) -> dict[str, str]:
         """case_id -> member name of the chosen feature file for ct / mri / wsi."""
+        cols = ("case_id", "chosen_exam")
         if modality == "wsi":
-            return {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / "WSI_patientfiles.csv")}
+            return {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / "WSI_patientfiles.csv", cols)
+                    if r.get("chosen_exam")}
         tag = {"ct": "CT", "mri": "MR"}[modality]
-        chosen = {r["case_id"]: r["chosen_exam"] for r in _read_csv(self.root / f"{'MRI' if tag == 'MR' else 'CT'}_patientfiles.csv")}
+        table = self.root / f"{'MRI' if tag == 'MR' else 'CT'}_patientfiles.csv"
+        chosen = {r["case_id"]: r["chosen_exam"] for r in _read_csv(table, cols) if r.get("chosen_exam")}
         per_case: dict[str, list[str]] = {}
-        for r in _read_csv(self.root / f"patients_with_labels_{tag}_final.csv"):
-            per_case.setdefault(r["case_id"], []).append(r["File"])
+        for r in _read_csv(self.root / f"patients_with_labels_{tag}_final.csv", ("case_id", "File")):
+            if r.get("File"):
+                per_case.setdefault(r["case_id"], []).append(r["File"])
         out = {}
         for case, exam in chosen.items():
             series = per_case.get(case, [])
@@ -119,26 +181,30 @@ class MMIST(DatasetAdapter):
         wanted = {m: set(self._chosen_files(m).values()) for m in FEATURE_DIRS}
         by_dir = {d: m for m, d in FEATURE_DIRS.items()}
         out = {m: {} for m in FEATURE_DIRS}
-        with tarfile.open(tar_path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile() or "/" not in member.name:
-                    continue
-                d, name = member.name.rsplit("/", 1)
-                m = by_dir.get(d.split("/")[-1])
-                if m is None or name not in wanted[m]:
-                    continue
-                try:
-                    with np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False) as z:
-                        out[m][name] = np.asarray(z[z.files[0]], dtype=np.float32).reshape(-1)
-                except Exception as exc:
-                    out[m][name] = f"{member.name}: unreadable npz ({exc})"
+        if tar_path.stat().st_size == 0:
+            raise ValueError(f"{tar_path}: empty file (0 bytes)")
+        pattern = re.compile(r"(?:.*/)?(?:CT|MRI|WSI) Features/([^/]+\.npz)")
+        try:
+            with tarfile.open(tar_path, "r:*") as tar:
+                for member in tar:
+                    if not member.isfile() or member_id(member.name, pattern, tar_path) is None:
+                        continue
+                    d, name = member.name.rsplit("/", 1)
+                    m = by_dir.get(d.split("/")[-1])
+                    if m is None or name not in wanted[m]:
+                        continue
+                    if name in out[m]:
+                        raise ValueError(f"{tar_path}: two members {d}/{name}: refused (which is right is unknowable)")
+                    out[m][name] = _features_of(member.name, tar.extractfile(member).read())
+        except ARCHIVE_ERRORS as exc:
+            raise unreadable(tar_path, exc) from None
         return out
 
     def load(self, modality: str, rows: list[int]):
         out = []
         cases = self.ids()
         if modality == "note":
-            return [{"text": self.note(self._clinical[r]), "fields": self.fields(self._clinical[r])} for r in rows]
+            return [self._note_input(self._clinical[r]) for r in rows]
         chosen = self._chosen_files(modality) if modality in FEATURE_DIRS else {}
         raw_dir = self.path_option(RAW_DIR_OPTION[modality]) if modality in RAW_DIR_OPTION else None
         for r in rows:
@@ -163,6 +229,15 @@ class MMIST(DatasetAdapter):
             else:
                 out.append(views)
         return out
+
+    def _note_input(self, r: dict):
+        """The note and fields of one clinical row, or Failed naming the row's problem (a short row, a bad cell)."""
+        if "__error__" in r:
+            return Failed(r["__error__"])
+        try:
+            return {"text": self.note(r), "fields": self.fields(r)}
+        except ValueError as exc:
+            return Failed(str(exc))
 
     def _raw_views(self, modality: str, raw_dir: Path, case: str) -> dict:
         """Lazy raw inputs: the runner decodes them once, only when an expert of that view runs."""

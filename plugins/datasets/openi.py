@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import re
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,19 @@ import numpy as np
 
 from ..readers.lazy import LazyView
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
+
+log = logging.getLogger("medmix.datasets")
+
+
+def _json(path: Path, what: str) -> dict:
+    """A JSON object file, or one line naming the file (empty, not JSON, not an object)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of {what}, found a {type(data).__name__}")
+    return data
 
 
 def _report_number(key: str) -> int:
@@ -38,7 +52,17 @@ class OpenI(DatasetAdapter):
         path = self.root / "reports_ori.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: OpenI reports not found")
-        data = json.loads(path.read_text())
+        data = _json(path, "report key -> report")
+        seen: dict[str, str] = {}
+        for key in data:
+            rid = key.split("/")[-1].replace(".xml", "")
+            if rid in seen:
+                raise ValueError(f"{path}: reports {seen[rid]!r} and {key!r} both give id {rid}: refused")
+            seen[rid] = key
+        bad = [k for k, v in data.items() if not isinstance(v, dict)]
+        if bad:
+            raise ValueError(f"{path}: report {bad[0]!r} is a {type(data[bad[0]]).__name__}, not an object "
+                             f"({len(bad)} such)")
         return dict(sorted(data.items(), key=lambda kv: _report_number(kv[0])))
 
     @cached_property
@@ -57,12 +81,21 @@ class OpenI(DatasetAdapter):
 
     def labels(self) -> dict[str, np.ndarray]:
         path = self.root / "file2label.json"
-        lab = json.loads(path.read_text()) if path.exists() else {}
+        lab = _json(path, "report key -> labels") if path.exists() else {}
         n_labels = len(self.spec.tasks["findings"].labels)
         y = np.full((len(self._reports), n_labels), np.nan, dtype=np.float32)
+        bad = []
         for i, key in enumerate(self._reports):
-            if key in lab:
-                y[i] = lab[key]
+            if key not in lab:
+                continue
+            v = lab[key]
+            ok = isinstance(v, list) and len(v) == n_labels and all(x in (0, 1) and not isinstance(x, bool) for x in v)
+            if ok:
+                y[i] = v
+            else:
+                bad.append(key)
+        if bad:
+            log.warning("%s: %d row(s) not %d labels of 0/1 (unknown): %s", path.name, len(bad), n_labels, bad[:3])
         return {"findings": y}
 
     def where(self, modality: str, row: int) -> str:
@@ -83,7 +116,9 @@ class OpenI(DatasetAdapter):
         parts = []
         for sec in self.options.get("report_sections", ["FINDINGS", "IMPRESSION"]):
             txt = rep.get(sec) or ""
-            txt = (txt if isinstance(txt, str) else str(txt)).strip()
+            if not isinstance(txt, str):
+                raise ValueError(f"reports_ori.json:{key}: section {sec} is a {type(txt).__name__}, not text")
+            txt = txt.strip()
             if txt and txt.lower() not in ("none", "none."):
                 parts.append(f"{sec.lower()}: {txt}")
         return "\n".join(parts)

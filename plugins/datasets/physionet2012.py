@@ -12,15 +12,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import math
 import re
 import tarfile
+from collections import Counter
 from functools import cached_property
 
 import numpy as np
 
 from ..dataset_options import cli_option
+from .archives import read_table, rules_version, tar_records
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
+
+log = logging.getLogger("medmix.datasets")
 
 DESCRIPTORS = ["Age", "Gender", "Height", "ICUType", "Weight"]
 SERIES = ["Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
@@ -36,6 +41,15 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _number(text) -> float | None:
+    """A finite number, or None (empty, not a number, NaN/inf)."""
+    try:
+        v = float(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 class PhysioNetOptions(AdapterOptions):
     set: str = cli_option("a", "the challenge set (a, b, c): set-<set>.tar.gz + Outcomes-<set>.txt",
                           pattern=r"^[a-z0-9]+$")
@@ -43,8 +57,13 @@ class PhysioNetOptions(AdapterOptions):
 
 @adapter("physionet2012")
 class PhysioNet2012(DatasetAdapter):
-    version = "2"               # 2: compact serialization (challenge abbreviations, NA)
+    version = "3"               # 2: compact serialization; 3: implausible values dropped (pipelines.yaml `plausible`)
     Options = PhysioNetOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = rules_version(type(self).version, self.spec)
+        self.dropped: Counter = Counter()      # variable -> implausible observations dropped (this process)
 
     @property
     def set_name(self) -> str:
@@ -56,12 +75,8 @@ class PhysioNet2012(DatasetAdapter):
         path = self.root / f"set-{self.set_name}.tar.gz"
         if not path.exists():
             raise FileNotFoundError(f"{path}: PhysioNet 2012 set '{self.set_name}' not found")
-        raw = {}
-        with tarfile.open(path, "r:gz") as tar:
-            for m in tar:
-                if m.isfile() and m.name.endswith(".txt"):
-                    raw[m.name.rsplit("/", 1)[-1][:-4]] = tar.extractfile(m).read()
-        return dict(sorted(raw.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))
+        raw = tar_records(path, re.compile(rf"(?:set-{re.escape(self.set_name)}/)?(\d+)\.txt"), "<RecordID>.txt")
+        return dict(sorted(raw.items(), key=lambda kv: int(kv[0])))
 
     def _record(self, rid: str) -> dict:
         if rid not in self._parsed:
@@ -99,6 +114,7 @@ class PhysioNet2012(DatasetAdapter):
         desc = {}
         events = {v: ([], []) for v in SERIES}        # the kept observations, (hours, value), for the events view
         col = {v: i for i, v in enumerate(SERIES)}
+        dropped: list[str] = []
         reader = csv.reader(io.StringIO(text))
         try:
             for row in reader:
@@ -120,6 +136,8 @@ class PhysioNet2012(DatasetAdapter):
                 minute = int(m[1]) * 60 + int(m[2])
                 if minute > hours * 60:
                     continue                      # after the window: not part of the task
+                if self._implausible(param, value, line, dropped):
+                    continue
                 if param in DESCRIPTORS and minute == 0 and param not in desc:
                     desc[param] = value
                 if param in col and value >= 0 or (param in col and param == "pH"):
@@ -133,15 +151,46 @@ class PhysioNet2012(DatasetAdapter):
             return {"error": f"{where}: line {reader.line_num}: {exc}"}
         with np.errstate(invalid="ignore", divide="ignore"):
             series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-        return {"series": series, "last": last, "desc": desc, "events": events}
+        if dropped:
+            log.debug("%s: %d implausible observation(s) dropped: %s", where, len(dropped), "; ".join(dropped[:3]))
+        return {"series": series, "last": last, "desc": desc, "events": events, "dropped": dropped}
+
+    def _warn_dropped(self, modality: str, rids: list[str]) -> None:
+        """One warning per load call: how many of its records had implausible observations dropped, and examples."""
+        hit = [(rid, rec["dropped"]) for rid in rids if (rec := self._record(rid)).get("dropped")]
+        if hit:
+            n = sum(len(d) for _, d in hit)
+            log.warning("%s: %d implausible observation(s) dropped in %d of %d record(s) (rules: pipelines.yaml "
+                        "plausible), e.g. %s: %s", modality, n, len(hit), len(rids), self._member(hit[0][0]),
+                        "; ".join(hit[0][1][:2]))
+
+    def _implausible(self, param: str, value: float, line: str, dropped: list[str]) -> bool:
+        """True (and counted) when the spec's rule for ``param`` rejects ``value``: the observation is dropped."""
+        rule = self.spec.plausible.get(param)
+        why = rule.check(value) if rule is not None else None
+        if why is None:
+            return False
+        self.dropped[param] += 1
+        dropped.append(f"{line.rsplit(': ', 1)[-1]}: {param} {value:g} {why}")
+        return True
 
     @cached_property
     def _outcomes(self) -> dict[str, dict]:
         path = self.root / f"Outcomes-{self.set_name}.txt"
         if not path.exists():
             raise FileNotFoundError(f"{path}: outcomes for set '{self.set_name}' not found")
-        with open(path, newline="") as f:
-            return {r["RecordID"]: r for r in csv.DictReader(f)}
+        out, conflicts = {}, set()
+        for r in read_table(path, ("RecordID", "In-hospital_death", "Length_of_stay")):
+            rid = r["RecordID"]
+            if rid in out and out[rid] != r:
+                conflicts.add(rid)
+            out[rid] = r
+        for rid in sorted(conflicts):        # which row is right is unknowable: the labels become unknown
+            out[rid] = {"RecordID": rid, "In-hospital_death": "", "Length_of_stay": ""}
+        if conflicts:
+            log.warning("%s: %d RecordID(s) with conflicting duplicate rows: labels unknown (e.g. %s)", path.name,
+                        len(conflicts), sorted(conflicts)[:3])
+        return out
 
     def ids(self) -> list[str]:
         return list(self._raw)
@@ -149,13 +198,23 @@ class PhysioNet2012(DatasetAdapter):
     def labels(self) -> dict[str, np.ndarray]:
         mort = np.full((len(self._raw), 1), np.nan, np.float32)
         los = np.full_like(mort, np.nan)
+        bad = []
         for i, rid in enumerate(self._raw):
             o = self._outcomes.get(rid)
             if o is None:
                 continue
-            mort[i, 0] = float(o["In-hospital_death"])
-            stay = float(o["Length_of_stay"])
-            los[i, 0] = np.nan if stay < 0 else float(stay >= 7)
+            cell_d, cell_s = (o.get("In-hospital_death") or "").strip(), (o.get("Length_of_stay") or "").strip()
+            death, stay = _number(cell_d), _number(cell_s)
+            if death not in (None, 0.0, 1.0) or cell_d and death is None:
+                bad.append(f"{rid}: In-hospital_death {cell_d[:20]!r}")
+                death = None
+            if cell_s and stay is None:
+                bad.append(f"{rid}: Length_of_stay {cell_s[:20]!r}")
+            mort[i, 0] = np.nan if death is None else death
+            los[i, 0] = np.nan if stay is None or stay < 0 else float(stay >= 7)
+        if bad:
+            log.warning("Outcomes-%s.txt: %d label cell(s) not a class of the task (unknown): %s", self.set_name,
+                        len(bad), "; ".join(bad[:3]))
         return {"mortality": mort, "los7": los}
 
     def serialize(self, rec: dict) -> str:
@@ -183,6 +242,7 @@ class PhysioNet2012(DatasetAdapter):
         keys = self.ids()
         tabular = self.spec.modalities[modality].kind == "tabular"
         out = []
+        self._warn_dropped(modality, [keys[r] for r in rows])
         for r in rows:
             rec = self._record(keys[r])
             if "error" in rec:

@@ -17,6 +17,38 @@ import torch.nn.functional as F
 from stores.cli import INSTALL_HINTS
 
 
+MAX_VOXELS = 1 << 30            # 1024^3: 4 GiB as float32; larger headers are refused before anything is allocated
+GZIP_MAX_RATIO = 1100           # deflate cannot compress more than ~1032:1: a header declaring more is a lie
+ABSURD_HU = 1e5                 # CT numbers live in about -1024..31000 (extended scale); beyond = not a CT volume
+
+
+def check_volume(vol: np.ndarray, where) -> np.ndarray:
+    """A degenerate volume fails with a reason: fewer than 2 slices, non-finite, constant, absurd HU."""
+    if vol.ndim != 3 or min(vol.shape) < 2:
+        raise ValueError(f"{where}: degenerate volume of shape {vol.shape} (needs >= 2 voxels on every axis)")
+    if not np.isfinite(vol).all():
+        raise ValueError(f"{where}: {int((~np.isfinite(vol)).sum())} non-finite voxels")
+    lo, hi = float(vol.min()), float(vol.max())
+    if lo == hi:
+        raise ValueError(f"{where}: constant volume ({lo:g} everywhere)")
+    if max(abs(lo), abs(hi)) > ABSURD_HU:
+        raise ValueError(f"{where}: values {lo:.3g}..{hi:.3g} are not Hounsfield units (|HU| > {ABSURD_HU:g})")
+    return vol
+
+
+def check_declared(path: Path, shape, itemsize: int) -> None:
+    """Refuse, from the header alone, a volume too large to allocate or larger than its file could hold."""
+    n = int(np.prod([int(s) for s in shape], dtype=np.float64))
+    if n > MAX_VOXELS:
+        raise ValueError(f"{path}: header declares {tuple(int(s) for s in shape)} = {n:,} voxels (> {MAX_VOXELS:,}): "
+                         "refused before reading")
+    size = path.stat().st_size
+    limit = size * (GZIP_MAX_RATIO if path.name.lower().endswith(".gz") else 1)
+    if n * itemsize > limit + 352:
+        raise ValueError(f"{path}: header declares {n * itemsize:,} bytes of voxels, the file ({size:,} bytes) "
+                         "cannot hold them: truncated or forged")
+
+
 def slice_indices(depth: int, n: int = 48) -> np.ndarray:
     """i_j = floor((D-1)/(N-1) * j), j = 0..N-1 (repeats when D < N)."""
     if depth < 1:
@@ -30,16 +62,18 @@ def read_volume(path: str | Path, layout: str = "auto") -> np.ndarray:
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return _read_nifti(path)
+        return check_volume(_read_nifti(path), path)
     if name.endswith((".npy", ".npz")):
         if name.endswith(".npy"):
+            head = np.load(path, mmap_mode="r", allow_pickle=False)        # the header only
+            check_declared(path, head.shape, head.dtype.itemsize)
             vol = np.load(path, allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as z:
                 vol = z[z.files[0]]
-        return to_dhw(np.asarray(vol, dtype=np.float32), layout, str(path))
+        return check_volume(to_dhw(np.asarray(vol, dtype=np.float32), layout, str(path)), path)
     if path.is_dir():
-        return _read_dicom_series(path)
+        return check_volume(_read_dicom_series(path), path)
     raise ValueError(f"{path}: unsupported CT format (.nii/.nii.gz, .npy/.npz, DICOM folder)")
 
 
@@ -53,11 +87,11 @@ def read_volume_ras(path: str | Path, layout: str = "auto", spacing=None) -> dic
     path = Path(path)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        img = nib.as_closest_canonical(nib_load(path))
         hu = np.asarray(img.get_fdata(dtype=np.float32))
         if hu.ndim != 3:
             raise ValueError(f"{path}: expected a 3-D volume, got shape {hu.shape}")
-        return {"hu": hu, "spacing": tuple(float(z) for z in img.header.get_zooms()[:3])}
+        return {"hu": check_volume(hu, path), "spacing": tuple(float(z) for z in img.header.get_zooms()[:3])}
     vol = read_volume(path, layout)
     return {"hu": np.ascontiguousarray(np.transpose(vol, (2, 1, 0))),
             "spacing": tuple(float(s) for s in spacing) if spacing else None}
@@ -77,9 +111,20 @@ def to_dhw(vol: np.ndarray, layout: str = "auto", where: str = "volume") -> np.n
     return np.moveaxis(vol, -1, 0) if (h == w and d < h) else vol
 
 
+def nib_load(path: Path):
+    """nibabel's image, its header checked against the bounds before any voxel is read."""
+    import nibabel as nib
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001  (nibabel raises many kinds on a bad header)
+        raise ValueError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})"[:300]) from None
+    check_declared(path, img.header.get_data_shape(), img.header.get_data_dtype().itemsize)
+    return img
+
+
 def _read_nifti(path: Path) -> np.ndarray:
     import nibabel as nib
-    img = nib.load(str(path))
+    img = nib_load(path)
     data = np.asarray(img.get_fdata(dtype=np.float32))          # scl_slope / scl_inter applied
     codes = nib.aff2axcodes(img.affine)
     axial = [i for i, c in enumerate(codes) if c in ("S", "I")]
@@ -104,6 +149,9 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             except Exception:  # noqa: BLE001  (non-DICOM files in the folder)
                 continue
             if hasattr(ds, "PixelData"):
+                voxels = int(getattr(ds, "Rows", 0)) * int(getattr(ds, "Columns", 0)) * (len(slices) + 1)
+                if voxels > MAX_VOXELS:
+                    raise ValueError(f"{folder}: the series declares more than {MAX_VOXELS:,} voxels: refused")
                 z = float(ds.ImagePositionPatient[2]) if hasattr(ds, "ImagePositionPatient") else float(ds.InstanceNumber)
                 hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
                 slices.append((z, hu))

@@ -59,10 +59,16 @@ def tissue_mask(thumb: np.ndarray) -> np.ndarray:
     return (sat > threshold_otsu(sat)) & (val > 0.1)
 
 
+MAX_SLIDE_PIXELS = 10**11      # 316k x 316k at level 0: several times the largest scanned slides
+
+
 def plan_grid(slide, mpp: float = 0.5, tile: int = 224, tissue_threshold: float = 0.5,
               fallback_mpp: float | None = None, thumb_size: int = 1024) -> TileGrid:
     mpp0, source = slide_mpp(slide, fallback_mpp)
     w0, h0 = slide.dimensions
+    if w0 * h0 > MAX_SLIDE_PIXELS or min(w0, h0) < 1:
+        raise ValueError(f"slide header declares {w0}x{h0} px at level 0 (allowed: 1 to {MAX_SLIDE_PIXELS:.0e} px): "
+                         "refused before planning tiles")
     want = mpp / mpp0                                   # target downsample relative to level 0
     level = max([i for i, d in enumerate(slide.level_downsamples) if d <= want * 1.0001] or [0])
     down = slide.level_downsamples[level]
