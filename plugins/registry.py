@@ -34,6 +34,9 @@ class ModelCard:
     source: str              # default source (hub id or pypi:...)
     family: str = ""
     description: str = ""
+    gated: bool = False      # the hub asks the user to accept terms (and log in) before it serves the weights
+    licence_url: str = ""
+    params_m: float | None = None     # parameters in millions (of what we load), from the model card
 
     def row(self) -> dict:
         d = asdict(self)
@@ -48,10 +51,11 @@ REGISTRY: Registry[type["Encoder"]] = Registry("encoder", package=f"{__name__.rs
 
 
 def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = "",
-             aliases: tuple[str, ...] = ()):
+             aliases: tuple[str, ...] = (), gated: bool = False, licence_url: str = "", params_m: float | None = None):
     def deco(cls: type[Encoder]) -> type[Encoder]:
         family = cls.__module__.rsplit(".", 1)[-1]
-        cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip())
+        cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip(),
+                             gated, licence_url, params_m)
         return REGISTRY.add(key, cls, aliases)
     return deco
 
@@ -164,6 +168,8 @@ class Encoder:
         return nullcontext()
 
     def gpu_precision(self) -> torch.dtype:
+        """The dtype weights load in: bf16 (fp16 where bf16 is unsupported) on cuda, fp32 elsewhere; a large model
+        loaded in its precision needs half the memory of fp32 weights under autocast (Qwen2-7B: 15 GB, not 30)."""
         if self.device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -187,6 +193,10 @@ class Encoder:
 
     def _probe_dim(self) -> int:
         raise NotImplementedError
+
+    def article_input(self, title: str, text: str):
+        """A titled passage as this model reads a retrieval article: one text by default (MedCPT: a pair)."""
+        return f"{title}. {text}"
 
     def input_view(self) -> str:
         return self.card.modality

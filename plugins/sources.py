@@ -143,6 +143,27 @@ def _join_parts(parts_glob: Path, inner: str, source: str) -> Path:
     return inner_path
 
 
+def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
+    """The local snapshot folder of a hub repo in the Hugging Face cache (HF_HUB_CACHE / HF_HOME), never touching the
+    network; None when that revision of the repo was never downloaded."""
+    from huggingface_hub import snapshot_download
+    try:
+        path = Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001  (huggingface_hub: LocalEntryNotFoundError, or a malformed cache entry)
+        return None
+    return path if any(path.iterdir()) else None
+
+
+def hub_snapshot(repo: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
+    """A hub repo's files as a local folder in the Hugging Face cache: from the cache when that revision is there
+    (no network), else downloaded; so a configured ``revision`` reaches libraries that take only folders."""
+    cached = cached_snapshot(repo, revision)
+    if cached is not None and (not allow_patterns or any(any(cached.glob(p)) for p in allow_patterns)):
+        return cached
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A torch weight file as a state dict: ``weights_only=True`` (no pickled code), memory-mapped so a file of many
     GB costs only the tensors used; legacy (non-zip) files, which cannot be mapped, are read whole; a top-level

@@ -131,7 +131,7 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     t0 = time.perf_counter()
-    docs, step = [p.as_document() for p in passages], 256
+    docs, step = [encoder.article_input(p.title, p.text) for p in passages], 256     # MedCPT: (title, text)
     with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:   # rate and ETA
         parts = []
         for i in range(0, len(docs), step):

@@ -8,14 +8,19 @@ from .image_base import ImageEncoder
 
 
 RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 
 
 class OpenClipImageEncoder(ImageEncoder):
     def _build(self):
         import open_clip
+
+        from ..sources import hub_snapshot
         r = self.resolved
-        name = f"hf-hub:{r.location}" if r.kind == "hub" else f"local-dir:{r.location}"
-        model = open_clip.create_model(name, pretrained=None if r.kind != "hub" else None, load_weights=True)
+        folder = r.location
+        if r.kind == "hub":          # open_clip's hf-hub: takes no revision; a cached snapshot folder does
+            folder = hub_snapshot(r.location, self.options.revision, list(OPEN_CLIP_FILES))
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=True)
         model = model.to(self.device).eval()
         cfg = open_clip.get_model_preprocess_cfg(model)
         self.mean, self.std = tuple(cfg.get("mean", self.mean)), tuple(cfg.get("std", self.std))
@@ -37,6 +42,7 @@ class OpenClipImageEncoder(ImageEncoder):
 
 
 @register("biomedclip", modality="image", role="biomedical", dim=512, licence="MIT",
-          source="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
+          source="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", params_m=86.2,
+          licence_url="https://huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
 class BiomedCLIP(OpenClipImageEncoder):
     """BiomedCLIP ViT-B/16 image tower (PMC-15M), 512-d projected embedding."""
