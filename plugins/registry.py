@@ -131,6 +131,7 @@ class Encoder:
     version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
     Params: ClassVar[type[BaseModel]] = NoParams    # a family's settable ``params`` (subclass NoParams)
     needs_fit: ClassVar[bool] = False   # True: fitted on the training split first (extract/fitting.py)
+    weights_in_precision: ClassVar[bool] = False    # True: bf16/fp16 weights on cuda; False: fp32 weights + autocast
 
     def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
         self.options = options or EncoderOptions()
@@ -193,6 +194,22 @@ class Encoder:
 
     def _probe_dim(self) -> int:
         raise NotImplementedError
+
+    # ---- what `extract fetch` / `extract doctor` need to know about a hub source ---------------------------------
+    def hub_files(self) -> list[str] | None:
+        """Glob patterns of the hub repo files this model reads (None: the repo's configs and torch weights)."""
+        return None
+
+    def hub_download(self) -> list[str] | None:
+        """What `extract fetch` downloads from the hub repo (by default what the model reads)."""
+        return self.hub_files()
+
+    def after_fetch(self, snapshot: Path) -> None:
+        """A step after `extract fetch` downloaded the repo (RadFM: join and unpack its split zip)."""
+
+    def companions(self, snapshot: Path) -> list[tuple[str, list[str] | None]]:
+        """Other hub repos read while loading (BiomedCLIP: its text tower's config), as (repo, files)."""
+        return []
 
     def article_input(self, title: str, text: str):
         """A titled passage as this model reads a retrieval article: one text by default (MedCPT: a pair)."""

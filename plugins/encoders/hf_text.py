@@ -62,6 +62,7 @@ class HFTextEncoder(Encoder):
     batch_size = 32
     version = "2"               # 2: sentence-transformers folders follow their modules.json (pooling, Normalize)
     normalize = False
+    weights_in_precision = True
     pairs = False               # True: (title, text) items are tokenized as a sentence pair (MedCPT's articles)
     tokenizer_kwargs: dict = {}     # what the model card passes to its tokenizer beyond the folder's own files
 

@@ -1,6 +1,9 @@
 """open_clip image towers: BiomedCLIP (CXR, WSI tiles). Image embedding = the CLIP image projection."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from ..registry import register
@@ -30,6 +33,19 @@ class OpenClipImageEncoder(ImageEncoder):
         self.data_config = {"interpolation": cfg.get("interpolation", "bicubic"), "crop_pct": 1.0,
                             "crop_mode": RESIZE_MODES[cfg.get("resize_mode", "shortest")]}
         return model, None, self.gpu_precision()
+
+    def hub_files(self) -> list[str]:
+        return ["open_clip_config.json", "open_clip_*"]
+
+    def companions(self, snapshot: Path) -> list[tuple[str, list[str] | None]]:
+        """An HF text tower's config is read from the hub by name (open_clip's HFTextEncoder: AutoConfig), so it
+        is fetched too (BiomedCLIP: its BiomedBERT)."""
+        cfg_file = Path(snapshot) / "open_clip_config.json"
+        if not cfg_file.is_file():
+            return []
+        text = json.loads(cfg_file.read_text()).get("model_cfg", {}).get("text_cfg", {})
+        names = {text.get("hf_model_name"), text.get("hf_tokenizer_name")} - {None, ""}
+        return [(n, ["*.json", "*.txt"]) for n in sorted(names) if not Path(n).exists()]
 
     def _embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)

@@ -243,6 +243,30 @@ class RadFM(VolumeEncoder):
     pooling = "perceiver"
     default_filename = "pytorch_model.bin"
 
+    def _official(self) -> bool:
+        return self.card.source == (self.options.source or self.card.source) and "filename" not in self.params
+
+    def hub_files(self) -> list[str]:
+        return [f"unpacked/{self.default_filename}"] if self._official() else super().hub_files()
+
+    def hub_download(self) -> list[str]:
+        return ["RadFM.z*"] if self._official() else super().hub_download()
+
+    def after_fetch(self, snapshot: Path) -> None:
+        """Join the split zip (`zip -s 0`, the one tool that reads zip's own split format) and unpack it."""
+        import shutil
+        import subprocess
+        if not self._official() or (snapshot / "unpacked" / self.default_filename).exists():
+            return
+        if not shutil.which("zip") or not shutil.which("unzip"):
+            raise FileNotFoundError(f"radfm: joining RadFM.z01-z04 + RadFM.zip needs the zip and unzip tools; "
+                                    f"{RADFM_UNPACK}")
+        out = snapshot / "unpacked"
+        out.mkdir(exist_ok=True)
+        subprocess.run(["zip", "-s", "0", str(snapshot / "RadFM.zip"), "--out", str(out / "joined.zip")], check=True)
+        subprocess.run(["unzip", "-o", "-j", str(out / "joined.zip"), "*.bin", "-d", str(out)], check=True)
+        (out / "joined.zip").unlink()
+
     def weight_location(self) -> Path:
         """A hub repo holding the unpacked file (``params.filename``) downloads; the official repo's split zip cannot
         be loaded as is, so it is an error saying how to unpack it (or the copy `extract fetch` unpacked)."""

@@ -60,6 +60,9 @@ class TimmImageEncoder(ImageEncoder):
         self._use_data_config(model)
         return model, None, self.gpu_precision()
 
+    def hub_files(self) -> list[str]:
+        return ["config.json", "model.safetensors"]
+
     def _use_data_config(self, model, mean: tuple | None = None, std: tuple | None = None) -> None:
         """The model's own eval preprocessing (timm resolve_model_data_config), at the size the model runs at."""
         from timm.data import resolve_model_data_config
