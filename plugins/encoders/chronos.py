@@ -34,6 +34,7 @@ class ChronosEncoder(SeriesEncoder):
                              "reads the Chronos T5 encoder (ChronosPipeline)")
         return pipe, None, self.gpu_precision()
 
+    @torch.inference_mode()
     def hidden_and_mask(self, series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(B, T', D) encoder outputs, the (B, T') attention mask Chronos built, and whether the last column is EOS:
         ``ChronosPipeline.embed`` step by step."""
