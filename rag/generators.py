@@ -7,8 +7,8 @@ that cannot load fails the run once (``GeneratorLoadError``), never every row.
 
 MAIRA-2 (CXR) is not run in-process: its model card loads it with ``AutoModelForCausalLM`` and
 ``trust_remote_code``, and that remote code does not run on the transformers this project requires (>= 4.56; it
-is reported broken from 4.52). Its supported path is a separate environment pinned to its card
-(``transformers==4.51.3``) writing one JSON line per image, ``{"file": "<image file name>", "report": "..."}``,
+is reported broken from 4.52). Its supported path is a separate environment with ``transformers==4.51.3`` running
+the card's code, writing one JSON line per image, ``{"file": "<image file name>", "report": "..."}``,
 which the ``reports`` generator reads (docs/rag.md).
 
 Merlin's CT report generator (3-D volume -> organ-by-organ findings) is rag/merlin_report.py. Not written: HistGen
@@ -33,7 +33,7 @@ GENERATORS: Registry[dict] = Registry(
     "report generator", group="medmix.generators",
     row=lambda k, g: {"generator": k, "kinds": ",".join(g["kinds"]), "source": g["source"] or "(config)",
                       "licence": g["licence"], "description": g["description"]})
-MAIRA2_PATH = ("produce its reports in a separate environment pinned to its model card (transformers==4.51.3, "
+MAIRA2_PATH = ("produce its reports in a separate environment running its model card's code (transformers==4.51.3, "
                "AutoModelForCausalLM, trust_remote_code) as JSON lines {\"file\": <image file name>, \"report\": ...}, "
                "then set `generators: {cxr: {model: reports, source: maira2_reports.jsonl}}` (docs/rag.md)")
 GENERATORS.add("maira2", {"source": "microsoft/maira-2", "kinds": ["cxr"], "licence": "MSRLA (research only), gated",
