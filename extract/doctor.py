@@ -159,17 +159,25 @@ def rows(spec, profile: str, cache: Path) -> list[dict]:
                    "gated": "", "params": f"{params / 1000:.1f}B" if params else "", "dim": "text"}
         else:
             card = get(need.key).card
-            row = {"model": need.key, "source": need.options.source or card.source, "licence": card.licence,
+            row = {"model": need.key, "source": _short(need.options.source or card.source), "licence": card.licence,
                    "gated": "yes" if card.gated else "no", "params": _count(card.params_m), "dim": card.dim or "?"}
             for dev in DEVICE_TFLOPS:
                 gb, rate = estimate(need.key, dev)
-                row[f"{dev} GB"] = f"{gb:.1f}" if gb else ""
+                row[f"{dev} GB"] = f"{gb:.2f}" if gb else ""
                 row[f"{dev} items/s"] = f"{rate:.3g}" if rate else ""
             row["precision (cuda)"] = "bf16 weights" if get(need.key).weights_in_precision else "fp32 + bf16 autocast"
         row["here"] = present or "ABSENT"
         row["to get it"] = "" if present else get_command(need, profile)
         out.append(row)
     return out
+
+
+def _short(source: str) -> str:
+    """A weight-package source as its first package (+ how many more): the table stays readable."""
+    if not source.startswith("pypi:"):
+        return source
+    reqs = source[len("pypi:"):].split("!")[0].split(",")
+    return f"pypi:{reqs[0]}" + (f" (+{len(reqs) - 1})" if len(reqs) > 1 else "")
 
 
 def _count(params_m: float | None) -> str:
