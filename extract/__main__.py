@@ -23,7 +23,7 @@ COMMANDS = ("run", "models", "fetch", "import", "doctor")
 
 def _models(args) -> int:
     from plugins.registry import table
-    print(format_table(table(), ["key", "modality", "role", "dim", "family", "licence", "source"]))
+    print(format_table(table(), ["key", "modality", "role", "dim", "params_m", "gated", "family", "licence", "source"]))
     return 0
 
 

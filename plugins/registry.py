@@ -41,6 +41,7 @@ class ModelCard:
     def row(self) -> dict:
         d = asdict(self)
         d["dim"] = d["dim"] or "?"
+        d["params_m"] = "?" if d["params_m"] is None else d["params_m"]
         return d
 
 
