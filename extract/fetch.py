@@ -63,7 +63,8 @@ def _fetch_generator(g) -> list[dict]:
         ckpt = download(g.source or "stanfordmimi/Merlin", g.revision, [g.params.get("filename", MERLIN_REPORT)])
         lm = download(g.params.get("lm", "StanfordAIMI/RadLLaMA-7b"), None,
                       ["*.json", "*.model", "tokenizer*", "*.py"])       # config + tokenizer (+ its remote code)
-        return [{"key": "generator:merlin", "kind": "hub", **ckpt}, {"key": "generator:merlin (lm)", "kind": "hub", **lm}]
+        return [{"key": "generator:merlin", "kind": "hub", **ckpt},
+                {"key": "generator:merlin (lm)", "kind": "hub", **lm}]
     if not g.source:
         return []
     return [{"key": f"generator:{g.model}", "kind": "hub", **download(g.source, g.revision, None)}]

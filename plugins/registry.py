@@ -55,8 +55,8 @@ def register(key: str, *, modality: str, role: str, dim: int | None, licence: st
              aliases: tuple[str, ...] = (), gated: bool = False, licence_url: str = "", params_m: float | None = None):
     def deco(cls: type[Encoder]) -> type[Encoder]:
         family = cls.__module__.rsplit(".", 1)[-1]
-        cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip(),
-                             gated, licence_url, params_m)
+        cls.card = ModelCard(key, modality, role, dim, licence, source, family,
+                             description or (cls.__doc__ or "").strip(), gated, licence_url, params_m)
         return REGISTRY.add(key, cls, aliases)
     return deco
 

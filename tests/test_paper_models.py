@@ -109,7 +109,8 @@ def test_gatortron_keeps_its_cased_vocabulary_and_pools_cls(tmp_path):
     text = "Heart is normal and Lung is clear"
     tok = BertTokenizer(str(d / "vocab.txt"), do_lower_case=False)
     with torch.no_grad():
-        ref = MegatronBertModel.from_pretrained(d, dtype=torch.float32).eval()(**tok(text, return_tensors="pt")).last_hidden_state[0, 0]
+        ref_model = MegatronBertModel.from_pretrained(d, dtype=torch.float32).eval()
+        ref = ref_model(**tok(text, return_tensors="pt")).last_hidden_state[0, 0]
     np.testing.assert_allclose(enc.encode([text])[0], ref.numpy(), rtol=1e-4, atol=1e-5)
     assert enc.identity()["encoder_version"] == "3"
 

@@ -2,8 +2,11 @@
 
 Long texts are split into windows of the model's max length and the window embeddings averaged, so a long note
 is never silently truncated. A sentence-transformers folder is embedded as its ``modules.json`` says: the pooling
-of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean). Windows of all texts in a batch are sorted by length before padding (less padding,
-more items/s). The same class serves soft-prompt embedding for the RAG expert (``embed_with_prefix``).
+of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean).
+Windows of all texts in a batch are sorted by length before padding (less padding, more items/s). A (title, text)
+item is a sentence pair for models trained on pairs (MedCPT's articles), "title. text" for the others. Weights load
+in the precision they run in (bf16 on cuda). The same class serves soft-prompt embedding for the RAG expert
+(``embed_with_prefix``).
 """
 from __future__ import annotations
 
@@ -141,8 +144,8 @@ class HFTextEncoder(Encoder):
                 head = head[:win // 2]
                 step = max(1, win - len(head) - len(mid))
                 for s in range(0, max(1, len(t)), step):
-                    first = pre + head + mid
-                    out.append((first + t[s:s + step] + post, [0] * len(first) + [1] * (len(t[s:s + step]) + len(post))))
+                    first, body = pre + head + mid, t[s:s + step] + post
+                    out.append((first + body, [0] * len(first) + [1] * len(body)))
                     owner.append(i)
                 continue
             for s in range(0, max(1, len(t)), win):
@@ -157,7 +160,8 @@ class HFTextEncoder(Encoder):
         pre, post = self._specials()
         return self._run_windows([(pre + t + post, [0] * (len(pre) + len(t) + len(post))) for t in batch_ids], prefix)
 
-    def _run_windows(self, batch: list[tuple[list[int], list[int]]], prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_windows(self, batch: list[tuple[list[int], list[int]]],
+                     prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Forward (input ids, token type ids) windows, padded on the right; pooled over non-padding tokens."""
         tok = self.preprocess
         feats = {"input_ids": [b[0] for b in batch]}

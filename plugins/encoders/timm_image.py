@@ -53,7 +53,8 @@ class TimmImageEncoder(ImageEncoder):
             if not files:
                 raise FileNotFoundError(f"{path}: no model.safetensors / pytorch_model.bin")
             path = files[0]
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **self._arch_kwargs())
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                 **self._arch_kwargs())
 
     def _build(self):
         model = self._create().to(self.device).eval()
