@@ -187,6 +187,7 @@ def _count(params_m: float | None) -> str:
 
 
 def run(args) -> int:
+    from plugins.registry import get
     from plugins.sources import hub_cache
     from stores.paths import model_cache
     from stores.spec import load_spec
@@ -196,6 +197,9 @@ def run(args) -> int:
     cols = ["model", "source", "here", "licence", "gated", "params", "dim", "precision (cuda)", "cpu2 GB",
             "cpu2 items/s", "h100 GB", "h100 items/s", "to get it"]
     print(format_table(table, cols))
+    urls = {r["model"]: get(r["model"]).card.licence_url for r in table if r["model"] in _registered()}
+    if any(urls.values()):
+        print("\nlicences:\n" + "\n".join(f"  {k:<16} {u}" for k, u in urls.items() if u))
     absent = [r["model"] for r in table if r["here"] == "ABSENT"]
     print(f"\nprofile {args.profile}: {len(table) - len(absent)} of {len(table)} models here "
           f"(weight packages: {cache}; hub repos: {hub_cache()})"
