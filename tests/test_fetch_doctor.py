@@ -83,13 +83,15 @@ def test_doctor_lists_every_paper_model_absent_with_how_to_get_it(tmp_path):
     env = dict(MEDMIX_MODEL_CACHE=tmp_path / "cache", HF_HUB_CACHE=tmp_path / "hub", HF_HUB_OFFLINE=1)
     got = cli(["doctor", "--profile", "paper"], **env)
     assert got.returncode == 0, got.stderr
-    lines = {ln.split()[0]: ln for ln in got.stdout.splitlines() if ln and not ln.startswith(("-", "model "))}
+    table = got.stdout.split("\n\n")[0].splitlines()[2:]                     # the table, before the notes
+    lines = {ln.split()[0]: ln for ln in table}
     for key in ("biomedclip", "dinov2_b", "dinov3_vitl", "gatortron_base", "qwen2_0_5b", "qwen2_7b", "moirai_small",
                 "chronos_small", "chronos_large", "merlin", "radfm", "medcpt_query", "medcpt_article"):
         assert "ABSENT" in lines[key] and "python -m extract fetch --profile paper" in lines[key], key
     assert "DINOv3 License" in lines["dinov3_vitl"] and "accept the terms" in lines["dinov3_vitl"]
     assert " 3584 " in lines["qwen2_7b"] and "7.6B" in lines["qwen2_7b"]
     assert "zip and unzip" in lines["radfm"]
+    assert "dinov3_vitl      https://ai.meta.com/resources/models-and-libraries/dinov3-license/" in got.stdout
 
 
 def test_a_paper_run_without_weights_ends_in_one_line_pointing_at_doctor(tmp_path):
