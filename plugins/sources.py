@@ -212,9 +212,10 @@ def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
 
 def hub_snapshot(repo: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
     """A hub repo's files as a local folder in the Hugging Face cache: from the cache when that revision is there
-    (no network), else downloaded; so a configured ``revision`` reaches libraries that take only folders."""
+    with a file for every pattern (no network), else downloaded; so a configured ``revision`` reaches libraries
+    that take only folders."""
     cached = cached_snapshot(repo, revision)
-    if cached is not None and (not allow_patterns or any(any(cached.glob(p)) for p in allow_patterns)):
+    if cached is not None and (not allow_patterns or all(any(cached.glob(p)) for p in allow_patterns)):
         return cached
     from huggingface_hub import snapshot_download
     return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))

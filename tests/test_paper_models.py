@@ -305,3 +305,9 @@ def test_paper_profile_generators_as_their_authors_load_them():
     gens = load_spec().profile("paper").rag.generators
     assert gens["ct"].model == "merlin" and gens["ct"].trust_remote_code is True     # RadLLaMA's tokenizer
     assert gens["cxr"].model == "reports"                                              # MAIRA-2 via its own env
+
+
+def test_an_open_clip_folder_without_weights_is_an_error_not_a_random_model(tmp_path):
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(BIOMEDCLIP))
+    with pytest.raises(FileNotFoundError, match="open_clip_\\*model\\*"):
+        build_encoder("biomedclip", EncoderOptions(source=str(tmp_path))).load()

@@ -116,9 +116,9 @@ class HFTextEncoder(Encoder):
         b = tok("world", add_special_tokens=False)["input_ids"]
         pre, post = self._specials()
         full = tok("hello", "world")["input_ids"]
-        mid = full[len(pre) + len(a):len(full) - len(b) - len(post)]
-        if full[:len(pre)] != pre or full[len(pre):len(pre) + len(a)] != a or full[len(full) - len(post) - len(b):
-                                                                                    len(full) - len(post)] != b:
+        at = len(pre) + len(a)
+        mid = full[at:len(full) - len(b) - len(post)]
+        if full != pre + a + mid + b + post:
             raise ValueError(f"{self.card.key}: the tokenizer's sentence-pair layout is not pre + a + mid + b + post")
         return mid
 
@@ -126,14 +126,15 @@ class HFTextEncoder(Encoder):
         """Items -> (input ids, token type ids) windows with their specials, and each window's item. A text is cut
         into windows of the model's length; a (title, text) pair keeps its title in every window of its text."""
         win, (pre, post) = self.window(), self._specials()
-        pairs = [i for i, it in enumerate(items) if isinstance(it, (tuple, list))]
+        pairs = {i for i, it in enumerate(items) if isinstance(it, (tuple, list))}
         for i in pairs:
             if len(items[i]) != 2 or not all(isinstance(x, str) for x in items[i]):
                 raise ValueError(f"item {i}: expected a text or a (title, text) pair of strings")
         if not self.pairs:        # a (title, text) item for a single-text model: the text it was trained on
-            items = [f"{it[0]}. {it[1]}" if i in set(pairs) else it for i, it in enumerate(items)]
-            pairs = []
-        texts = [it[1] if i in set(pairs) else it for i, it in enumerate(items)]
+            items = [f"{it[0]}. {it[1]}" if i in pairs else it for i, it in enumerate(items)]
+            pairs = set()
+        texts = [it[1] if i in pairs else it for i, it in enumerate(items)]
+        pairs = sorted(pairs)
         ids = self._token_ids(texts)
         titles = dict(zip(pairs, self._token_ids([items[i][0] for i in pairs]) if pairs else []))
         mid = self._pair_middle() if pairs else []

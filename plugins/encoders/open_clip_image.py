@@ -11,7 +11,7 @@ from .image_base import ImageEncoder
 
 
 RESIZE_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
-OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_*model*")     # the config and its weights (.bin / .safetensors)
 
 
 class OpenClipImageEncoder(ImageEncoder):
@@ -20,9 +20,11 @@ class OpenClipImageEncoder(ImageEncoder):
 
         from ..sources import hub_snapshot
         r = self.resolved
-        folder = r.location
+        folder = Path(r.location)
         if r.kind == "hub":          # open_clip's hf-hub: takes no revision; a cached snapshot folder does
             folder = hub_snapshot(r.location, self.options.revision, list(OPEN_CLIP_FILES))
+        if not all(any(folder.glob(p)) for p in OPEN_CLIP_FILES):    # open_clip would only warn, then run random
+            raise FileNotFoundError(f"{folder}: an open_clip folder needs {' and '.join(OPEN_CLIP_FILES)}")
         model = open_clip.create_model(f"local-dir:{folder}", load_weights=True)
         model = model.to(self.device).eval()
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -35,7 +37,7 @@ class OpenClipImageEncoder(ImageEncoder):
         return model, None, self.gpu_precision()
 
     def hub_files(self) -> list[str]:
-        return ["open_clip_config.json", "open_clip_*"]
+        return list(OPEN_CLIP_FILES)
 
     def companions(self, snapshot: Path) -> list[tuple[str, list[str] | None]]:
         """An HF text tower's config is read from the hub by name (open_clip's HFTextEncoder: AutoConfig), so it
