@@ -225,6 +225,8 @@ def preflight(spec, profile: str, dataset: str, modalities=None, experts=None, r
             _hub_unreachable(source)
         if need.key == "radfm" and not reason:
             reason = "its hub repo holds a split zip that must be joined and unpacked first"
+        if not reason and _gated_without_token(need):
+            reason = "the hub gates it and no Hugging Face token is set (accept its terms, then `hf auth login`)"
         if reason:
             raise CliError(f"{need.key} ({source}, for {need.where}) is not on this machine: {reason}; "
                            f"`{HUB_DOCTOR.format(profile=profile)}` lists what is missing and how to get it")
@@ -236,6 +238,13 @@ def _source_of(need: Need) -> str:
         return need.options.source or GENERATORS.get(model, ("",))[0] or f"generator {model}"
     from plugins.registry import get
     return need.options.source or get(need.key).card.source
+
+
+def _gated_without_token(need: Need) -> bool:
+    from huggingface_hub import get_token
+
+    from plugins.registry import get
+    return not need.key.startswith("generator:") and get(need.key).card.gated and not get_token()
 
 
 def _hub_unreachable(repo: str) -> str:

