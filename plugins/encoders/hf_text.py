@@ -5,8 +5,8 @@ is never silently truncated. A sentence-transformers folder is embedded as its `
 of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean).
 Windows of all texts in a batch are sorted by length before padding (less padding, more items/s). A (title, text)
 item is a sentence pair for models trained on pairs (MedCPT's articles), "title. text" for the others. Weights load
-in the precision they run in (bf16 on cuda). The same class serves soft-prompt embedding for the RAG expert
-(``embed_with_prefix``).
+in the precision they run in (bf16 on cuda). The RAG expert's soft-prompt path over these models is rag's
+(rag/softprompt.py).
 """
 from __future__ import annotations
 
@@ -155,14 +155,12 @@ class HFTextEncoder(Encoder):
                 owner.append(i)
         return out, owner
 
-    def _run(self, batch_ids: list[list[int]], prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Forward padded texts (ids without specials); optional soft-prompt vectors (B, H) inserted after [CLS] / at
-        the start."""
+    def _run(self, batch_ids: list[list[int]]) -> torch.Tensor:
+        """Forward padded texts (ids without specials)."""
         pre, post = self._specials()
-        return self._run_windows([(pre + t + post, [0] * (len(pre) + len(t) + len(post))) for t in batch_ids], prefix)
+        return self._run_windows([(pre + t + post, [0] * (len(pre) + len(t) + len(post))) for t in batch_ids])
 
-    def _run_windows(self, batch: list[tuple[list[int], list[int]]],
-                     prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_windows(self, batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         """Forward (input ids, token type ids) windows, padded on the right; pooled over non-padding tokens."""
         tok = self.preprocess
         feats = {"input_ids": [b[0] for b in batch]}
@@ -170,18 +168,9 @@ class HFTextEncoder(Encoder):
         if typed:
             feats["token_type_ids"] = [b[1] for b in batch]
         enc = tok.pad(feats, return_tensors="pt").to(self.device)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if prefix is None:
-            extra = {"token_type_ids": enc["token_type_ids"]} if typed else {}
-            hidden = self.model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
-        else:
-            emb = self.model.get_input_embeddings()(ids)
-            at = len(self._specials()[0])
-            soft = prefix.to(emb.dtype).unsqueeze(1)
-            emb = torch.cat([emb[:, :at], soft, emb[:, at:]], 1)
-            mask = torch.cat([mask[:, :at], torch.ones_like(mask[:, :1]), mask[:, at:]], 1)
-            hidden = self.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
-        return pool_hidden(hidden.float(), mask, self.pooling)
+        extra = {"token_type_ids": enc["token_type_ids"]} if typed else {}
+        hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **extra).last_hidden_state
+        return pool_hidden(hidden.float(), enc["attention_mask"], self.pooling)
 
     def _forward(self, items: list) -> np.ndarray:
         windows, owner = self._windows(items)
@@ -210,35 +199,6 @@ class HFTextEncoder(Encoder):
 
     def provenance(self) -> dict:
         return {**super().provenance(), "normalize": self.normalize}
-
-    # ---- soft prompts (RAG expert) --------------------------------------------------------------------------
-    def input_embedding_dim(self) -> int:
-        self.load()
-        return int(self.model.get_input_embeddings().weight.shape[1])
-
-    @torch.inference_mode()
-    def mean_token_embedding(self, texts: list[str]) -> np.ndarray:
-        """Mean input-token embedding of each text (the target of the RAG projection fit)."""
-        self.load()
-        table = self.model.get_input_embeddings().weight
-        out = []
-        for ids in self._token_ids(texts):
-            ids = torch.tensor(ids[: self.window()] or [0], device=table.device)
-            out.append(table[ids].float().mean(0).cpu().numpy())
-        return np.stack(out)
-
-    @torch.inference_mode()
-    def embed_with_prefix(self, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        """Pooled hidden state of [soft token] + text, one window per text (truncated to the max length)."""
-        self.load()
-        win = self.window() - 1
-        ids = [t[:win] for t in self._token_ids(texts)]
-        out = []
-        with self.autocast():
-            for b in range(0, len(ids), self.batch_size):
-                p = torch.as_tensor(prefix[b:b + self.batch_size], dtype=torch.float32, device=self.device)
-                out.append(self._run(ids[b:b + self.batch_size], prefix=p).cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
 
 
 @register("minilm", modality="text", role="general", dim=384, licence="Apache-2.0", params_m=22.7,
