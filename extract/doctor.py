@@ -201,7 +201,8 @@ def run(args) -> int:
     if any(urls.values()):
         print("\nlicences:\n" + "\n".join(f"  {k:<16} {u}" for k, u in urls.items() if u))
     absent = [r["model"] for r in table if r["here"] == "ABSENT"]
-    print(f"\nprofile {args.profile}: {len(table) - len(absent)} of {len(table)} models here "
+    weighted = [r for r in table if not r["here"].startswith("n/a")]          # imported reports have no weights
+    print(f"\nprofile {args.profile}: {len(weighted) - len(absent)} of {len(weighted)} models here "
           f"(weight packages: {cache}; hub repos: {hub_cache()})"
           + (f"; absent: {', '.join(absent)}" if absent else ""))
     print("estimates: memory = parameters x bytes per weight x 1.2; items/s = an item's FLOPs (2 x parameters x "
