@@ -83,6 +83,7 @@ def write_lock(cache: Path, records: list[dict]) -> Path:
 def pack(records: list[dict], to: Path) -> Path:
     """What was fetched, as a self-contained model cache (a folder, or a .tar/.tar.gz of one)."""
     if to.name.endswith((".tar", ".tar.gz", ".tgz")):
+        to.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=to.parent) as tmp:
             folder = _pack_folder(records, Path(tmp) / to.name.split(".tar")[0].removesuffix(".tgz"))
             with tarfile.open(to, "w:gz" if to.name.endswith(("gz", "tgz")) else "w") as tar:
