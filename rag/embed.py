@@ -23,6 +23,7 @@ from stores.provenance import group_provenance
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
+from .generators import GeneratorLoadError
 from .service import RagService
 
 log = logging.getLogger("medmix.rag")
@@ -58,6 +59,8 @@ def generated_texts(inputs: list, generator) -> list:
             try:
                 x = inp[view].get() if isinstance(inp[view], LazyView) else inp[view]
                 out.append(generator.generate([x])[0])
+            except GeneratorLoadError:          # the generator itself cannot run: stop once, not per row
+                raise
             except Exception as exc:  # noqa: BLE001
                 out.append(Failed(reason(exc, "report generation")))
     return out

@@ -155,10 +155,11 @@ def _build_into(tmp: Path, folder: Path, passages: list[Passage], encoder, kind:
     import bm25s
     t0 = time.perf_counter()
     docs, step = [p.as_document() for p in passages], 256
+    inputs = [encoder.article_input(p.title, p.text) for p in passages]      # as the encoder reads articles (MedCPT)
     with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:   # rate and ETA
         parts = []
         for i in range(0, len(docs), step):
-            parts.append(encoder.encode(docs[i:i + step]))
+            parts.append(encoder.encode(inputs[i:i + step]))
             bar.update(len(parts[-1]))
     vectors = normalise(np.concatenate(parts))
     index = make_faiss(vectors, kind)

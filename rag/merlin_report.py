@@ -74,9 +74,7 @@ class MerlinReportGenerator(ReportGenerator):
 
     view = "volume"
 
-    def load(self) -> "MerlinReportGenerator":
-        if self.model is not None:
-            return self
+    def _load(self) -> None:
         from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
         p = self.params
         res = resolve_source(self.source)
@@ -88,14 +86,15 @@ class MerlinReportGenerator(ReportGenerator):
             loc = loc / p.get("filename", CHECKPOINT)
         tower_sd, adapter_sd, lm_sd = split_checkpoint(read_checkpoint(loc))     # mapped: ~25 GB file
         lm_src = resolve_source(p.get("lm", "StanfordAIMI/RadLLaMA-7b")).location
-        kw = {"trust_remote_code": self.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(lm_src, **kw)
+        # Merlin's TextDecoder: AutoTokenizer(RadLLaMA, use_fast=True, trust_remote_code=True), the model without;
+        # remote code runs only when the profile's generator entry says trust_remote_code: true
+        self.tokenizer = AutoTokenizer.from_pretrained(lm_src, use_fast=True, trust_remote_code=self.trust_remote_code)
         self.tower = I3ResNet(tuple(p.get("blocks", (3, 8, 36, 3))), int(p.get("width", 64)))
         self.tower.load_state_dict({k: v.float() for k, v in tower_sd.items()}, strict=True)
         w = adapter_sd["weight"]
         self.adapter = torch.nn.Linear(w.shape[1], w.shape[0])
         self.adapter.load_state_dict({k: v.float() for k, v in adapter_sd.items()}, strict=True)
-        config = AutoConfig.from_pretrained(lm_src, **kw)
+        config = AutoConfig.from_pretrained(lm_src)
         lm_sd = merge_lora(lm_sd, float(p.get("lora_alpha", 16)))
         with torch.device("meta"):                               # names only: nothing allocated
             want = set(LlamaForCausalLM(config).state_dict())
@@ -111,7 +110,6 @@ class MerlinReportGenerator(ReportGenerator):
         self.adapter.to(self.device).eval()
         self.roi = tuple(p.get("roi", (224, 224, 160)))
         self.organs = list(p.get("organ_systems", ORGAN_SYSTEMS))
-        return self
 
     def identity(self) -> dict:
         return {**super().identity(), "lm": self.params.get("lm", "StanfordAIMI/RadLLaMA-7b"),

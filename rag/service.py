@@ -15,7 +15,7 @@ from .adapted import adapted_root, attach, resolve_encoder
 from .corpus import corpus_hash, load_topics, to_passages
 from .fusion import fused_search
 from .index import RetrievalIndex, normalise, open_index
-from .softprompt import Projection, projection_for
+from .softprompt import Projection, embed_with_prefix, projection_for
 
 log = logging.getLogger("medmix.rag")
 
@@ -138,7 +138,7 @@ class RagService:
         ids, scores = self.retrieve(texts)
         pooled = normalise(self.index().vectors[ids].mean(1))
         soft = self.projection(pooled)
-        return self.lm.embed_with_prefix(texts, soft), ids, scores
+        return embed_with_prefix(self.lm, texts, soft), ids, scores
 
     def identity(self) -> dict:
         idx = self.index()

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from plugins.encoders.hf_text import pool_hidden
 from stores.spec import canonical_hash
 
 
@@ -42,9 +44,55 @@ def projection_for(folder: Path, passages_text: list[str], passage_vectors: np.n
     if wf.exists() and mf.exists():
         with np.load(wf, allow_pickle=False) as z:
             return Projection(z["weight"], z["bias"])
-    target = lm.mean_token_embedding(passages_text)
+    target = mean_token_embedding(lm, passages_text)
     proj = fit_projection(passage_vectors, target)
     np.savez(wf, weight=proj.weight, bias=proj.bias)
     resid = float(np.mean((proj(passage_vectors) - target) ** 2) / max(np.var(target), 1e-12))
     mf.write_text(json.dumps({"lm": lm.identity(), "relative_mse": resid}, indent=2))
     return proj
+
+
+# ---- the LM side: any registry text encoder (plugins/encoders/hf_text.py) as the soft-prompt LM -----------------
+def input_embedding_dim(lm) -> int:
+    lm.load()
+    return int(lm.model.get_input_embeddings().weight.shape[1])
+
+
+@torch.inference_mode()
+def mean_token_embedding(lm, texts: list[str]) -> np.ndarray:
+    """Mean input-token embedding of each text under the LM's tokenizer (the target of the projection fit)."""
+    lm.load()
+    table = lm.model.get_input_embeddings().weight
+    out = []
+    for ids in lm._token_ids(texts):
+        ids = torch.tensor(ids[: lm.window()] or [0], device=table.device)
+        out.append(table[ids].float().mean(0).cpu().numpy())
+    return np.stack(out)
+
+
+@torch.inference_mode()
+def embed_with_prefix(lm, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+    """The LM's pooled hidden state of [soft token] + text, one window per text (truncated to the max length)."""
+    lm.load()
+    win = lm.window() - 1
+    ids = [t[:win] for t in lm._token_ids(texts)]
+    out = []
+    with lm.autocast():
+        for b in range(0, len(ids), lm.batch_size):
+            p = torch.as_tensor(prefix[b:b + lm.batch_size], dtype=torch.float32, device=lm.device)
+            out.append(_forward_prefixed(lm, ids[b:b + lm.batch_size], p).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _forward_prefixed(lm, batch_ids: list[list[int]], prefix: torch.Tensor) -> torch.Tensor:
+    """Padded texts with one soft-prompt vector (B, H) inserted after the leading specials ([CLS]) / at the start."""
+    pre, post = lm._specials()
+    enc = lm.preprocess.pad({"input_ids": [pre + t + post for t in batch_ids]}, return_tensors="pt").to(lm.device)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    emb = lm.model.get_input_embeddings()(ids)
+    at = len(pre)
+    soft = prefix.to(emb.dtype).unsqueeze(1)
+    emb = torch.cat([emb[:, :at], soft, emb[:, at:]], 1)
+    mask = torch.cat([mask[:, :at], torch.ones_like(mask[:, :1]), mask[:, at:]], 1)
+    hidden = lm.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+    return pool_hidden(hidden.float(), mask, lm.pooling)

@@ -98,9 +98,10 @@ def test_qwen2_decoder_and_soft_prompt(tiny_qwen_dir):
     enc = build_encoder("qwen2_0_5b", EncoderOptions(source=str(tiny_qwen_dir))).load()
     assert type(enc.model).__name__ == "Qwen2Model"
     _check(enc, TEXTS, 32)
-    prefix = np.random.default_rng(0).normal(size=(2, enc.input_embedding_dim())).astype(np.float32)
-    a = enc.embed_with_prefix(TEXTS, prefix)
-    b = enc.embed_with_prefix(TEXTS, prefix * 3)
+    from rag.softprompt import embed_with_prefix, input_embedding_dim
+    prefix = np.random.default_rng(0).normal(size=(2, input_embedding_dim(enc))).astype(np.float32)
+    a = embed_with_prefix(enc, TEXTS, prefix)
+    b = embed_with_prefix(enc, TEXTS, prefix * 3)
     assert a.shape == (2, 32) and not np.allclose(a, b)          # the soft token really reaches the LM
     last = build_encoder("qwen2_0_5b", EncoderOptions(source=str(tiny_qwen_dir), pooling="last")).load()
     assert not np.allclose(last.encode(TEXTS[:1]), enc.encode(TEXTS[:1]))

