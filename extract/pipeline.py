@@ -10,7 +10,7 @@ from stores.spec import load_spec
 from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
-from plugins.datasets.base import get_adapter
+from plugins.datasets.base import LIMIT, get_adapter
 from .run.context import Context
 from .run.executors import DaskExecutor, LocalExecutor, Summary, run
 from .run.plan import plan_jobs
@@ -56,7 +56,8 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
                     encoding_from: str | None = None) -> Summary:
     spec = load_spec(config)
     root = paths.data_root(spec, data_root)
-    adapter = get_adapter(spec.dataset(dataset), root, options)
+    run_options = {**(options or {}), LIMIT: limit} if limit else options     # --limit: the same sample everywhere
+    adapter = get_adapter(spec.dataset(dataset), root, run_options)
     check_selection(spec, dataset, profile, modalities, experts)
     path = paths.store_path(spec, dataset, options, limit, store)
     st = create_store(spec, dataset, adapter, path, limit, replace_split)
@@ -64,7 +65,7 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
     train_rows = [int(i) for i in (st.split() == SPLIT_CODES["train"]).nonzero()[0]]   # fitted experts: train only
     plans = plan_jobs(spec, dataset, profile, adapter, modalities, experts, train_rows, encoding_from)
     threads = max(1, (os.cpu_count() or 2) // workers) if workers else None
-    ctx = Context(spec.source_file, dataset, str(root), dict(options or {}), str(path), device, threads, profile)
+    ctx = Context(spec.source_file, dataset, str(root), dict(run_options or {}), str(path), device, threads, profile)
     executor = DaskExecutor(scheduler, workers, gpus) if (scheduler or workers or gpus) else LocalExecutor()
     try:
         summary = run(ctx, plans, executor, progress=progress, retry_failed=retry_failed)
@@ -74,7 +75,7 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
         roles = {e.role for m in spec.dataset(dataset).modalities if not modalities or m in modalities
                  for e in spec.experts_for(dataset, m, profile).values()} & {"rag"}
         run_expert_stages(roles, dataset=dataset, profile=profile, config=config, data_root=str(root),
-                          store=str(path), modalities=modalities, options=options, progress=progress, summary=summary)
+                          store=str(path), modalities=modalities, options=run_options, progress=progress, summary=summary)
     print_summary(summary)
     return summary
 
