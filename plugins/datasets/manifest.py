@@ -58,7 +58,7 @@ class NamedView(LazyView):
         except Exception as exc:  # noqa: BLE001  (the runner records the row failed with this reason)
             hint = (" (set the modality's preprocess.fallback_mpp to read it at an assumed um/px)"
                     if "fallback_mpp" in str(exc) else "")
-            raise ValueError(f"{self.label}: {describe(exc)}{hint}") from exc
+            raise ValueError(f"{self.label}: {str(exc).strip() or describe(exc)}{hint}") from exc
 
 
 def dicom_image(path: Path, pre: dict) -> np.ndarray:
