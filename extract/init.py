@@ -84,14 +84,15 @@ def draft(table, manifest: Path, labels: list[str], forced: dict[str, str], id_c
         tasks[c], why = task_type(table[c])
         notes.append(f"label {c}: {tasks[c]['type']} ({why})")
     split_col = next((c for c in cols if c not in (id_col, *labels) and forced.get(c) is None and is_split(table[c])), None)
+    strat = {"stratify": labels[0]} if labels else {}
     if split_col:
-        split = {"method": "official", "val_fraction": 0.15, "seed": 0, "stratify": labels[0]}
+        split = {"method": "official", "val_fraction": 0.15, "seed": 0, **strat}
         notes.append(f"split column: {split_col} (values {', '.join(sorted(set(table[split_col])))}; "
                      "validation carved from train when it has none)")
     else:
-        split = {"method": "random", "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}, "seed": 0,
-                 "stratify": labels[0]}
-        notes.append("split: none in the table -> random 0.70/0.15/0.15, stratified on " + labels[0])
+        split = {"method": "random", "fractions": {"train": 0.7, "val": 0.15, "test": 0.15}, "seed": 0, **strat}
+        notes.append("split: none in the table -> random 0.70/0.15/0.15" + (f", stratified on {labels[0]}" if labels
+                                                                             else ""))
     modalities, options = {}, {"id_column": id_col, **({"split_column": split_col} if split_col else {})}
     fields = {"numeric": [], "categorical": []}
     for c in cols:
