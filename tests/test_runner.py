@@ -83,13 +83,14 @@ def test_duplicated_unit_rewrites_identical_bytes(ehr_spec, data_root, tmp_path)
                     rag=False, progress=False)
     spec = load_spec(ehr_spec)
     from plugins.datasets.base import get_adapter
-    plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root))
+    plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root,
+                                                                   {"limit": 16}))
     before = _contents(path)
     g = Store(path, mode="a").expert_group("ehr", "fracast")
     unit = g.units()[1]
     g.group["done"][1] = 0                                        # as if a retried task ran the unit again
     clear_caches()
-    ctx = Context(str(ehr_spec), "physionet2012", str(data_root), {}, str(path))
+    ctx = Context(str(ehr_spec), "physionet2012", str(data_root), {"limit": 16}, str(path))   # the same sample
     run_unit(ctx, "ehr", unit, plans["ehr"])
     run_unit(ctx, "ehr", unit, plans["ehr"])                      # and a duplicate of it
     _same(before, _contents(path))
