@@ -122,6 +122,12 @@ def test_labels_split_column_and_bad_cells(cohort, data_root, tmp_path):
     assert ad.labels()["grade"][:3].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     split = ad.split()                                 # no validation rows: carved from train (val_fraction)
     assert split.count("val") == 2 and split.count("train") == 6 and split[8:] == ["test", "test"]
+    ml = [{"id": f"m{i}", "split": "train", "effusion": ["1", "0", ""][i % 3], "edema": ["no", "yes", "yes"][i % 3]}
+          for i in range(3)]
+    cfg_ml = _config(tmp_path / "ml", _write(tmp_path / "ml", ml), {}, split={"method": "official", "val_fraction": 0.3},
+                     tasks={"findings": {"type": "multilabel", "labels": ["effusion", "edema"]}})
+    y = _adapter(cfg_ml, data_root).labels()["findings"]          # multilabel: one 0/1 column per label
+    assert y[:2].tolist() == [[1, 0], [0, 1]] and np.isnan(y[2, 0]) and y[2, 1] == 1
     rows[4]["grade"] = "G9"
     _write(tmp_path / "mc", rows)
     with pytest.raises(ValueError, match=r"cohort.csv: sample s4: grade 'G9' is not one of"):

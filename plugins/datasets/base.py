@@ -236,6 +236,8 @@ class Sample:
         self.rows, self.per_split = sample_rows(full.split(), _sample_key(full), n)
 
     def __getattr__(self, name: str):
+        if name == "full":                     # not yet set (unpickling): never recurse
+            raise AttributeError(name)
         return getattr(self.full, name)
 
     def ids(self) -> list[str]:
