@@ -7,6 +7,7 @@
     python -m extract fetch --profile offline [--to DIR|FILE.tar.gz]     # get (and pack) every model of a profile
     python -m extract doctor --profile paper                             # which models are here, how to get the rest
     python -m extract import --dataset D --modality M --expert E --from DIR_OR_TAR   # precomputed .npz/.npy
+    python -m extract init --manifest cohort.csv --dataset NAME --labels COL --out my.yaml   # your own cohort
 
 Exit status: 0 done (failed rows are listed in the summary; `--strict` makes them exit 1); 2 bad input (one line).
 """
@@ -19,7 +20,7 @@ import sys
 from plugins.request import ExtractRequest
 from stores.cli import exit_status, format_table, guarded
 
-COMMANDS = ("run", "models", "fetch", "import", "doctor")
+COMMANDS = ("run", "models", "fetch", "import", "doctor", "init")
 
 
 def _models(args) -> int:
@@ -56,7 +57,7 @@ def _run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,doctor}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,doctor,init}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     ExtractRequest.add_arguments(r)              # the flags are the request's fields (plugins/request.py)
     r.add_argument("--strict", action="store_true", help="exit 1 when any row failed (default: 0, with the summary)")
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import", help="precomputed .npz/.npy features -> an expert group")
     add_arguments(i)
     i.set_defaults(fn=_import)
+    from . import init
+    n = sub.add_parser("init", help="draft your cohort's dataset block from its manifest table (CSV/TSV/Parquet)")
+    init.add_arguments(n)
+    n.set_defaults(fn=init.run)
     return ap
 
 

@@ -10,7 +10,7 @@ from stores.spec import load_spec
 from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
 
-from plugins.datasets.base import get_adapter
+from plugins.datasets.base import LIMIT, get_adapter
 from plugins.request import ExtractRequest
 from plugins.stages import run_expert_stages
 from .run.context import Context
@@ -53,7 +53,8 @@ def extract(req: ExtractRequest) -> Summary:
     """Run one request: the store (samples, labels, split), the planned experts, then the other stages' experts."""
     spec = load_spec(req.config)
     root = paths.data_root(spec, req.data_root)
-    adapter = get_adapter(spec.dataset(req.dataset), root, req.options)
+    run_options = {**(req.options or {}), LIMIT: req.limit} if req.limit else req.options   # --limit: one sample
+    adapter = get_adapter(spec.dataset(req.dataset), root, run_options)                   # everywhere
     check_selection(spec, req.dataset, req.profile, req.modalities, req.experts)
     path = paths.store_path(spec, req.dataset, req.options, req.limit, req.store)
     st = create_store(spec, req.dataset, adapter, path, req.limit, req.replace_split)
@@ -62,7 +63,7 @@ def extract(req: ExtractRequest) -> Summary:
     plans = plan_jobs(spec, req.dataset, req.profile, adapter, req.modalities, req.experts, train_rows,
                       req.encoding_from)
     # workers and stages get the request with the paths this run resolved (a worker's cwd and env may differ)
-    req = req.resolved(config=spec.source_file, data_root=str(root), store=str(path))
+    req = req.resolved(config=spec.source_file, data_root=str(root), store=str(path), options=run_options)
     threads = max(1, (os.cpu_count() or 2) // req.workers) if req.workers else None
     distributed = req.scheduler or req.workers or req.gpus
     executor = DaskExecutor(req.scheduler, req.workers, req.gpus) if distributed else LocalExecutor()

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .paths import PathError
+from .spec import SpecError
 from .store import SPLIT_CODES, Store, StoreError
 from .table import format_table
 from .verify import check, coverage, failure_reasons
@@ -14,11 +16,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stores", description="Inspect and check a MedMIX Zarr store.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="what is inside: samples, splits, labels, coverage per expert")
-    p.add_argument("store")
+    _store_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("verify", help="check shapes, masks vs vectors, markers vs data; exit 1 on any problem")
-    p.add_argument("store")
+    _store_arguments(p)
     args = ap.parse_args(argv)
+    try:
+        args.store = _locate(args)
+    except (StoreError, SpecError, PathError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         store = Store(args.store)
     except StoreError as exc:
@@ -54,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     for group, reasons in info["failures"].items():
         print(f"  failures in {group}: " + "; ".join(f"{r} (x{c})" for r, c in reasons.items()))
     return 0
+
+
+def _store_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", nargs="?", help="the store folder (or --dataset: the store `python -m extract` wrote)")
+    p.add_argument("--dataset", help="locate the dataset's store as extract does (with --config, --limit)")
+    p.add_argument("--config", help="your own pipelines.yaml (as extract --config)")
+    p.add_argument("--limit", type=int, help="the store `extract --limit N` wrote")
+
+
+def _locate(args) -> str:
+    if args.store:
+        return args.store
+    if not args.dataset:
+        raise StoreError("give a STORE folder, or --dataset (with --config) to find the store extract wrote")
+    from .paths import store_path
+    from .spec import load_spec
+    return str(store_path(load_spec(args.config), args.dataset, None, args.limit))
 
 
 if __name__ == "__main__":

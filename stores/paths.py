@@ -84,9 +84,10 @@ def rag_root(spec: "PipelineSpec") -> Path:
 
 
 def store_name(dataset: str, options: dict | None = None, limit: int | None = None) -> str:
-    """A store's folder name says what it holds: the dataset, its non-default options, a sample limit."""
-    suffix = "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()) if v is not None)
-    return f"{dataset}{suffix}{f'-first{limit}' if limit else ''}.zarr"
+    """A store's folder name says what it holds: the dataset, its non-default options, a sample limit (``--limit N``:
+    a label-stratified sample of N, so ``extract --limit N`` and ``train --limit N`` meet at ``<dataset>-limitN``)."""
+    suffix = "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()) if v is not None and k != "limit")
+    return f"{dataset}{suffix}{f'-limit{limit}' if limit else ''}.zarr"
 
 
 def store_path(spec: "PipelineSpec", dataset: str, options: dict | None = None, limit: int | None = None,

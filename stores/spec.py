@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .paths import PathError, find_config
+from .paths import CHECKOUT_SPEC, PathError, find_config, resolve
 from .preprocess import PREPROCESS
 
 Kind = Literal[tuple(PREPROCESS)]       # the modality kinds: one list, the kinds stores/preprocess.py types
@@ -285,12 +286,44 @@ def load_spec(path: str | os.PathLike | None = None) -> PipelineSpec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the top level must be a mapping")
+    if is_overlay(raw):
+        raw = merge_builtin(raw, path)
     try:
         spec = PipelineSpec.model_validate({**raw, "source_file": str(path)})
     except ValidationError as exc:
         raise SpecError(_format_error(exc, str(path))) from None
     _check_references(spec)
     return spec
+
+
+def is_overlay(raw: dict) -> bool:
+    """A config without ``version`` or without ``profiles`` only adds to the packaged spec: a user's cohort config
+    may hold just its datasets and profile overrides (``profiles.offline.models``, one expert's ``params``)."""
+    return "version" not in raw or "profiles" not in raw
+
+
+def merge_builtin(raw: dict, path: Path) -> dict:
+    """The packaged pipelines.yaml with ``raw`` laid over it: datasets by name, profiles key by key (deep), defaults
+    key by key. The packaged defaults' relative paths stay relative to the packaged file (made absolute here); the
+    overlay's own relative paths resolve against its folder, as in any config."""
+    if not CHECKOUT_SPEC.is_file() or CHECKOUT_SPEC.resolve() == Path(path).resolve():
+        raise SpecError(f"{path}: no 'profiles' with 'kinds', and no packaged {CHECKOUT_SPEC.name} to take them from")
+    base = yaml.safe_load(CHECKOUT_SPEC.read_text())
+    here = CHECKOUT_SPEC.resolve().parent
+    for key in ("data_root", "store_root", "model_cache"):
+        if key in base.get("defaults", {}):
+            base["defaults"][key] = str(resolve(base["defaults"][key], here))
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if k == "datasets" or not (isinstance(v, dict) and isinstance(base.get(k), dict)):
+            out[k] = {**base.get(k, {}), **v} if k == "datasets" and isinstance(v, dict) else v
+        else:
+            out[k] = _deep_merge(base[k], v)
+    return out
 
 
 def _check_references(spec: PipelineSpec) -> None:

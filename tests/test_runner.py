@@ -86,13 +86,15 @@ def test_duplicated_unit_rewrites_identical_bytes(ehr_spec, data_root, tmp_path)
                     rag=False, progress=False)
     spec = load_spec(ehr_spec)
     from plugins.datasets.base import get_adapter
-    plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root))
+    plans = plan_jobs(spec, "physionet2012", "offline", get_adapter(spec.dataset("physionet2012"), data_root,
+                                                                   {"limit": 16}))
     before = _contents(path)
     g = Store(path, mode="a").expert_group("ehr", "fracast")
     unit = g.units()[1]
     g.group["done"][1] = 0                                        # as if a retried task ran the unit again
     clear_caches()
-    ctx = Context(ExtractRequest("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(path)))
+    ctx = Context(ExtractRequest("physionet2012", config=str(ehr_spec), data_root=str(data_root), store=str(path),
+                                 options={"limit": 16}))                                   # the same sample
     run_unit(ctx, "ehr", unit, plans["ehr"])
     run_unit(ctx, "ehr", unit, plans["ehr"])                      # and a duplicate of it
     _same(before, _contents(path))

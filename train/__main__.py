@@ -34,11 +34,12 @@ def _recipe(args):
     return dataclasses.replace(RECIPES[args.recipe], **kw)
 
 
-def _default_store(dataset: str, store: str | None, options: dict | None = None) -> str:
-    """The same store path the extract stage writes for these dataset options (stores/paths.py)."""
+def _default_store(dataset: str, store: str | None, options: dict | None = None, config: str | None = None,
+                   limit: int | None = None) -> str:
+    """The same store path the extract stage writes for these dataset options and --limit (stores/paths.py)."""
     from stores.paths import store_path
     from stores.spec import load_spec
-    return str(store_path(load_spec(), dataset, options, None, store))
+    return str(store_path(load_spec(config), dataset, options, limit, store))
 
 
 COMMANDS = {"evaluate": lambda a: _evaluate(a), "predict": lambda a: _predict(a), "run": lambda a: _train(a),
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _options(args) -> dict | None:
     """Dataset options that name a store (as `python -m extract --set` wrote it): plugins/dataset_options.py."""
-    return dataset_options(args, args.dataset)
+    return dataset_options(args, args.dataset, getattr(args, "config", None))
 
 
 def _train(argv: list[str]) -> int:
@@ -71,6 +72,8 @@ def _train(argv: list[str]) -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store", help="default: the store `python -m extract` wrote (<store root>/<dataset>[-options].zarr)")
     add_dataset_options(ap)                       # --set etc., as extract wrote the store
+    ap.add_argument("--config", help="your own pipelines.yaml (as extract --config; default: MEDMIX_CONFIG, ...)")
+    ap.add_argument("--limit", type=int, help="the store `extract --limit N` wrote (a label-stratified sample)")
     ap.add_argument("--methods", default=",".join(METHODS + ["large"]), help="comma list; 'large' = each teacher alone")
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     ap.add_argument("--protocol", default="none", help=f"comma list, or 'all' ({', '.join(DEFAULT_GRID)})")
@@ -100,7 +103,11 @@ def _train(argv: list[str]) -> int:
     device = _device(args.device)
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
-    results = run_experiment(_default_store(args.dataset, args.store, _options(args)), args.methods.split(","),
+    if args.config:                               # every later spec lookup (opt-in modalities) reads the same file
+        import os
+        os.environ["MEDMIX_CONFIG"] = str(Path(args.config).resolve())
+    store = _default_store(args.dataset, args.store, _options(args), args.config, args.limit)
+    results = run_experiment(store, args.methods.split(","),
                              list(range(args.seeds)), protocols, _recipe(args), out,
                              tasks=args.tasks.split(",") if args.tasks else None, device=device,
                              ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from stores import paths
 from stores.spec import load_spec
 from stores.store import Store
 from stores.verify import coverage, failure_reasons, verify
@@ -30,12 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train demo", description=__doc__)
     ap.add_argument("--data-root", help="default ../shared/data or MEDMIX_DATA_ROOT")
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma list, or 'none' (e.g. the raw section alone)")
+    ap.add_argument("--no-raw-imaging", action="store_true",
+                    help="skip the raw CT + slide section (train/demo_raw.py; 221 s on 2 shared cores)")
     ap.add_argument("--seeds", type=int, default=2,
                     help="seeds per method (default 2: 3 seeds took the demo past 45 min on 2 cores; docs/train.md)")
-    ap.add_argument("--limit", type=int, help="first N samples per dataset (the CI wiring test)")
+    ap.add_argument("--limit", type=int, help="a label-stratified sample of N per dataset (the CI wiring test)")
     ap.add_argument("--subset", default="openi:2000",
-                    help="DATASET:N[,...] first N samples of those datasets, to fit 45 min on 2 cores "
+                    help="DATASET:N[,...] label-stratified samples of N of those datasets, to fit 45 min on 2 cores "
                          "(default openi:2000; 'none' = every sample)")
     ap.add_argument("--methods", default="medmix,meanavg,concat,max,attention,m3care,adacomed,large")
     ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7,test_drop_one@0.5")
@@ -60,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dataclasses.replace(RECIPES["robust"], **overrides)     # `python -m train`'s default, epochs capped
     sections, timings = [], {}
     subset = {} if args.subset in ("", "none") else {k: int(v) for k, v in (x.split(":") for x in args.subset.split(","))}
-    for ds in args.datasets.split(","):
+    for ds in [d for d in args.datasets.split(",") if d and d != "none"]:
         t0 = time.perf_counter()
         limit = args.limit or subset.get(ds)
-        print(f"\n=== {ds}: extract (offline profile{f', first {limit} samples' if limit else ''}) ===", flush=True)
+        print(f"\n=== {ds}: extract (offline profile{f', a sample of {limit}' if limit else ''}) ===", flush=True)
         extract_dataset(ds, profile="offline", data_root=args.data_root, limit=limit, progress=not args.quiet)
         from stores.paths import store_path as _store_path
         store_path = _store_path(spec, ds, None, limit)
@@ -78,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         write_report(results, out / ds)
         timings[ds] = {"extract_s": round(t1 - t0, 1), "train_s": round(time.perf_counter() - t1, 1)}
         sections.append(_section(ds, spec, store_path, results, problems, timings[ds], headline_rows, md_table, limit))
+    if not args.no_raw_imaging:
+        from .demo_raw import run as raw_imaging
+        print("\n=== raw imaging: real CT volumes and slide through python -m extract (manifest) ===", flush=True)
+        raw = raw_imaging(Path(paths.data_root(spec, args.data_root)), out, quiet=args.quiet)
+        timings["raw imaging"] = {"extract_s": raw["seconds"], "train_s": 0}
+        sections.append({"text": raw["text"], "headline": f"raw imaging: {raw['seconds']} s", "coverage": []})
     report = out / "report.md"
     report.write_text(_report(sections, args, recipe, timings, subset))
     print(f"\nreport: {report}")
@@ -94,7 +103,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
              "ok": c["ok"], "missing": c["missing"], "failed": c["failed"]} for c in cov if c["latest"]]
     fails = failure_reasons(store)
     text = [f"## {ds}: {spec.dataset(ds).description}", "",
-            (f"**Subset: the first {limit} samples only** (`--subset none` for all). " if limit else "")
+            (f"**Subset: a label-stratified sample of {limit}** (`--subset none` for all). " if limit else "")
             + f"{store.n} samples; split {results['split_sizes']}; extract {timing['extract_s']} s, "
             f"train {timing['train_s']} s. Store `{store_path}` "
             f"({'verify: consistent' if not problems else 'verify: ' + '; '.join(problems)}).", "",
@@ -154,8 +163,8 @@ def _report(sections, args, recipe, timings, subset) -> str:
              "the test-time multi-random drop protocol (r = 0.3, 0.5, 0.7); `python -m train --protocol all` runs "
              "the paper's full grid.", ""]
     if args.limit:
-        lines += [f"**Wiring run: only the first {args.limit} samples of each dataset; numbers mean nothing.**", ""]
-    if ds_note := [f"{d} (first {n})" for d, n in subset.items() if not args.limit]:
+        lines += [f"**Wiring run: a sample of {args.limit} per dataset; numbers mean nothing.**", ""]
+    if ds_note := [f"{d} (a label-stratified sample of {n})" for d, n in subset.items() if not args.limit]:
         lines += [f"Subsets to fit the 45-minute budget on 2 CPU cores: {', '.join(ds_note)}. "
                   "`python -m train demo --subset none` runs every sample.", ""]
     lines += ["Wall time per dataset: " + "; ".join(f"{d}: extract {t['extract_s']} s, train {t['train_s']} s"

@@ -210,9 +210,104 @@ def load_adapters() -> Registry[type[DatasetAdapter]]:
     return ADAPTERS.load()
 
 
+LIMIT = "limit"      # the run option `--limit N` travels under to every worker (never an adapter's own option)
+
+
 def get_adapter(spec: DatasetSpec, data_root: Path, options: dict | None = None) -> DatasetAdapter:
+    """The dataset's adapter; with ``options['limit'] = N`` a label-stratified sample of N samples (``Sample``)."""
     load_adapters()
     if spec.adapter not in ADAPTERS:
         raise NotImplementedError(f"dataset adapter {spec.adapter!r} is not implemented (have: "
                                   f"{', '.join(sorted(ADAPTERS))}; see docs/datasets.md)")
-    return ADAPTERS[spec.adapter](spec, data_root, options)
+    options = dict(options or {})
+    limit = options.pop(LIMIT, None)
+    full = ADAPTERS[spec.adapter](spec, data_root, options)
+    return Sample(full, int(limit)) if limit else full
+
+
+class Sample:
+    """``--limit N`` (smoke runs): N samples that keep every split non-empty and every class of the stratification
+    task (else the first task) in each split, so a smoke store trains. Within a (split, class) stratum the first
+    rows in the data's order are taken, so a larger N keeps the rows of a smaller one. Row r of the sample is row
+    ``rows[r]`` of the full adapter; every other attribute is the full adapter's."""
+
+    def __init__(self, full: DatasetAdapter, n: int):
+        if n < 1:
+            raise ValueError(f"--limit {n}: must be at least 1")
+        self.full, self.n = full, n
+        self.rows, self.per_split = sample_rows(full.split(), _sample_key(full), n)
+
+    def __getattr__(self, name: str):
+        if name == "full":                     # not yet set (unpickling): never recurse
+            raise AttributeError(name)
+        return getattr(self.full, name)
+
+    def ids(self) -> list[str]:
+        ids = self.full.ids()
+        return [ids[r] for r in self.rows]
+
+    def labels(self) -> dict[str, np.ndarray]:
+        return {k: v[self.rows] for k, v in self.full.labels().items()}
+
+    def label_arrays(self) -> dict[str, tuple[np.ndarray, dict]]:
+        return {k: (v[self.rows], meta) for k, (v, meta) in self.full.label_arrays().items()}
+
+    def split(self) -> list[str]:
+        split = self.full.split()
+        return [split[r] for r in self.rows]
+
+    def load(self, modality: str, rows: list[int]) -> list[Input]:
+        return self.full.load(modality, [self.rows[r] for r in rows])
+
+    def where(self, modality: str, row: int) -> str:
+        return self.full.where(modality, self.rows[row])
+
+    def fingerprint(self, modality: str, row: int) -> str:
+        return self.full.fingerprint(modality, self.rows[row])
+
+    def identity(self) -> dict:
+        """The full adapter's identity plus how the sample was drawn (stored in the store's attributes)."""
+        return {**self.full.identity(), "sample": {
+            "limit": self.n, "rows": len(self.rows), "per_split": self.per_split,
+            "method": "label-stratified per split: the first rows of each (split, class) in the data's order"}}
+
+
+def _sample_key(full: DatasetAdapter) -> np.ndarray:
+    labels = full.labels()
+    task = full.spec.split.stratify or next(iter(full.spec.tasks), None)
+    if task is None or task not in labels:
+        return np.zeros(len(full.ids()), int)
+    return DatasetAdapter._strat_key(labels[task])
+
+
+def sample_rows(split: list[str], key: np.ndarray, n: int) -> tuple[list[int], dict[str, int]]:
+    """Rows of a sample of ``n``: per split a share proportional to its size (at least 1 each), inside a split per
+    class (at least 1 each where the share allows), the first rows of each stratum."""
+    split = np.asarray(split, dtype=object)
+    names = [s for s in ("train", "val", "test") if (split == s).any()]
+    if n < len(names) and n < len(split):
+        raise ValueError(f"--limit {n}: at least {len(names)} samples are needed to keep every split "
+                         f"({', '.join(names)}) non-empty")
+    shares = _allocate([int((split == s).sum()) for s in names], n)
+    rows, per_split = [], {}
+    for name, share in zip(names, shares):
+        idx = np.flatnonzero(split == name)
+        classes = sorted(set(key[idx].tolist()))
+        takes = _allocate([int((key[idx] == c).sum()) for c in classes], share)
+        for c, k in zip(classes, takes):
+            rows += idx[key[idx] == c][:k].tolist()
+        per_split[name] = int(share)
+    return sorted(rows), per_split
+
+
+def _allocate(sizes: list[int], n: int) -> np.ndarray:
+    """n split over groups of these sizes: 1 each first (when n allows), then to the group furthest below its
+    proportional share; never more than a group holds."""
+    sizes = np.asarray(sizes, dtype=int)
+    n = min(n, int(sizes.sum()))
+    take = np.minimum(sizes, 1) if n >= len(sizes) else np.zeros(len(sizes), int)
+    while take.sum() < n:
+        want = sizes * n / sizes.sum() - take
+        want[take >= sizes] = -np.inf
+        take[int(np.argmax(want))] += 1
+    return take
