@@ -12,10 +12,9 @@ Exit status: 0 done (failed rows are listed in the summary; `--strict` makes the
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from stores.cli import exit_status, format_table, guarded
+from stores.cli import Parser, exit_status, format_table, guarded, is_terminal, setup_logging
 
 COMMANDS = ("run", "models", "fetch", "import")
 
@@ -80,7 +79,7 @@ def _run(args) -> int:
         scheduler=args.scheduler, workers=args.workers, gpus=args.gpus, device=args.device,
         modalities=args.modality, experts=args.only_expert,
         options={"set": args.set_name} if args.set_name else None, limit=args.limit, rag=not args.no_rag,
-        progress=not args.quiet, retry_failed=args.retry_failed, replace_split=args.replace_split,
+        progress=not args.quiet and is_terminal(), retry_failed=args.retry_failed, replace_split=args.replace_split,
         encoding_from=args.encoding_from)
     if summary.unit_errors:                       # a whole unit could not run: not done (the reasons were printed)
         return 1
@@ -88,8 +87,8 @@ def _run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m extract", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     _add_run_arguments(r)
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]                     # `python -m extract --dataset X` stays the short form of `run`
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(quiet=getattr(args, "quiet", False))
     return guarded(args.fn, args)
 
 

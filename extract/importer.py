@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stores.errors import InputError
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
@@ -58,7 +59,7 @@ def import_features(store_path: str, modality: str, expert: str, source: Path, p
         except Exception as exc:  # noqa: BLE001
             reasons[wanted[name]] = f"{name}: {exc}"[:300]
     if not arrays:
-        raise ValueError(f"{source}: no readable file matches {pattern!r} for any of the {len(ids)} samples")
+        raise InputError(f"{source}: no readable file matches {pattern!r} for any of the {len(ids)} samples")
     dims = {a.size for a in arrays.values()}
     dim = max(dims, key=lambda d: sum(a.size == d for a in arrays.values()))
     for r, a in list(arrays.items()):

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from stores import paths
+from stores.errors import InputError
 from stores.spec import load_spec
 from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
@@ -25,14 +26,14 @@ def check_selection(spec, dataset: str, profile: str, modalities: list[str] | No
     mods = list(spec.dataset(dataset).modalities)
     bad = [m for m in modalities or [] if m not in mods]
     if bad:
-        raise ValueError(f"--modality {', '.join(bad)}: not a modality of {dataset} (have: {', '.join(mods)})")
+        raise InputError(f"--modality {', '.join(bad)}: not a modality of {dataset} (have: {', '.join(mods)})")
     names = set()
     for m in modalities or mods:
         names |= set(spec.experts_for(dataset, m, profile))
         names |= {"teacher"} if spec.teacher_for(dataset, m, profile) else set()
     bad = [e for e in experts or [] if e not in names]
     if bad:
-        raise ValueError(f"--only-expert {', '.join(bad)}: no such expert of {dataset} in profile {profile} "
+        raise InputError(f"--only-expert {', '.join(bad)}: no such expert of {dataset} in profile {profile} "
                          f"(have: {', '.join(sorted(names))})")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stores.errors import InputError
 from stores.registry import Registry
 
 from .sources import Resolved, resolve_source
@@ -114,7 +115,7 @@ def _validate_params(cls: type["Encoder"], params: dict, where: str) -> None:
     except ValidationError as exc:
         lines = [f"{where}.{'.'.join(str(p) for p in e['loc'])}: "
                  + ("unknown key for " + key if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
-        raise ValueError("; ".join(lines)) from None
+        raise InputError("; ".join(lines)) from None
 
 
 class Encoder:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from stores.cli import Parser, setup_logging
 from stores.spec import load_spec
 from stores.table import format_table
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rag", description=__doc__)
+    ap = Parser(prog="python -m rag", description=__doc__)
     _common_options(ap, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, suppress=True)
@@ -68,7 +68,7 @@ def _main(argv: list[str]) -> int:
     e.add_argument("--store")
     e.add_argument("--modality", action="append")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     from .service import RagService, search_config
     spec = load_spec(args.config)

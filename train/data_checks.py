@@ -7,6 +7,8 @@ import logging
 
 import numpy as np
 
+from stores.errors import InputError
+
 from .data import Data
 
 log = logging.getLogger("medmix.train")
@@ -14,7 +16,7 @@ MIN_PER_CLASS = 5
 PARTS = ("train", "val", "test")
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InputError):
     """The store cannot be trained on as asked; the message names the store, split, task or modality."""
 
 

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from stores.registry import Registry
 from stores.spec import DatasetSpec, SpecError
+from stores.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class DatasetAdapter:
         folder = Path(os.path.abspath(folder))
         p = Path(os.path.normpath(folder / name))
         if not p.is_relative_to(folder) or p == folder:
-            raise ValueError(f"{what} {name!r} points outside {folder}")
+            raise InputError(f"{what} {name!r} points outside {folder}")
         return p
 
     @staticmethod
@@ -154,7 +155,7 @@ class DatasetAdapter:
         if s.method == "official":
             official = self.official_split()
             if official is None:
-                raise ValueError(f"dataset {self.spec.adapter}: no official split in the data")
+                raise InputError(f"dataset {self.spec.adapter}: no official split in the data")
             train = [i for i, p in enumerate(official) if p == "train"]
             sub = strat[train] if strat is not None else None
             tr, va = _split_two(np.asarray(train), s.val_fraction, sub, s.seed)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stores.errors import InputError
+
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
 LABEL, SPLIT = "vital_status_12", "Split"
@@ -55,7 +57,7 @@ class MMIST(DatasetAdapter):
         rows = _read_csv(self.root / "clinical+genomic_split.csv")
         for r in rows:
             if r.get(SPLIT) not in ("train", "test"):
-                raise ValueError(f"clinical+genomic_split.csv: case {r.get('case_id')}: Split {r.get(SPLIT)!r}")
+                raise InputError(f"clinical+genomic_split.csv: case {r.get('case_id')}: Split {r.get(SPLIT)!r}")
         return rows
 
     def ids(self) -> list[str]:
