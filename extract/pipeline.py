@@ -76,14 +76,20 @@ def extract_dataset(dataset: str, profile: str = "offline", config: str | None =
                  for e in spec.experts_for(dataset, m, profile).values()} & {"rag"}
         run_expert_stages(roles, dataset=dataset, profile=profile, config=config, data_root=str(root),
                           store=str(path), modalities=modalities, options=options, progress=progress, summary=summary)
-    print_summary(summary)
+    print_summary(summary, str(path))
     return summary
 
 
-def print_summary(summary: Summary) -> None:
+def print_summary(summary: Summary, store: str | None = None) -> None:
+    """What this run did per expert (rows written ok / missing / failed, units reused) beside what the store holds
+    (its current group's totals): a fully cached rerun shows 0 done and the store's full counts."""
+    from stores.verify import coverage
+    held = {f"{c['modality']}/{c['expert']}": c for c in coverage(Store(store)) if c["latest"]} if store else {}
     keys = sorted(set(summary.done) | set(summary.skipped_units))
-    rows = [{"expert": k, "ok": summary.done.get(k, 0), "missing": summary.missing.get(k, 0),
-             "failed": summary.failed.get(k, 0), "units skipped (cached)": summary.skipped_units.get(k, 0)}
+    rows = [{"expert": k, "run: ok": summary.done.get(k, 0), "missing": summary.missing.get(k, 0),
+             "failed": summary.failed.get(k, 0), "units reused": summary.skipped_units.get(k, 0),
+             **({"store: ok": held[k]["ok"], "missing ": held[k]["missing"], "failed ": held[k]["failed"],
+                 "pending": held[k]["pending"]} if k in held else {})}
             for k in keys]
     if rows:
         print(format_table(rows))

@@ -137,9 +137,10 @@ def _train(argv: list[str]) -> int:
     out = Path(args.out or f"runs/{args.dataset}")
     store = _default_store(args.dataset, args.store, _options(args), args.limit)
     recipe = _recipe(args)
-    start_run(out, argv, {**vars(args), "store": store, "device": device, "seeds": list(range(args.seed, args.seed + n_seeds)),
-                          "protocols": protocols, "recipe_resolved": dataclasses.asdict(recipe)})
-    results = run_experiment(store, args.methods.split(","), list(range(args.seed, args.seed + n_seeds)), protocols,
+    seeds = list(range(args.seed, args.seed + n_seeds))
+    start_run(out, argv, {**vars(args), "store": store, "device": device, "seeds": seeds, "protocols": protocols,
+                          "recipe_resolved": dataclasses.asdict(recipe)})
+    results = run_experiment(store, args.methods.split(","), seeds, protocols,
                              recipe, out, tasks=args.tasks.split(",") if args.tasks else None, device=device,
                              ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
                              profile=args.profile, keep_modalities=set(filter(None, args.keep_modalities.split(","))),

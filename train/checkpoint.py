@@ -51,7 +51,8 @@ def load_checkpoint(path: str) -> tuple[dict, dict, Recipe]:
                          f"{p.with_suffix('.pt')}")
     side = p.with_suffix(".json")
     if not p.exists() or not side.exists():
-        raise InputError(f"--checkpoint {path}: {'no such file' if not p.exists() else f'its metadata {side} is missing'}")
+        what = "no such file" if not p.exists() else f"its metadata {side} is missing"
+        raise InputError(f"--checkpoint {path}: {what}")
     try:
         meta = json.loads(side.read_text())
         recipe = Recipe(**meta["recipe"])

@@ -104,7 +104,8 @@ def plan_fits(plan: dict, tune_grid: dict | None, n_folds: int, seeds: list, pro
     if tuned:
         parts.append(f"{tuned} methods x {n_points} grid points x "
                      + (f"{n_folds} folds" if n_folds else "1 validation split"))
-    parts.append(f"{len(plan)} methods x {len(seeds)} seeds" + (f" x {n_train} training protocols" if n_train > 1 else ""))
+    protos = f" x {n_train} training protocols" if n_train > 1 else ""
+    parts.append(f"{len(plan)} methods x {len(seeds)} seeds{protos}")
     return tuned * n_points * max(1, n_folds) + len(plan) * len(seeds) * n_train, parts
 
 

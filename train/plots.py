@@ -82,13 +82,14 @@ def curve_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[Path
         axes[0].plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
         axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({what})")
         axes[1].axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.3f})")
-        axes[1].set(xlabel="recall", ylabel="precision", title=f"precision-recall, positive: {_positive(results, task)}")
+        axes[1].set(xlabel="recall", ylabel="precision",
+                    title=f"precision-recall, positive: {_positive(results, task)}")
         axes[2].plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
         axes[2].set(xlabel="mean predicted P(label = 1)", ylabel="observed fraction", title=f"reliability ({what})")
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        paths.append(_save(fig, Path(out_dir) / f"curves_{_safe(task)}{'' if label == task else '_' + _safe(label)}.png"))
+        paths.append(_save(fig, Path(out_dir) / f"curves_{_stem(task, label)}.png"))
     return paths
 
 
@@ -110,8 +111,9 @@ def confusion_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=9)
             ax.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="true", title=name)
             ax.title.set_fontsize(8)
-        fig.suptitle(f"{task if label == task else f'{task}: {label}'} (test, threshold tuned on validation)", fontsize=9)
-        paths.append(_save(fig, Path(out_dir) / f"confusion_{_safe(task)}{'' if label == task else '_' + _safe(label)}.png"))
+        what = task if label == task else f"{task}: {label}"
+        fig.suptitle(f"{what} (test, threshold tuned on validation)", fontsize=9)
+        paths.append(_save(fig, Path(out_dir) / f"confusion_{_stem(task, label)}.png"))
     return paths
 
 
@@ -138,7 +140,8 @@ def missing_modality_plots(results: dict, out_dir: Path, metric: str = "auroc") 
             continue
         if metric == "auroc":
             ax.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
-        ax.set(xlabel="drop rate", ylabel=metric.upper(), title=f"{results['dataset']}: {title} (band: ± 1 std over seeds)")
+        ax.set(xlabel="drop rate", ylabel=metric.upper(),
+               title=f"{results['dataset']}: {title} (band: ± 1 std over seeds)")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -164,6 +167,10 @@ def _positive(results: dict, task: str) -> str:
     from .metrics import positive_name
     t = next((t for t in results.get("tasks", []) if t["name"] == task), None)
     return positive_name(t) if t else task
+
+
+def _stem(task: str, label: str) -> str:
+    return _safe(task) if label == task else f"{_safe(task)}_{_safe(label)}"
 
 
 def _safe(name: str) -> str:

@@ -28,8 +28,8 @@ def rows_for(ids: list[str], split: np.ndarray, tasks: list[dict], logits: np.nd
     (n, n_cols)); thresholds per task from validation (None: 0.5)."""
     out = []
     for t in tasks:
-        prob = probabilities(t, logits[:, t["out"][0]:t["out"][1]] if isinstance(t["out"], list) else logits[:, t["out"]])
-        cols = y[:, t["cols"][0]:t["cols"][1]] if isinstance(t["cols"], list) else y[:, t["cols"]]
+        prob = probabilities(t, logits[:, _span(t["out"])])
+        cols = y[:, _span(t["cols"])]
         multiclass = t["type"] == "multiclass"
         th = None if multiclass or not thresholds or t["name"] not in thresholds else np.asarray(thresholds[t["name"]])
         for j, label in enumerate(t["labels"]):
@@ -40,9 +40,15 @@ def rows_for(ids: list[str], split: np.ndarray, tasks: list[dict], logits: np.nd
                 out.append({"id": sid, "split": SPLIT_NAMES.get(int(split[i]), "none"), "task": t["name"],
                             "label": label, "y_true": "" if np.isnan(truth) else int(truth == j if multiclass
                                                                                     else truth),
-                            "probability": round(float(prob[i, j]), 6), "threshold": "" if multiclass else round(cut, 6),
+                            "probability": round(float(prob[i, j]), 6),
+                            "threshold": "" if multiclass else round(cut, 6),
                             "predicted": pred, "seed": "" if seed is None else seed})
     return out
+
+
+def _span(cols) -> slice:
+    """A task's columns: a slice in a run, a [start, stop] pair in a checkpoint's .json."""
+    return cols if isinstance(cols, slice) else slice(cols[0], cols[1])
 
 
 def write_table(rows: list[dict], path: Path) -> Path:

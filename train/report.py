@@ -93,7 +93,8 @@ def md_table(rows: list[dict]) -> str:
 
 def write_report(results: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
-    figures = missing_modality_plots(results, out_dir) + curve_plots(results, out_dir) + confusion_plots(results, out_dir)
+    figures = [*missing_modality_plots(results, out_dir), *curve_plots(results, out_dir),
+               *confusion_plots(results, out_dir)]
     weights = weights_plot(results, out_dir)
     n_seeds = len(results["seeds"])
     lines = [f"# {results['dataset']}: results", "",

@@ -160,7 +160,8 @@ def tune(method: str, data: Data | Callable[..., Data], base: Recipe, grid: dict
         vals = [s["auroc"] for s in scores]
         best = [s["best_epoch"] for s in scores]
         run = [s["epochs_run"] for s in scores]
-        row = {**point, "val_auroc": float(np.nanmean(vals)), "val_auprc": float(np.nanmean([s["auprc"] for s in scores])),
+        row = {**point, "val_auroc": float(np.nanmean(vals)),
+               "val_auprc": float(np.nanmean([s["auprc"] for s in scores])),
                "best_epoch": best[0] if folds is None else best, "epochs_run": run[0] if folds is None else run}
         if folds:
             row.update(fold_auroc=vals, val_auroc_std=float(np.nanstd(vals)))
