@@ -126,7 +126,8 @@ LOG_DATE = "%Y-%m-%d %H:%M:%S"
 def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
     """Timestamped log lines on stderr; ``quiet`` also silences third-party bars and chatter (transformers' weight
     loading bar, Hugging Face downloads, bm25s DEBUG lines)."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE, force=True)
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE)   # a no-op where logging is set up
+    logging.getLogger("medmix").setLevel(level)
     if quiet or not is_terminal():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -138,7 +139,9 @@ def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
 
 
 def add_log_file(path, level: int = logging.INFO) -> logging.Handler:
-    """Also write the run's log lines, with timestamps, to ``path`` (the run folder's log)."""
+    """Also write the run's log lines, with timestamps, to ``path`` (the run folder's log); the caller removes the
+    handler when the run ends (``logging.getLogger().removeHandler``)."""
+    logging.getLogger("medmix").setLevel(min(level, logging.getLogger("medmix").getEffectiveLevel()))
     handler = logging.FileHandler(path)
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE))

@@ -131,26 +131,36 @@ def _train(argv: list[str]) -> int:
     from .experiment import run_experiment
     from .protocols import DEFAULT_GRID
     from .report import headline_rows, write_report
-    from .runinfo import start_run
+    from .runinfo import end_run, start_run
     from .tuning import parse_grid
+    from stores.store import Store
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
     store = _default_store(args.dataset, args.store, _options(args), args.limit)
     recipe = _recipe(args)
     seeds = list(range(args.seed, args.seed + n_seeds))
-    start_run(out, argv, {**vars(args), "store": store, "device": device, "seeds": seeds, "protocols": protocols,
-                          "recipe_resolved": dataclasses.asdict(recipe)})
-    results = run_experiment(store, args.methods.split(","), seeds, protocols,
-                             recipe, out, tasks=args.tasks.split(",") if args.tasks else None, device=device,
-                             ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
-                             profile=args.profile, keep_modalities=set(filter(None, args.keep_modalities.split(","))),
-                             tune_grid=parse_grid(args.tune), recipe_name=args.recipe, probes=not args.no_probes,
-                             tune_folds=args.tune_folds, n_boot=args.bootstrap,
-                             show_bar=False if args.quiet else None)
+    grid = parse_grid(args.tune)
+    Store(store)                                       # a missing store is refused before the run folder is made
+    handler = start_run(out, argv, {**vars(args), "store": store, "device": device, "seeds": seeds,
+                                    "protocols": protocols, "recipe_resolved": dataclasses.asdict(recipe)})
+    try:
+        results = run_experiment(store, args.methods.split(","), seeds, protocols, recipe, out,
+                                 tasks=args.tasks.split(",") if args.tasks else None, device=device,
+                                 ablations=args.ablations, keep_modalities=_names(args.keep_modalities),
+                                 modalities=args.modalities.split(",") if args.modalities else None,
+                                 profile=args.profile, tune_grid=grid, recipe_name=args.recipe,
+                                 probes=not args.no_probes, tune_folds=args.tune_folds, n_boot=args.bootstrap,
+                                 show_bar=False if args.quiet else None)
+    finally:
+        end_run(handler)
     report = write_report(results, out)
     print(format_table(headline_rows(results)))
     print(f"report: {report}")
     return 0
+
+
+def _names(text: str) -> set[str]:
+    return set(filter(None, text.split(",")))
 
 
 def check_device(name: str | None) -> str:
