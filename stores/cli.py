@@ -95,6 +95,11 @@ def guarded(main: Callable, argv) -> int:
         hint = INSTALL_HINTS.get(name, f"pip install {name}")
         print(f"error: the optional package '{name}' is not installed: {hint}", file=sys.stderr)
         return 2
+    except ImportError as exc:                       # an optional backend that says what to install
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
     except KNOWN_ERRORS as exc:
         if debug:
             raise

@@ -112,6 +112,10 @@ def test_known_errors_interrupts_and_internal_errors(capsys):
         raise OSError("Timed out trying to connect to tcp://10.0.0.1:8786 after 2 s")
     assert guarded(scheduler, []) == 2 and "tcp://10.0.0.1:8786" in _one_error_line(capsys.readouterr().err)
 
+    def backend(_):
+        raise ImportError("MOIRAI needs uni2ts (pip install 'medmix[moirai]')")
+    assert guarded(backend, []) == 2 and "needs uni2ts" in _one_error_line(capsys.readouterr().err)
+
     def ctrl_c(_):
         raise KeyboardInterrupt
     assert guarded(ctrl_c, []) == 130 and _one_error_line(capsys.readouterr().err) == "interrupted"
