@@ -146,3 +146,19 @@ def test_auprc_is_for_the_positive_class_with_its_prevalence():
     from stores.spec import load_spec
     task = load_spec().dataset("mmist").tasks["vital_status_12"]
     assert task.positive_label == 0 and "died" in task.positive_name
+
+
+def test_a_batch_without_any_known_label_is_skipped_not_a_crash(tmp_path):
+    """OpenI: rows whose findings are all unknown; a batch of only such rows has a loss without a gradient."""
+    from stores.store import OK, Store
+    from train.__main__ import main
+    n = 40
+    y = (np.arange(n) % 2).astype(np.float32)[:, None]
+    y[:6] = np.nan                                                   # six training rows without a label
+    st = Store.create(tmp_path / "s.zarr", "toy", [f"s{i}" for i in range(n)], ["train"] * 20 + ["val"] * 10 +
+                      ["test"] * 10, {"y": (y, {"type": "binary", "labels": ["y"]})}, chunk_rows=32)
+    x = (np.random.default_rng(0).normal(size=(n, 3)) + np.nan_to_num(y)).astype(np.float32)
+    _write(st, "a", "e0", "a1", x, np.full(n, OK, np.uint8))
+    assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"),
+                 "--batch-size", "1", "--max-epochs", "1", "--warmup-steps", "1", "--methods", "medmix,meanavg",
+                 "--seeds", "1", "--tune", "none", "--no-probes", "--bootstrap", "0"]) == 0
