@@ -75,7 +75,8 @@ class FitLedger:
         by ``compute() -> (record, state or None)`` and saved at once."""
         if key in self.fits:
             rec = self.fits[key]
-            state = torch.load(self.states / rec["state"], weights_only=True) if rec.get("state") else None
+            state = (torch.load(self.states / rec["state"], map_location="cpu", weights_only=True)
+                     if rec.get("state") else None)
             return rec["record"], state
         t0 = time.perf_counter()
         record, state = compute()
