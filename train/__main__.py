@@ -116,7 +116,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, "", False, argparse.SUPPRESS) and "default" not in text:
+        shown = action.default is not None and action.default is not False and action.default != ""
+        if shown and action.default is not argparse.SUPPRESS and "default" not in text:
             text += f" (default: {action.default})"
         return text
 
