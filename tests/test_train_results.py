@@ -47,6 +47,7 @@ def test_a_run_writes_per_task_results_with_cis_predictions_figures_and_its_reco
     assert len(task["auroc"]["values"]) == 2 and task["brier"]["std"] is not None and task["prevalence"] == 0.5
     md = (out / "results.md").read_text()
     assert "## Task y (binary)" in md and "Positive class: **y = 1**" in md and "Paired bootstrap" in md
+    assert "Command: `python -m train --dataset toy" in md
     with open(out / res["predictions"]["medmix"]) as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == COLUMNS

@@ -103,6 +103,11 @@ def write_report(results: dict, out_dir: Path) -> Path:
              f"wall time {results.get('wall_seconds', '?')} s.", "",
              "Experts per modality: " + "; ".join(f"{m}: {', '.join(e)}" for m, e in results["layout"].items())
              + f". Teachers: {', '.join(results['teachers']) or 'none'}.", ""]
+    run = out_dir / "run.json"
+    if run.exists():
+        info = json.loads(run.read_text())
+        lines += [f"Command: `{info['command']}` ({info['version']}; resolved configuration and package versions in "
+                  "[run.json](run.json), timestamped log in [run.log](run.log)).", ""]
     lines += _task_lines(results) + _overall_lines(results)
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     others = [p for p in results["protocols"] if p != "none"]
