@@ -14,11 +14,10 @@ Exit status: 0 done (failed rows are listed in the summary; `--strict` makes the
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from plugins.request import ExtractRequest
-from stores.cli import exit_status, format_table, guarded
+from stores.cli import Parser, exit_status, format_table, guarded, is_terminal, setup_logging
 
 COMMANDS = ("run", "models", "fetch", "import", "doctor", "init")
 
@@ -46,6 +45,7 @@ def _run(args) -> int:
     from .doctor import preflight
     from .pipeline import extract
     request = ExtractRequest.from_args(args)
+    request = request.resolved(progress=request.progress and is_terminal())      # bars only on a terminal
     preflight(load_spec(request.config), request.profile, request.dataset, request.modalities, request.experts,
               request.rag)
     summary = extract(request)
@@ -55,8 +55,8 @@ def _run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m extract", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m extract", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{run,models,fetch,import,doctor,init}")
     r = sub.add_parser("run", help="embed a dataset with its profile's experts and teachers (the default command)")
     ExtractRequest.add_arguments(r)              # the flags are the request's fields (plugins/request.py)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]                     # `python -m extract --dataset X` stays the short form of `run`
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(quiet=not getattr(args, "progress", True))     # --quiet is the request's progress=False
     return guarded(args.fn, args)
 
 

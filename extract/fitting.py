@@ -15,6 +15,7 @@ from stores.store import Store, StoreError
 
 from plugins.datasets.base import DatasetAdapter
 from plugins.registry import Encoder, EncoderOptions
+from stores.errors import InputError
 
 log = logging.getLogger("medmix.extract")
 FIT_CHUNK = 512          # training rows loaded per adapter call while fitting
@@ -25,10 +26,10 @@ def stored_encoding(store_path: str, modality: str, expert: str, model: str) -> 
     try:
         group = Store(store_path).expert_group(modality, expert)
     except StoreError as exc:
-        raise ValueError(f"encoding_from {store_path}: {exc} (extract the training cohort first)") from None
+        raise InputError(f"encoding_from {store_path}: {exc} (extract the training cohort first)") from None
     prov = group.attrs.get("provenance", {})
     if prov.get("model") != model or "encoding" not in prov:
-        raise ValueError(f"encoding_from {store_path}: {group.path} holds model {prov.get('model')!r} without a fitted "
+        raise InputError(f"encoding_from {store_path}: {group.path} holds model {prov.get('model')!r} without a fitted "
                          f"encoding, expected {model!r}")
     return prov["encoding"]
 
@@ -43,7 +44,7 @@ def fit_on_rows(enc: Encoder, adapter: DatasetAdapter, modality: str, view: str,
             else:
                 skipped += 1
     if not items:
-        raise ValueError(f"dataset '{adapter.spec.adapter}', modality '{modality}': no training row has a '{view}' "
+        raise InputError(f"dataset '{adapter.spec.adapter}', modality '{modality}': no training row has a '{view}' "
                          f"input to fit {enc.card.key} on ({len(rows)} training rows)")
     state = enc.fit(items)
     log.info("%s/%s: encoding fitted on %d training rows (%d without input)", modality, enc.card.key, len(items),
@@ -63,7 +64,7 @@ def fitted_options(enc: Encoder, options: EncoderOptions, adapter: DatasetAdapte
         params["encoding_from"] = str(source)
     else:
         if not train_rows:
-            raise ValueError(f"dataset '{adapter.spec.adapter}': expert '{expert}' ({enc.card.key}) is fitted on the "
+            raise InputError(f"dataset '{adapter.spec.adapter}': expert '{expert}' ({enc.card.key}) is fitted on the "
                              "training split, which is empty here (an external cohort?): pass --encoding-from "
                              "<the training cohort's store>")
         params["encoding"] = fit_on_rows(enc, adapter, modality, view, train_rows)

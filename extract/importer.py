@@ -21,6 +21,7 @@ import numpy as np
 from plugins.dataset_options import add_dataset_options, dataset_options
 from plugins.datasets.archives import ARCHIVE_ERRORS, member_id, unreadable
 from plugins.datasets.base import DatasetAdapter
+from stores.errors import InputError
 from stores.spec import canonical_hash, load_spec
 from stores.store import FAILED, MISSING, OK, Store
 
@@ -93,7 +94,7 @@ def import_features(store_path: str, modality: str, expert: str, source: Path, p
         except Exception as exc:  # noqa: BLE001
             reasons[wanted[name]] = f"{name}: {exc}"[:300]
     if not arrays:
-        raise ValueError(f"{source}: no readable file matches {pattern!r} for any of the {len(ids)} samples")
+        raise InputError(f"{source}: no readable file matches {pattern!r} for any of the {len(ids)} samples")
     dims = {a.size for a in arrays.values()}
     dim = max(dims, key=lambda d: sum(a.size == d for a in arrays.values()))
     for r, a in list(arrays.items()):

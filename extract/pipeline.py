@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from stores import paths
+from stores.errors import InputError
 from stores.spec import load_spec
 from stores.store import SPLIT_CODES, Store
 from stores.table import format_table
@@ -26,14 +27,14 @@ def check_selection(spec, dataset: str, profile: str, modalities: list[str] | No
     mods = list(spec.dataset(dataset).modalities)
     bad = [m for m in modalities or [] if m not in mods]
     if bad:
-        raise ValueError(f"--modality {', '.join(bad)}: not a modality of {dataset} (have: {', '.join(mods)})")
+        raise InputError(f"--modality {', '.join(bad)}: not a modality of {dataset} (have: {', '.join(mods)})")
     names = set()
     for m in modalities or mods:
         names |= set(spec.experts_for(dataset, m, profile))
         names |= {"teacher"} if spec.teacher_for(dataset, m, profile) else set()
     bad = [e for e in experts or [] if e not in names]
     if bad:
-        raise ValueError(f"--only-expert {', '.join(bad)}: no such expert of {dataset} in profile {profile} "
+        raise InputError(f"--only-expert {', '.join(bad)}: no such expert of {dataset} in profile {profile} "
                          f"(have: {', '.join(sorted(names))})")
 
 
@@ -75,7 +76,7 @@ def extract(req: ExtractRequest) -> Summary:
         roles = {e.role for m in spec.dataset(req.dataset).modalities if not req.modalities or m in req.modalities
                  for e in spec.experts_for(req.dataset, m, req.profile).values()} & {"rag"}
         run_expert_stages(roles, req, summary)
-    print_summary(summary)
+    print_summary(summary, str(path))
     return summary
 
 
@@ -84,10 +85,16 @@ def extract_dataset(dataset: str, **fields) -> Summary:
     return extract(ExtractRequest(dataset, **fields))
 
 
-def print_summary(summary: Summary) -> None:
+def print_summary(summary: Summary, store: str | None = None) -> None:
+    """What this run did per expert (rows written ok / missing / failed, units reused) beside what the store holds
+    (its current group's totals): a fully cached rerun shows 0 done and the store's full counts."""
+    from stores.verify import coverage
+    held = {f"{c['modality']}/{c['expert']}": c for c in coverage(Store(store)) if c["latest"]} if store else {}
     keys = sorted(set(summary.done) | set(summary.skipped_units))
-    rows = [{"expert": k, "ok": summary.done.get(k, 0), "missing": summary.missing.get(k, 0),
-             "failed": summary.failed.get(k, 0), "units skipped (cached)": summary.skipped_units.get(k, 0)}
+    rows = [{"expert": k, "run: ok": summary.done.get(k, 0), "missing": summary.missing.get(k, 0),
+             "failed": summary.failed.get(k, 0), "units reused": summary.skipped_units.get(k, 0),
+             **({"store: ok": held[k]["ok"], "missing ": held[k]["missing"], "failed ": held[k]["failed"],
+                 "pending": held[k]["pending"]} if k in held else {})}
             for k in keys]
     if rows:
         print(format_table(rows))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stores.errors import InputError
 from stores.registry import Registry
 from stores.spec import key_paths
 
@@ -118,7 +119,7 @@ def _validate_params(cls: type["Encoder"], params: dict, where: str) -> None:
     try:
         cls.Params.model_validate(params or {})
     except ValidationError as exc:
-        raise ValueError("; ".join(key_paths(exc, where, "unknown key for " + key))) from None
+        raise InputError("; ".join(key_paths(exc, where, "unknown key for " + key))) from None
 
 
 class Encoder:

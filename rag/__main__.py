@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from plugins.request import ExtractRequest
+from stores.cli import Parser, setup_logging
 from stores.spec import load_spec
 from stores.table import format_table
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rag", description=__doc__)
+    ap = Parser(prog="python -m rag", description=__doc__)
     _common_options(ap, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, suppress=True)
@@ -141,7 +141,7 @@ COMMANDS = {"build-index": _build_index, "search": _search, "eval": _eval, "adap
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     spec = load_spec(args.config)
     COMMANDS[args.cmd](args, spec, _service(args, spec))
     return 0

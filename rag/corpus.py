@@ -12,6 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from stores.errors import InputError
 
 
 @dataclass
@@ -57,7 +58,7 @@ def load_topics(path: str | Path) -> list[Topic]:
     topics = []
     for i, t in enumerate(data):
         if not t.get("content") or not t.get("title"):
-            raise ValueError(f"{path}: topic #{i} ({t.get('id')}) lacks title or content")
+            raise InputError(f"{path}: topic #{i} ({t.get('id')}) lacks title or content")
         if t.get("language", "English") != "English":
             continue
         topics.append(Topic(str(t["id"]), t["title"], t.get("url", ""), t["content"], _listish(t.get("synonyms")),
@@ -82,7 +83,7 @@ def _load_xml(path: Path) -> list[Topic]:
                             [a.text.strip() for a in el.findall("also-called") if a.text],
                             [d.text.strip() for d in el.findall("mesh-heading/descriptor") if d.text]))
     if not topics:
-        raise ValueError(f"{path}: no English <health-topic> elements")
+        raise InputError(f"{path}: no English <health-topic> elements")
     return topics
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stores.errors import InputError
+
 from .adapted import split_topics
 from .fusion import fuse_pieces, query_pieces, split_sentences
 
@@ -69,7 +71,7 @@ def _mesh_answers(topics) -> dict[str, set[str]]:
         for m in t.mesh:
             by_mesh.setdefault(m.lower(), set()).add(t.id)
     if not by_mesh:
-        raise ValueError("the corpus carries no MeSH headings: the OpenI benchmarks need them (mesh_terms)")
+        raise InputError("the corpus carries no MeSH headings: the OpenI benchmarks need them (mesh_terms)")
     return by_mesh
 
 
@@ -125,7 +127,7 @@ def benchmark(service, name: str) -> tuple[list[str], list[set[str]]]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: the {name} benchmark needs the OpenI reports")
         return (openi_queries if name == "openi" else impression_queries)(service.topics, path)
-    raise ValueError(f"unknown benchmark {name!r} ({' | '.join(BENCHMARKS)})")
+    raise InputError(f"unknown benchmark {name!r} ({' | '.join(BENCHMARKS)})")
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Variant:
         body, sent = (text[:-5], True) if text.endswith("+sent") else (text, False)
         strategy, _, w = body.partition(":")
         if strategy not in ("dense", "bm25", "hybrid"):
-            raise ValueError(f"retrieval variant {text!r}: strategy must be dense | bm25 | hybrid")
+            raise InputError(f"retrieval variant {text!r}: strategy must be dense | bm25 | hybrid")
         return cls(strategy, float(w) if w else 1.0, sent)
 
     @property

@@ -26,6 +26,7 @@ from stores.spec import canonical_hash
 
 from .corpus import Passage, corpus_hash
 from .fusion import rrf
+from stores.errors import InputError
 
 log = logging.getLogger("medmix.rag")
 
@@ -46,7 +47,7 @@ def make_faiss(vectors: np.ndarray, kind: str = "flat") -> faiss.Index:
         index.train(vectors)
         index.nprobe = max(1, nlist // 8)
     else:
-        raise ValueError(f"unknown index kind {kind!r} (flat | ivf | hnsw)")
+        raise InputError(f"unknown index kind {kind!r} (flat | ivf | hnsw)")
     if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus") and kind == "flat":
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(vectors)
@@ -81,7 +82,7 @@ class RetrievalIndex:
         if strategy == "bm25":
             return self.lexical(texts, k)
         if strategy != "hybrid":
-            raise ValueError(f"unknown retrieval strategy {strategy!r} (dense | bm25 | hybrid)")
+            raise InputError(f"unknown retrieval strategy {strategy!r} (dense | bm25 | hybrid)")
         depth = min(len(self.passages), max(50, k))        # fixed: the top 5 is a prefix of the top 50
         d_ids, _ = self.dense(query_vectors, depth)
         l_ids, _ = self.lexical(texts, depth)

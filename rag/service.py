@@ -9,6 +9,7 @@ import numpy as np
 
 from plugins.registry import build_encoder, load_all, model_options
 from stores import paths
+from stores.errors import InputError
 from stores.spec import PipelineSpec, RagSpec, canonical_hash
 
 from .adapted import adapted_root, attach, resolve_encoder
@@ -34,7 +35,7 @@ class RagService:
         self.data_root_override = data_root_override
         self.cfg = rag or spec.profile(profile).rag
         if self.cfg is None:
-            raise ValueError(f"{spec.source_file}: profiles.{profile}.rag is not set")
+            raise InputError(f"{spec.source_file}: profiles.{profile}.rag is not set")
         self.corpus_path = paths.corpus_path(spec, self.cfg, data_root_override)
         self._index_dir = Path(index_dir) if index_dir else None
         self._encoders = {}

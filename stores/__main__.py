@@ -1,10 +1,10 @@
 """`python -m stores info STORE` and `python -m stores verify STORE`."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from .cli import Parser, guarded, setup_logging, version_text
 from .paths import PathError
 from .spec import SpecError
 from .store import SPLIT_CODES, Store, StoreError
@@ -13,7 +13,13 @@ from .verify import check, coverage, failure_reasons
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stores", description="Inspect and check a MedMIX Zarr store.")
+    """Known errors one line and exit 2, Ctrl-C 130 (stores/cli.py)."""
+    return guarded(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    ap = Parser(prog="python -m stores", description="Inspect and check a MedMIX Zarr store.")
+    ap.add_argument("--version", action="version", version=version_text())
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="what is inside: samples, splits, labels, coverage per expert")
     _store_arguments(p)
@@ -21,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check shapes, masks vs vectors, markers vs data; exit 1 on any problem")
     _store_arguments(p)
     args = ap.parse_args(argv)
+    setup_logging()
     try:
         args.store = _locate(args)
     except (StoreError, SpecError, PathError) as exc:

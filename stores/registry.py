@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
+from .errors import UnknownName
+
 log = logging.getLogger("medmix")
 T = TypeVar("T")
 
@@ -82,7 +84,7 @@ class Registry(Mapping, Generic[T]):
         self.load()
         key = self._aliases.get(key, key)
         if key not in self._items:
-            raise KeyError(f"no {self.what} registered as {key!r} (have: {', '.join(sorted(self._items))})")
+            raise UnknownName(f"no {self.what} registered as {key!r} (have: {', '.join(sorted(self._items))})")
         return self._items[key]
 
     def __contains__(self, key: object) -> bool:

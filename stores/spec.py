@@ -108,6 +108,8 @@ class ProfileSpec(Strict):
 class TaskSpec(Strict):
     type: Literal["binary", "multilabel", "multiclass"]
     labels: list[str] | None = None     # multilabel: the label names; multiclass: the class names
+    positive_label: Literal[0, 1] = 1   # the stored value of the clinically positive class (AUPRC, prevalence)
+    positive_name: str | None = None    # that class in words, for reports
 
     @model_validator(mode="after")
     def _labels(self):

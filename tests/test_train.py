@@ -182,7 +182,7 @@ def test_protocols_only_remove_modalities():
 
 
 def test_ablation_plan_covers_distillation_intra_fusion_roles_and_modalities():
-    from train.experiment import _plan
+    from train.plan import plan as _plan
     data = synthetic()
     roles = {"a/e0": "general", "a/e1": "rag", "b/e0": "general"}
     plan = _plan(["medmix"], data, True, roles)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from train.evaluation import evaluate_split, val_thresholds
-from train.experiment import efficiency
+from train.efficiency import efficiency
 from train.trainer import Recipe, train_one
 
 from test_train import synthetic
@@ -56,7 +56,7 @@ def test_cpu_peak_memory_is_measured_not_summed():
 
 
 def test_parameter_count_excludes_the_teacher_projection():
-    from train.experiment import inference_parameters
+    from train.efficiency import inference_parameters
     from train.trainer import build_model
     data = synthetic()
     model = build_model("medmix", data, Recipe(hidden=8))

@@ -50,7 +50,8 @@ def test_normalised_missing_rows_stay_exactly_zero_and_valid_rows_are_standardis
 
 
 def test_evaluate_reuses_the_checkpoints_normalisation(tmp_path):
-    from train.__main__ import _data_for, main
+    from train.__main__ import main
+    from train.checkpoint import data_for as _data_for
     make_store(tmp_path / "s.zarr")
     out = tmp_path / "run"
     assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST,
@@ -138,7 +139,7 @@ def test_modality_dropout_only_removes_and_keeps_one_per_sample():
 
 
 def test_fusion_weights_are_averaged_over_patients_who_have_the_modality():
-    from train.experiment import mean_weights
+    from train.diagnostics import mean_weights
     data = synthetic()
     model = build_model("medmix", data, Recipe(hidden=8)).eval()
     w = mean_weights(model, data)
@@ -167,7 +168,8 @@ def test_robust_and_paper_recipes_differ_only_in_recorded_fields():
 
 
 def test_the_validation_grid_chooses_normalisation_per_method_and_the_checkpoint_follows(tmp_path):
-    from train.__main__ import _data_for, main
+    from train.__main__ import main
+    from train.checkpoint import data_for as _data_for
     make_store(tmp_path / "s.zarr")
     out = tmp_path / "run"
     args = [a for a in FAST if a not in ("--tune", "none")]

@@ -86,9 +86,11 @@ def test_samples_without_any_modality_are_counted_not_scored(tmp_path, capsys):
     assert res["split_sizes"]["train"] == 40 - 6
     ck = str(out / "checkpoints" / "medmix.pt")
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", ck, "--dataset", "toy", "--store", str(tmp_path / "s.zarr")]) == 0
-    assert "74 samples scored; 6 with no modality not scored" in capsys.readouterr().out
-    assert main(["predict", "--checkpoint", ck, "--store", str(tmp_path / "s.zarr"), "--ids", "s0", "s10"]) == 0
+    assert main(["evaluate", "--checkpoint", ck, "--dataset", "toy", "--store", str(tmp_path / "s.zarr"),
+                 "--split", "all"]) == 0
+    assert ": 74 samples" in (text := capsys.readouterr().out) and "6 with no modality not scored" in text
+    assert main(["predict", "--checkpoint", ck, "--store", str(tmp_path / "s.zarr"), "--ids", "s0", "s10",
+                 "--json"]) == 0
     cap = capsys.readouterr()
     recs = [json.loads(line) for line in cap.out.splitlines()]
     assert recs[0]["prediction"] is None and recs[0]["reason"] == "no modality available"

@@ -1,31 +1,37 @@
-"""`python -m train run|evaluate|predict|demo`: train MedMIX and the baselines on a cached store; evaluate a
-checkpoint; predict; the demo. `run` is the default command; each has its own --help.
+"""`python -m train run|evaluate|predict|demo` (or `medmix train ...`): train MedMIX and the baselines on a cached
+store; evaluate a checkpoint; predict; the demo. `run` is the default command; each has its own --help.
 
     python -m train --dataset mmist --seeds 5 --out runs/mmist        # = python -m train run ...
     python -m train --dataset physionet2012 --set b ...               # the store `extract --set b` wrote
     python -m train --dataset physionet2012 --methods medmix,meanavg --protocol none,test_multi@0.3
     python -m train evaluate --checkpoint runs/p12/checkpoints/medmix.pt --dataset physionet2012 --store set-b.zarr
     python -m train predict --checkpoint runs/mmist/checkpoints/medmix.pt --store runs/stores/mmist.zarr --ids C3L-00004
+
+Seeds: --seeds N trains N seeds starting at --seed S (default 0): S, S+1, ..., S+N-1.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from plugins.dataset_options import add_dataset_options, dataset_options
-from stores.cli import CliError
+from stores.cli import InputError, Parser, guarded, setup_logging, version_text
 from stores.table import format_table
+
+log = logging.getLogger("medmix.train")
 
 
 def _recipe_args(ap):
-    from .trainer import Recipe
+    """Every recipe field as a flag; its help shows the value each recipe uses (the one in effect is --recipe's)."""
+    from .trainer import RECIPES, Recipe
     for f in dataclasses.fields(Recipe):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                        help=f"recipe: {f.name} (default {f.default})")
+                        help=f"recipe field {f.name} (default: {RECIPES['robust'].__dict__[f.name]} with the robust "
+                             f"recipe, {RECIPES['paper'].__dict__[f.name]} with the paper recipe)")
 
 
 def _recipe(args):
@@ -47,10 +53,13 @@ COMMANDS = {"evaluate": lambda a: _evaluate(a), "predict": lambda a: _predict(a)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Known errors (store, checkpoint, data, config) are one line and exit 2 (stores/cli.py)."""
-    from stores.cli import guarded
+    """Known errors (store, checkpoint, data, config, device) are one line and exit 2, Ctrl-C one line and 130
+    (stores/cli.py); anything else is an internal error with its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:1] in (["--version"], ["-V"]):
+        print(version_text())
+        return 0
+    setup_logging(quiet="--quiet" in argv)
     command = COMMANDS.get(argv[0]) if argv else None
     return guarded(command or _train, argv[1:] if command else argv)
 
@@ -60,29 +69,33 @@ def _options(args) -> dict | None:
     return dataset_options(args, args.dataset, getattr(args, "config", None))
 
 
-def _train(argv: list[str]) -> int:
-    if argv[:1] == ["demo"]:
-        from .demo import main as demo_main
-        return demo_main(argv[1:])
+def _seeds_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"--seeds {text}: expected a number of seeds >= 1 (the count; --seed sets the first seed)")
+    return int(text)
+
+
+def _run_parser():
     from .protocols import DEFAULT_GRID
     from .trainer import METHODS
     from .tuning import parse_folds
-    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m train", description=__doc__, formatter_class=_Formatter)
+    ap.add_argument("--version", action="version", version=version_text())
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store", help="default: the store `python -m extract` wrote (<store root>/<dataset>[-options].zarr)")
     add_dataset_options(ap)                       # --set etc., as extract wrote the store
     ap.add_argument("--config", help="your own pipelines.yaml (as extract --config; default: MEDMIX_CONFIG, ...)")
     ap.add_argument("--limit", type=int, help="the store `extract --limit N` wrote (a label-stratified sample)")
     ap.add_argument("--methods", default=",".join(METHODS + ["large"]), help="comma list; 'large' = each teacher alone")
-    ap.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    ap.add_argument("--seeds", default="5", help="how many seeds (a count >= 1)")
+    ap.add_argument("--seed", type=int, default=0, help="the first seed: seeds are SEED .. SEED+SEEDS-1")
     ap.add_argument("--protocol", default="none", help=f"comma list, or 'all' ({', '.join(DEFAULT_GRID)})")
     ap.add_argument("--ablations", action="store_true", help="add w/o distillation, w/o intra-fusion, single modality")
     ap.add_argument("--tasks", help="comma list of tasks (default: all in the store)")
     ap.add_argument("--out", default=None, help="output folder (default runs/<dataset>)")
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available, else cpu)")
     ap.add_argument("--recipe", default="robust", choices=["robust", "paper"],
-                    help="robust (default, chosen on validation; docs/train.md) or the paper's literal recipe")
+                    help="robust (chosen on validation; docs/train.md) or the paper's literal recipe")
     ap.add_argument("--tune", default="default",
                     help="validation grid every method gets, e.g. 'lr=3e-4,1e-3;dropout=0.1,0.3'; 'default' "
                          "(lr 3e-4,1e-3,3e-3 x normalise none,standard) or 'none'")
@@ -95,123 +108,92 @@ def _train(argv: list[str]) -> int:
                     help="comma list: keep these even when the class guard would leave them out")
     ap.add_argument("--profile", help="use the expert groups extracted with this profile (when the store records it)")
     ap.add_argument("--no-probes", action="store_true", help="skip the linear-probe diagnostics")
+    ap.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                    help="bootstrap resamples of the test samples for CIs and paired differences (0 = none)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar; third-party bars and chatter silenced")
     _recipe_args(ap)
-    args = ap.parse_args(argv)
+    return ap
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and shows each option's default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != ""
+        if shown and action.default is not argparse.SUPPRESS and "default" not in text:
+            text += f" (default: {action.default})"
+        return text
+
+
+def _train(argv: list[str]) -> int:
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
+    args = _run_parser().parse_args(argv)
+    n_seeds = _seeds_count(args.seeds)
+    device = check_device(args.device)
     from .experiment import run_experiment
+    from .protocols import DEFAULT_GRID
     from .report import headline_rows, write_report
+    from .runinfo import end_run, start_run
     from .tuning import parse_grid
-    device = _device(args.device)
+    from stores.store import Store
     protocols = DEFAULT_GRID if args.protocol == "all" else args.protocol.split(",")
     out = Path(args.out or f"runs/{args.dataset}")
     if args.config:                               # every later spec lookup (opt-in modalities) reads the same file
-        import os
         os.environ["MEDMIX_CONFIG"] = str(Path(args.config).resolve())
     store = _default_store(args.dataset, args.store, _options(args), args.config, args.limit)
-    results = run_experiment(store, args.methods.split(","),
-                             list(range(args.seeds)), protocols, _recipe(args), out,
-                             tasks=args.tasks.split(",") if args.tasks else None, device=device,
-                             ablations=args.ablations, modalities=args.modalities.split(",") if args.modalities else None,
-                             profile=args.profile, keep_modalities=set(filter(None, args.keep_modalities.split(","))),
-                             tune_grid=parse_grid(args.tune), recipe_name=args.recipe, probes=not args.no_probes,
-                             tune_folds=args.tune_folds)
+    recipe = _recipe(args)
+    seeds = list(range(args.seed, args.seed + n_seeds))
+    grid = parse_grid(args.tune)
+    Store(store)                                       # a missing store is refused before the run folder is made
+    handler = start_run(out, argv, {**vars(args), "store": store, "device": device, "seeds": seeds,
+                                    "protocols": protocols, "recipe_resolved": dataclasses.asdict(recipe)})
+    try:
+        results = run_experiment(store, args.methods.split(","), seeds, protocols, recipe, out,
+                                 tasks=args.tasks.split(",") if args.tasks else None, device=device,
+                                 ablations=args.ablations, keep_modalities=_names(args.keep_modalities),
+                                 modalities=args.modalities.split(",") if args.modalities else None,
+                                 profile=args.profile, tune_grid=grid, recipe_name=args.recipe,
+                                 probes=not args.no_probes, tune_folds=args.tune_folds, n_boot=args.bootstrap,
+                                 show_bar=False if args.quiet else None)
+    finally:
+        end_run(handler)
     report = write_report(results, out)
     print(format_table(headline_rows(results)))
     print(f"report: {report}")
     return 0
 
 
-def _load_checkpoint(path: str):
+def _names(text: str) -> set[str]:
+    return set(filter(None, text.split(",")))
+
+
+def check_device(name: str | None) -> str:
+    """The torch device to use; a CUDA device on a machine without one is bad input (one line, exit 2)."""
     import torch
-    from .trainer import Recipe, build_model
-    try:
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise UsageError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})"[:300]) from None
-    return meta, state, Recipe(**meta["recipe"]), build_model
-
-
-def _device(name: str | None) -> str:
-    from plugins.registry import pick_device            # the one device default (cuda when present, else cpu)
-    return str(pick_device(name))
-
-
-class UsageError(CliError):
-    """A refusal with a one-line reason (exit status 2)."""
-
-
-def _checkpoint_groups(meta) -> list[str]:
-    return ([f"{m}/{n}" for m, names in meta["layout"].items() for n in names]
-            + [f"{m}/teacher" for m in meta.get("teacher_dims", {})])
-
-
-def _data_for(meta, store: str, device: str = "cpu", allow_other: bool = False, notes: list | None = None):
-    """The checkpoint's expert groups, chosen by the config hashes it records. A group this store lacks is missing
-    for every sample (the model masks it exactly), or with ``allow_other`` the store's own group of that expert is
-    used (said in ``notes``). A store holding none of them is refused unless ``allow_other``."""
-    import numpy as np
-
-    from stores.loader import TEACHER, choose_group, present_versions, read_group, read_labels
-    from stores.store import Store
-    from .data import Data
-    notes = [] if notes is None else notes
-    st = Store(store)
-    recorded = meta.get("store_config_hashes", {})
-    wanted = _checkpoint_groups(meta)
-    found, missing = present_versions(st, {k: recorded[k] for k in wanted if k in recorded})
-    missing += [k for k in wanted if k not in recorded]
-    if not found and not allow_other:
-        eg = ", ".join(f"{k} {recorded[k]['config_hash'][:12]}" for k in wanted[:3] if k in recorded)
-        raise UsageError(f"{store} holds none of the {len(wanted)} expert groups the checkpoint was trained on "
-                         f"({eg}, ...): features would differ; pass --allow-other-features to evaluate deliberately "
-                         "on this store's own features")
-    vecs, masks = {}, {}
-    n = st.n
-    for key in wanted:
-        mod, name = key.split("/", 1)
-        m_i = meta["layout"].get(mod, [])
-        dim = meta["teacher_dims"][mod] if name == TEACHER else meta["dims"][mod][m_i.index(name)]
-        have_expert = mod in st.modalities() and name in st.experts(mod)
-        if key in found or (allow_other and have_expert):
-            g, _ = choose_group(st, mod, name, {key: found[key]} if key in found else {}, None)
-            if key not in found:
-                notes.append(f"{key}: OTHER features (store config {g.attrs['config_hash'][:12]}, checkpoint "
-                             f"{recorded.get(key, {}).get('config_hash', '?')[:12]}) used (--allow-other-features)")
-            vecs[key], masks[key] = read_group(g)
-            if vecs[key].shape[1] != dim:
-                raise UsageError(f"{store}: {key} has dim {vecs[key].shape[1]}, the checkpoint expects {dim}")
-        else:
-            notes.append(f"{key}: not in this store with the checkpoint's config: missing for every sample")
-            vecs[key], masks[key] = np.zeros((n, dim), np.float32), np.zeros(n, bool)
-    labels = read_labels(st)
-    for t in meta["tasks"]:                                   # a cohort without labels can still be predicted
-        if t["name"] not in labels:
-            width = t["cols"][1] - t["cols"][0]
-            labels[t["name"]] = (np.full((n, width), np.nan, np.float32), {"type": t["type"], "labels": t["labels"]})
-    data = Data.from_arrays(st.split(), labels,
-                            {m: {e: vecs[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
-                            {m: {e: masks[f"{m}/{e}"] for e in names} for m, names in meta["layout"].items()},
-                            {m: vecs[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
-                            {m: masks[f"{m}/teacher"] for m in meta.get("teacher_dims", {})},
-                            [t["name"] for t in meta["tasks"]])
-    if meta.get("normalisation"):
-        from .normalise import apply_stats
-        data = apply_stats(data, meta["normalisation"])
-    return data.to(device)
-
-
-def _model(meta, state, recipe, build_model, data):
-    model = build_model(meta["method"], data, recipe, meta.get("large_modality"))
-    model.load_state_dict(state)
-    return model.to(data.device).eval()
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+                             "False): use --device cpu")
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif name not in ("cpu", "mps"):
+        raise InputError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return name
 
 
 def _common_args(ap):
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", required=True, help="a checkpoints/<method>.pt (its .json beside it)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--allow-other-features", action="store_true",
                     help="use this store's expert groups where the checkpoint's config hashes are absent (a deliberate "
                          "cross-config evaluation; said in the output)")
+    ap.add_argument("--quiet", action="store_true", help="third-party chatter silenced")
 
 
 def _num(x, digits: int):
@@ -228,34 +210,44 @@ def _no_modality(data):
 
 def _evaluate(argv):
     import numpy as np
-    ap = argparse.ArgumentParser(prog="python -m train evaluate", description="external validation of a checkpoint")
+
+    from stores.store import SPLIT_CODES
+    from .checkpoint import data_for, load_checkpoint, model_for
+    from .evaluation import evaluate_split
+    ap = Parser(prog="python -m train evaluate", description="external validation of a checkpoint")
     _common_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store")
-    ap.add_argument("--split", default="all", help="train | val | test | all (default all: an external cohort)")
+    ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                    help="the store's rows to score (default: test; 'all' for an external cohort, every row)")
     add_dataset_options(ap)
     args = ap.parse_args(argv)
     from stores.loader import check_split
-    from stores.store import SPLIT_CODES, Store
-    from .evaluation import evaluate_split
-    meta, state, recipe, build = _load_checkpoint(args.checkpoint)
+    from stores.store import Store
+    meta, state, recipe = load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store, _options(args))
     check_split(Store(store), meta, args.split)
-    data = _data_for(meta, store, _device(args.device), args.allow_other_features, notes)
-    model = _model(meta, state, recipe, build, data)
+    data = data_for(meta, store, check_device(args.device), args.allow_other_features, notes)
+    model = model_for(meta, state, recipe, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
+    counts = {p: int((data.split == SPLIT_CODES[p]).sum()) for p in ("train", "val", "test")}
     part = "train" if args.split == "all" else args.split
     split = np.zeros_like(data.split) if args.split == "all" else data.split.copy()   # "all": every row as code 0
     empty = _no_modality(data) & (split == SPLIT_CODES[part])
     split[empty] = -1
     data.split = split
     if not (split == SPLIT_CODES[part]).any():
-        raise UsageError(f"{store}: no sample of split '{args.split}' has any modality the checkpoint uses")
+        raise InputError(f"{store}: no sample of split '{args.split}' has any modality the checkpoint uses")
     res = evaluate_split(model, data, part, th)
     for line in notes:
         print(f"note: {line}")
-    print(f"{int((split == SPLIT_CODES[part]).sum())} samples scored; {int(empty.sum())} with no modality not scored")
+    print(f"scored split '{args.split}' of {store}: {int((split == SPLIT_CODES[part]).sum())} samples "
+          f"(the store: train {counts['train']}, val {counts['val']}, test {counts['test']}); "
+          f"{int(empty.sum())} with no modality not scored")
+    if args.split in ("all", "train") and counts["train"] and meta.get("store") == _store_url(store):
+        print(f"warning: {counts['train']} of the scored rows are the checkpoint's TRAINING rows: these figures "
+              "overstate performance; use --split test", file=sys.stderr)
     rows = [{"task": t, **{k: f"{v:.4f}" for k, v in m.items() if isinstance(v, float)}} for t, m in res.items()
             if t != "degenerate"]
     print(format_table(rows))
@@ -264,56 +256,61 @@ def _evaluate(argv):
     return 0
 
 
+def _store_url(path: str) -> str:
+    from stores.store import Store
+    return Store(path).url
+
+
 def _predict(argv):
     import torch
-    ap = argparse.ArgumentParser(prog="python -m train predict",
-                                 description="predictions + router/fusion weights for samples with any modalities")
+
+    from stores.store import Store
+    from .checkpoint import data_for, load_checkpoint, model_for
+    from .predictions import COLUMNS, rows_for, write_table
+    from .trainer import forward
+    ap = Parser(prog="python -m train predict",
+                description="per-sample predictions (the columns of a run's predictions/<method>.csv); with --json, "
+                            "JSON lines with router/fusion weights")
     _common_args(ap)
     ap.add_argument("--store", required=True)
     ap.add_argument("--ids", nargs="*", help="sample ids (default: all)")
-    ap.add_argument("--out", help="write JSON lines here (default: stdout)")
+    ap.add_argument("--out", help="write here (.csv, or JSON lines with --json; default: stdout)")
+    ap.add_argument("--json", action="store_true", help="JSON lines with the router and fusion weights")
     args = ap.parse_args(argv)
-    from stores.store import Store
-    from .trainer import forward
-    meta, state, recipe, build = _load_checkpoint(args.checkpoint)
+    meta, state, recipe = load_checkpoint(args.checkpoint)
     notes = []
-    data = _data_for(meta, args.store, _device(args.device), args.allow_other_features, notes)
-    model = _model(meta, state, recipe, build, data)
+    data = data_for(meta, args.store, check_device(args.device), args.allow_other_features, notes)
+    model = model_for(meta, state, recipe, data)
     ids = Store(args.store).ids()
     pos = {s: i for i, s in enumerate(ids)}
     missing = [s for s in (args.ids or []) if s not in pos]
     if missing:
-        raise UsageError(f"unknown sample ids {missing[:5]}")
+        raise InputError(f"unknown sample ids {missing[:5]}")
     idx = torch.tensor([pos[s] for s in args.ids] if args.ids else list(range(len(ids))))
     with torch.no_grad():
         out = forward(model, data, idx)
-    out.logits = out.logits.cpu()
-    out.router = {m: g.cpu() for m, g in out.router.items()}
-    out.fusion = None if out.fusion is None else out.fusion.cpu()
-    empty = _no_modality(data)
-    lines = []
-    for r, i in enumerate(idx.tolist()):
-        rec = {"id": ids[i], "available": {m: bool(data.masks[m][i].any()) for m in data.layout}}
-        if empty[i]:
-            lines.append(json.dumps({**rec, "prediction": None, "reason": "no modality available"}))
-            continue
-        for t in meta["tasks"]:
-            lo = out.logits[r, t["out"][0]:t["out"][1]]
-            prob = torch.softmax(lo, 0) if t["type"] == "multiclass" else torch.sigmoid(lo)
-            rec[t["name"]] = dict(zip(t["labels"], [_num(p, 5) for p in prob]))
-        if out.router:
-            rec["router"] = {m: dict(zip(meta["layout"][m], [_num(x, 4) for x in g[r]])) for m, g in out.router.items()}
-        if out.fusion is not None:
-            rec["fusion"] = dict(zip(meta["layout"], [_num(x, 4) for x in out.fusion[r]]))
-        lines.append(json.dumps(rec, allow_nan=False))
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
+    empty = _no_modality(data)[idx.numpy()]
+    if args.json:
+        from .predictions import json_lines
+        text = json_lines(meta, data, out, idx, ids, empty)
     else:
-        sys.stdout.write(text)
+        keep = idx.numpy()[~empty]
+        rows = rows_for([ids[i] for i in keep], data.split[keep], meta["tasks"], out.logits.cpu().numpy()[~empty],
+                        data.y[torch.as_tensor(keep)].cpu().numpy(), meta["thresholds"], meta.get("seed"))
+        if args.out:
+            write_table(rows, Path(args.out))
+            text = None
+        else:
+            import csv
+            w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+            text = None
+    if text is not None:
+        Path(args.out).write_text(text) if args.out else sys.stdout.write(text)
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
-    print(f"{int(empty[idx.numpy()].sum())} of {len(idx)} samples have no modality: no prediction", file=sys.stderr)
+    print(f"{int(empty.sum())} of {len(idx)} samples have no modality: no prediction", file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,8 @@ import logging
 
 import numpy as np
 
+from stores.errors import InputError
+
 from .data import Data
 
 log = logging.getLogger("medmix.train")
@@ -15,7 +17,7 @@ PARTS = ("train", "val", "test")
 ABSURD = 1e9            # no embedding or summary statistic comes near it: a corrupt row would swamp every gradient
 
 
-class TrainDataError(ValueError):
+class TrainDataError(InputError):
     """The store cannot be trained on as asked; the message names the store, split, task or modality."""
 
 

@@ -4,6 +4,7 @@ regression fitted on train, C chosen on validation). Shown in every results.md a
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -147,3 +148,19 @@ def diagnostics_rows(diag: dict) -> list[dict]:
                          "mean cos": f"{e['mean_cosine']:.3f}",
                          "probe test AUROC": f"{e['probe']['test_auroc']:.4f}" if "probe" in e else ""})
     return rows
+
+
+@torch.no_grad()
+def mean_weights(model, data: Data) -> dict:
+    """Mean router weight per expert (over samples with the modality) and mean fusion weight per modality."""
+    from .trainer import predict
+    idx = data.rows("test")
+    out = predict(model, data, idx)
+    router, fusion = {}, {}
+    for i, m in enumerate(data.layout):
+        a = data.masks[m][idx].any(1)                     # only patients who HAVE the modality
+        if m in out.router:
+            router[m] = {n: float(out.router[m][a, k].mean()) if a.any() else float("nan")
+                         for k, n in enumerate(data.layout[m])}
+        fusion[m] = float(out.fusion[a, i].mean()) if a.any() else float("nan")
+    return {"router": router, "fusion": fusion, "averaged_over": "test patients who have the modality"}

@@ -1,80 +1,122 @@
-"""Methods x seeds x protocols on one store -> results (per-seed values, mean, std), checkpoints, efficiency."""
+"""Methods x seeds x protocols on one store -> results (per task: per-seed values, mean, std; bootstrap CIs and
+paired differences against MedMIX), per-sample predictions, checkpoints, efficiency.
+
+The orchestration only: what is planned (``train/plan.py``), costs (``train/efficiency.py``), checkpoints
+(``train/checkpoint.py``), the fit ledger that shows progress and resumes (``train/progress.py``), uncertainty
+(``train/stats.py``) and the predictions table (``train/predictions.py``) each live in their own module."""
 from __future__ import annotations
 
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from stores.cli import Interrupted
 from stores.spec import canonical_hash
-from stores.store import Store, ids_digest
+from stores.store import SPLIT_CODES, Store, ids_digest
 
+from .checkpoint import json_default, save_checkpoint
 from .data import Data
+from .efficiency import eff_scores, efficiency
 from .evaluation import evaluate_split, val_thresholds
-from .metrics import METRICS
+from .metrics import METRICS, REPORTED
+from .plan import plan as make_plan
+from .progress import PARTIAL, FitLedger
 from .protocols import Protocol, apply_to_masks, drop_modalities
-from .trainer import Recipe, predict, recipe_dict, train_one
+from .trainer import Recipe, build_model, predict, recipe_dict, train_one
 
 log = logging.getLogger("medmix.train")
 
 
-def _peak_rss_increase_mb(fn) -> float | None:
-    """Peak resident memory above the level before ``fn`` (MB), via Linux's resettable high-water mark
-    (/proc/self/clear_refs "5" resets VmHWM); None where the kernel does not offer it."""
-    def field(name):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(name):
-                return int(line.split()[1]) / 1024
-        raise KeyError(name)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = field("VmRSS:")
-    except (OSError, KeyError):
-        return None
-    fn()
-    return max(0.0, field("VmHWM:") - before)
+@dataclass
+class Run:
+    """What every method of one run shares."""
+    prep: object
+    data: Data
+    recipe: Recipe
+    seeds: list[int]
+    protocols: list[str]
+    out_dir: Path
+    device: str
+    tune_grid: dict | None
+    folds: list | None
+    ledger: FitLedger | None = None
+    views: dict = field(default_factory=dict)
+    tuned: dict = field(default_factory=dict)
+    preds: dict = field(default_factory=dict)      # method -> {"prob", "thresholds", "rows"} (protocol none)
 
-
-def inference_parameters(model) -> int:
-    """Parameters used at inference: training-only parts (the distillation teacher projection) are excluded."""
-    skip = {id(p) for name, mod in model.named_children() if name == "teacher_proj" for p in mod.parameters()}
-    return int(sum(p.numel() for p in model.parameters() if id(p) not in skip))
-
-
-def efficiency(model, data: Data) -> dict:
-    """Inference parameters, forward FLOPs per sample and peak forward memory of the fusion model.
-
-    Memory is a measured peak: CUDA's allocator peak on a GPU, the process's peak RSS increase on CPU (None where
-    the OS cannot reset the high-water mark)."""
-    from .trainer import forward
-    device = next(model.parameters()).device
-    data = data.to(device)
-    idx = data.rows("test")[:64]
-    if len(idx) == 0:
-        idx = torch.arange(min(64, len(data.y)), device=data.device)
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        forward(model, data, idx)
-    flops = fc.get_total_flops() / len(idx)
-    with torch.no_grad():
-        forward(model, data, idx)                          # warm-up: lazy initialisation is not the model's memory
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            forward(model, data, idx)
-            torch.cuda.synchronize(device)
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    def inputs(self, r: Recipe, sub=None, split=None) -> Data:
+        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; a fold's
+        ``split`` re-splits the raw device copy (no copy) and refits statistics on that fold's training rows."""
+        if split is not None:
+            if "none" not in self.views:
+                self.views["none"] = self.prep.raw.to(self.device)
+            d = self.prep.for_split(r, split, self.views["none"])
         else:
-            peak = _peak_rss_increase_mb(lambda: forward(model, data, idx))
-    return {"params": inference_parameters(model), "flops_per_sample": float(flops),
-            "peak_memory_mb": None if peak is None else float(peak), "memory_measure": (
-                "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS increase (VmHWM)"),
-            "batch": int(len(idx)), "device": str(device)}
+            if r.normalise not in self.views:
+                self.views[r.normalise] = self.prep.for_recipe(r)[0].to(self.device)
+            d = self.views[r.normalise]
+        return sub(d) if sub else d
+
+
+def annotate_tasks(tasks: list[dict], dataset: str) -> None:
+    """Each task's clinically positive class from the spec (``positive_label``, ``positive_name``)."""
+    from stores.errors import InputError
+    from stores.spec import SpecError, load_spec
+    try:
+        spec_tasks = load_spec().dataset(dataset).tasks
+    except (SpecError, InputError, LookupError):    # a store of a dataset the spec does not describe (tests, benches)
+        return
+    for t in tasks:
+        ts = spec_tasks.get(t["name"])
+        if ts is not None:
+            t["positive_label"], t["positive_name"] = ts.positive_label, ts.positive_name
+
+
+def _train_protocols(protocols: list[str]) -> list[str]:
+    """The models a method trains per seed: test-time protocols reuse the one trained without drops."""
+    out = []
+    for p in protocols:
+        proto = Protocol.parse(p)
+        name = proto.name if proto.phase == "train" else "none"
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _inherits(name: str, method: str, sub, plan: dict) -> bool:
+    """An ablation (or a teacher alone) keeps MedMIX's tuned recipe: one change each."""
+    return (sub is not None or name != method) and "medmix" in plan
+
+
+def plan_fits(plan: dict, tune_grid: dict | None, n_folds: int, seeds: list, protocols: list[str]
+              ) -> tuple[int, list[str]]:
+    """How many fits the run makes, and the plan in words."""
+    from .tuning import points
+    n_points = len(points(tune_grid)) if tune_grid else 0
+    tuned = sum(1 for name, (m, sub, _) in plan.items() if not _inherits(name, m, sub, plan)) if tune_grid else 0
+    n_train = len(_train_protocols(protocols))
+    parts = []
+    if tuned:
+        parts.append(f"{tuned} methods x {n_points} grid points x "
+                     + (f"{n_folds} folds" if n_folds else "1 validation split"))
+    protos = f" x {n_train} training protocols" if n_train > 1 else ""
+    parts.append(f"{len(plan)} methods x {len(seeds)} seeds{protos}")
+    return tuned * n_points * max(1, n_folds) + len(plan) * len(seeds) * n_train, parts
+
+
+def _header(store, prep, data, recipe, recipe_name, seeds, protocols, profile, versions, tune_grid) -> dict:
+    return {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
+            "split_hash": store.split_hash(), "ids_hash": ids_digest(store.ids()), "recipe_name": recipe_name, "seeds": seeds, "protocols": protocols,
+            "store_config_hashes": prep.selection, "selection": {"profile": profile, "pinned": versions or {}},
+            "layout": data.layout, "teachers": sorted(data.teachers), "notes": prep.notes,
+            "no_modality": prep.no_modality, "coverage": prep.coverage, "normalisation": prep.normalisation,
+            "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "tune_grid": tune_grid,
+            "tasks": [{k: v for k, v in t.items() if k not in ("cols", "out")} for t in data.tasks], "methods": {}}
 
 
 def run_experiment(store_path: str, methods: list[str], seeds: list[int], protocols: list[str], recipe: Recipe,
@@ -82,37 +124,31 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
                    ablations: bool = False, reuse: bool = False, modalities: list[str] | None = None,
                    versions: dict | None = None, profile: str | None = None, keep_modalities: set | None = None,
                    tune_grid: dict | None = None, recipe_name: str = "custom", probes: bool = True,
-                   tune_folds: int | None = None) -> dict:
+                   tune_folds: int | None = None, n_boot: int | None = None, show_bar: bool | None = None) -> dict:
     """Train and evaluate every planned method; ``reuse`` returns an existing results.json of the same config hash
     (same store contents, recipe, seeds, protocols, plan and code version: CPU training is deterministic).
     ``tune_grid`` ({recipe field: [values]}) gives every method the same validation search (seed ``seeds[0]``),
     scored on the validation split or, with ``tune_folds`` (None = auto: when validation is small), on the same
-    stratified folds of train + validation for every method."""
+    stratified folds of train + validation for every method. Finished fits are kept in results.partial.json: an
+    interrupted run resumes where it stopped (``train/progress.py``)."""
     from stores.provenance import code_version
 
     from .diagnostics import diagnose
     from .prepare import prepare
-    from .tuning import cv_splits, resolve_folds, tune
+    from .tuning import cv_splits, resolve_folds
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(store_path)
     prep = prepare(store_path, recipe, select, tasks, modalities, versions, profile, keep_modalities)
+    annotate_tasks(prep.data.tasks, store.meta.get("dataset", ""))
     data = prep.data.to(device)
-    plan = _plan(methods, data, ablations, prep.roles)
+    plan = make_plan(methods, data, ablations, prep.roles)
     if len(data.layout) == 1 and any(p != "none" for p in protocols):
         prep.notes.append(f"one modality ({next(iter(data.layout))}): missing-modality protocols not run (a drop "
                           f"would remove every input of a patient): {', '.join(p for p in protocols if p != 'none')}")
         log.warning(prep.notes[-1])
         protocols = ["none"]
-    results = {"store": store.url, "dataset": store.meta["dataset"], "recipe": recipe_dict(recipe),
-               "split_hash": store.split_hash(), "ids_hash": ids_digest(store.ids()),
-               "recipe_name": recipe_name, "seeds": seeds, "protocols": protocols,
-               "store_config_hashes": prep.selection, "selection": {"profile": profile, "pinned": versions or {}},
-               "layout": data.layout, "teachers": sorted(data.teachers), "notes": prep.notes,
-               "no_modality": prep.no_modality, "coverage": prep.coverage, "normalisation": prep.normalisation,
-               "split_sizes": {p: int(len(data.rows(p))) for p in ("train", "val", "test")}, "tune_grid": tune_grid,
-               "methods": {}}
+    results = _header(store, prep, data, recipe, recipe_name, seeds, protocols, profile, versions, tune_grid)
     n_folds, results["tune_validation"] = resolve_folds(data, tune_folds) if tune_grid else (0, None)
-    folds = cv_splits(prep.raw, n_folds, seeds[0]) if n_folds else None
     results["code_version"] = code_version()
     results["train_code_sha256"] = _train_code_fingerprint()
     results["config_hash"] = canonical_hash({**{k: results[k] for k in ("recipe", "seeds", "protocols", "split_hash",
@@ -126,77 +162,149 @@ def run_experiment(store_path: str, methods: list[str], seeds: list[int], protoc
         if old.get("config_hash") == results["config_hash"]:
             log.info("%s: results for config %s already there: reused", out_dir, results["config_hash"][:12])
             return old
+    run = Run(prep, data, recipe, seeds, protocols, out_dir, device, tune_grid,
+              cv_splits(prep.raw, n_folds, seeds[0]) if n_folds else None)
+    total, parts = plan_fits(plan, tune_grid, n_folds, seeds, protocols)
+    run.ledger = FitLedger(out_dir, results["config_hash"], total, show_bar)
+    log.info(run.ledger.plan_line(parts))
     t_start = time.perf_counter()
-    results["diagnostics"] = diagnose(data, probes=probes)
-    tuned, views = {}, {recipe.normalise: data}          # the base recipe's view is prepared already
-
-    def inputs(r: Recipe, sub=None, split=None) -> Data:
-        """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; a fold's
-        ``split`` re-splits the raw device copy (no copy) and refits statistics on that fold's training rows."""
-        if split is not None:
-            if "none" not in views:
-                views["none"] = prep.raw.to(device)
-            d = prep.for_split(r, split, views["none"])
-        else:
-            if r.normalise not in views:
-                views[r.normalise] = prep.for_recipe(r)[0].to(device)
-            d = views[r.normalise]
-        return sub(d) if sub else d
-
-    for name, (method, sub, large_mod) in plan.items():
-        entry = {"method": method, "protocols": {}}
-        m_recipe = recipe
-        if tune_grid and (sub is not None or name != method) and "medmix" in tuned:
-            m_recipe = tuned["medmix"]                    # an ablation keeps MedMIX's tuned recipe: one change each
-            entry["tuning"] = {"inherited_from": "medmix", "chosen": results["methods"]["medmix"]["tuning"]["chosen"]}
-        elif tune_grid:
-            m_recipe, entry["tuning"] = tune(method, lambda r, split, sub=sub: inputs(r, sub, split), recipe,
-                                             tune_grid, seeds[0], large_mod, device, folds)
-            tuned[name] = m_recipe
-        mdata = inputs(m_recipe, sub)
-        entry["recipe"] = recipe_dict(m_recipe)
-        entry["normalisation"] = m_recipe.normalise
-        trained = {}
-        for proto_name in protocols:
-            proto = Protocol.parse(proto_name)
-            per_seed = []
-            for seed in seeds:
-                train_proto = proto if proto.phase == "train" else Protocol("none")
-                key = (seed, train_proto.name)
-                if key not in trained:        # test-time protocols reuse the model trained without drops
-                    t0 = time.perf_counter()
-                    model, info = train_one(method, mdata, m_recipe, seed, train_proto, large_mod, device)
-                    log.info("%s seed %d (%s): %d epochs, best %d, %.0f s", name, seed, train_proto.name,
-                             info["epochs_run"], info["best_epoch"], time.perf_counter() - t0)
-                    trained[key] = (model, info, val_thresholds(model, mdata))
-                model, info, th = trained[key]
-                masks = None
-                if proto.phase == "test":
-                    gen = torch.Generator().manual_seed(10_000 + seed)
-                    keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
-                    masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
-                res = evaluate_split(model, mdata, "test", th, masks)
-                per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items() if k not in ("mean", "degenerate")},
-                                 "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
-                                 "degenerate": res["degenerate"]})
-                if res["degenerate"]:
-                    log.warning("%s seed %d (%s): degenerate predictions: %s", name, seed, proto_name, res["degenerate"])
-                if proto_name == "none" and seed == seeds[0]:
-                    _save_checkpoint(out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, m_recipe, seed,
-                                     large_mod, th, results,
-                                     prep.stats if m_recipe.normalise == "standard" else None)
-                    entry["efficiency"] = efficiency(model, mdata)
-                    if method == "medmix":
-                        entry["weights"] = mean_weights(model, mdata)
-            entry["protocols"][proto_name] = summarise(per_seed)
-            log.info("%s %s: AUROC %.4f ± %.4f", name, proto_name, entry["protocols"][proto_name]["auroc"]["mean"],
-                     entry["protocols"][proto_name]["auroc"]["std"])
-        results["methods"][name] = entry
-        (out_dir / "results.partial.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    try:
+        results["diagnostics"] = diagnose(data, probes=probes)
+        for name, (method, sub, large_mod) in plan.items():
+            results["methods"][name] = _run_method(run, results, name, method, sub, large_mod, plan)
+            run.ledger.save(results)
+    except KeyboardInterrupt:
+        run.ledger.close(completed=False)
+        raise Interrupted(f"{run.ledger.done} of {total} fits kept in {out_dir / PARTIAL}; the same command "
+                          "resumes from there") from None
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    _eff_scores(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    results["fit_seconds"] = round(sum(f.get("seconds", 0) for f in run.ledger.fits.values()), 1)
+    _finish(run, results, store, n_boot)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=json_default))
+    run.ledger.close(completed=True)
     return results
+
+
+def _finish(run: Run, results: dict, store: Store, n_boot: int | None) -> None:
+    """EffScore, per-sample predictions files, bootstrap CIs and paired differences (protocol none, test rows)."""
+    from .predictions import write_table
+    from .stats import N_BOOT, bootstrap
+    eff_scores(results)
+    ids = store.ids()
+    results["predictions"] = {}
+    for name, pred in run.preds.items():
+        rows = [dict(r, id=ids[r["id"]]) for r in pred["rows"]]
+        path = write_table(rows, run.out_dir / "predictions" / f"{_file_name(name)}.csv")
+        results["predictions"][name] = str(path.relative_to(run.out_dir))
+    n_boot = N_BOOT if n_boot is None else n_boot
+    if n_boot and run.preds:
+        test = run.data.rows("test").cpu().numpy()
+        y = run.data.y[test].cpu().numpy()
+        ys = {t["name"]: y[:, t["cols"]] for t in run.data.tasks}
+        t0 = time.perf_counter()
+        results["bootstrap"] = bootstrap(run.data.tasks, ys, run.preds, "medmix", n_boot)
+        log.info("bootstrap: %d resamples of %d test samples, %d methods: %.0f s", n_boot, len(test),
+                 len(run.preds), time.perf_counter() - t0)
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+
+
+def _tuned_recipe(run: Run, results: dict, entry: dict, name, method, sub, large_mod, plan) -> Recipe:
+    from .tuning import tune
+    if not run.tune_grid:
+        return run.recipe
+    if _inherits(name, method, sub, plan) and "medmix" in run.tuned:
+        entry["tuning"] = {"inherited_from": "medmix", "chosen": results["methods"]["medmix"]["tuning"]["chosen"]}
+        return run.tuned["medmix"]
+    fit = lambda key, compute: run.ledger.fit(f"tune|{name}|{key}", compute)  # noqa: E731
+    recipe, entry["tuning"] = tune(method, lambda r, split, sub=sub: run.inputs(r, sub, split), run.recipe,
+                                   run.tune_grid, run.seeds[0], large_mod, run.device, run.folds, fit)
+    run.tuned[name] = recipe
+    return recipe
+
+
+def _trained(run: Run, name, method, mdata: Data, recipe: Recipe, seed: int, proto: Protocol, large_mod):
+    """The model of (method, seed, training protocol): from the ledger when an earlier run finished it."""
+    def compute():
+        t0 = time.perf_counter()
+        model, info = train_one(method, mdata, recipe, seed, proto, large_mod, run.device)
+        log.info("%s seed %d (%s): %d epochs, best %d, %.0f s", name, seed, proto.name, info["epochs_run"],
+                 info["best_epoch"], time.perf_counter() - t0)
+        return {k: info[k] for k in ("best_epoch", "epochs_run", "best_val_loss")}, model.state_dict()
+    info, state = run.ledger.fit(f"train|{name}|{seed}|{proto.name}", compute)
+    model = build_model(method, mdata, recipe, large_mod).to(run.device)
+    model.load_state_dict(state)
+    model.eval()
+    return model, info, val_thresholds(model, mdata)
+
+
+def _run_method(run: Run, results: dict, name, method, sub, large_mod, plan) -> dict:
+    entry = {"method": method, "protocols": {}}
+    m_recipe = _tuned_recipe(run, results, entry, name, method, sub, large_mod, plan)
+    mdata = run.inputs(m_recipe, sub)
+    entry["recipe"] = recipe_dict(m_recipe)
+    entry["normalisation"] = m_recipe.normalise
+    trained = {}
+    for proto_name in run.protocols:
+        proto = Protocol.parse(proto_name)
+        per_seed = []
+        for seed in run.seeds:
+            train_proto = proto if proto.phase == "train" else Protocol("none")
+            if (seed, train_proto.name) not in trained:
+                trained[(seed, train_proto.name)] = _trained(run, name, method, mdata, m_recipe, seed, train_proto,
+                                                             large_mod)
+            model, info, th = trained[(seed, train_proto.name)]
+            masks = None
+            if proto.phase == "test":
+                gen = torch.Generator().manual_seed(10_000 + seed)
+                keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
+                masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
+            res = evaluate_split(model, mdata, "test", th, masks)
+            per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items()
+                                                                     if k not in ("mean", "degenerate")},
+                             "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+                             "degenerate": res["degenerate"]})
+            if res["degenerate"]:
+                log.warning("%s seed %d (%s): degenerate predictions: %s", name, seed, proto_name, res["degenerate"])
+            if proto_name == "none":
+                _keep_predictions(run, name, model, mdata, th, seed)
+                if seed == run.seeds[0]:
+                    _first_seed_outputs(run, results, entry, name, method, model, mdata, m_recipe, th, large_mod)
+        entry["protocols"][proto_name] = summarise(per_seed)
+        s = entry["protocols"][proto_name]["auroc"]
+        log.info("%s %s: AUROC %.4f%s", name, proto_name, s["mean"], f" ± {s['std']:.4f}" if len(per_seed) > 1 else "")
+    return entry
+
+
+def _first_seed_outputs(run, results, entry, name, method, model, mdata, m_recipe, th, large_mod) -> None:
+    from .diagnostics import mean_weights
+    save_checkpoint(run.out_dir / "checkpoints" / f"{name}.pt", model, method, mdata, m_recipe, run.seeds[0],
+                    large_mod, th, results, run.prep.stats if m_recipe.normalise == "standard" else None)
+    entry["efficiency"] = efficiency(model, mdata)
+    if method == "medmix":
+        entry["weights"] = mean_weights(model, mdata)
+
+
+@torch.no_grad()
+def _keep_predictions(run: Run, name: str, model, data: Data, th: dict, seed: int) -> None:
+    """Validation and test rows' outputs of one seed: the predictions table, and the test probabilities the
+    bootstrap resamples."""
+    from .metrics import probabilities
+    from .predictions import rows_for
+    idx = torch.cat([data.rows("val"), data.rows("test")])
+    logits = predict(model, data, idx).logits.cpu().numpy()
+    y = data.y[idx].cpu().numpy()
+    rows_idx = idx.cpu().numpy()
+    p = run.preds.setdefault(name, {"prob": {}, "thresholds": {}, "rows": []})
+    p["rows"] += rows_for(list(rows_idx), data.split[rows_idx], data.tasks, logits, y, th, seed)
+    test = data.split[rows_idx] == SPLIT_CODES["test"]
+    for t in data.tasks:
+        p["prob"].setdefault(t["name"], []).append(probabilities(t, logits[test][:, t["out"]]))
+        cut = th.get(t["name"]) if t["type"] != "multiclass" else None
+        p["thresholds"].setdefault(t["name"], []).append(np.full(t["out"].stop - t["out"].start, 0.5)
+                                                         if cut is None else np.asarray(cut))
 
 
 def _train_code_fingerprint() -> str:
@@ -209,110 +317,18 @@ def _train_code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, slice):
-        return [o.start, o.stop]
-    raise TypeError(type(o))
+def _stats(vals: list[float]) -> dict:
+    vals = [float(v) for v in vals]
+    return {"mean": float(np.nanmean(vals)) if vals else float("nan"),
+            "std": float(np.nanstd(vals)) if len(vals) > 1 else None, "values": vals}
 
 
 def summarise(per_seed: list[dict]) -> dict:
-    out = {}
-    for k in (*METRICS, "perf"):
-        vals = [float(p[k]) for p in per_seed]
-        out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
+    """Mean and std over seeds (std None for one seed: nothing to spread) of the mean over tasks and of each task."""
+    out = {k: _stats([p[k] for p in per_seed]) for k in (*METRICS, "perf")}
+    tasks = per_seed[0].get("tasks", {}) if per_seed else {}
+    out["tasks"] = {t: {**{k: _stats([p["tasks"][t][k] for p in per_seed]) for k in REPORTED
+                           if k in per_seed[0]["tasks"][t]},
+                        "prevalence": per_seed[0]["tasks"][t].get("prevalence")} for t in tasks}
     out["per_seed"] = per_seed
     return out
-
-
-def _subset(modalities=None, drop_role_experts=None, roles=None, only_expert=None):
-    """Ablation views of the data: some modalities, no experts of a role, or one named expert where present."""
-    def sub(data: Data) -> Data:
-        layout, xs, masks = {}, {}, {}
-        for m, names in data.layout.items():
-            if modalities and m not in modalities:
-                continue
-            keep = [k for k, n in enumerate(names) if not drop_role_experts or roles.get(f"{m}/{n}") not in drop_role_experts]
-            if only_expert and only_expert in names:
-                keep = [names.index(only_expert)]
-            if keep:
-                layout[m], xs[m], masks[m] = [names[k] for k in keep], [data.xs[m][k] for k in keep], data.masks[m][:, keep]
-        teachers = {m: t for m, t in data.teachers.items() if m in layout}
-        return Data(layout, xs, masks, data.y, data.tasks, teachers, {m: data.teacher_masks[m] for m in teachers}, data.split)
-    return sub
-
-
-def _plan(methods: list[str], data: Data, ablations: bool, roles: dict | None = None) -> dict:
-    plan = {}
-    for m in methods:
-        if m == "large":
-            for mod in data.teachers:
-                plan[f"{mod}-large"] = ("large", None, mod)
-        else:
-            plan[m] = (m, None, None)
-    if ablations:
-        plan["medmix w/o distillation"] = ("medmix_nodistill", None, None)
-        plan["medmix w/o intra-fusion (uniform mean)"] = ("medmix_mean", None, None)
-        for name in sorted({n for names in data.layout.values() for n in names}):
-            if any(len(names) > 1 and name in names for names in data.layout.values()):
-                plan[f"medmix single expert '{name}' per modality"] = ("medmix", _subset(only_expert=name), None)
-        present = {roles.get(f"{m}/{n}") for m, names in data.layout.items() for n in names} - {None}
-        for role in sorted(present):
-            if len(present) > 1:
-                plan[f"medmix w/o {role} experts"] = ("medmix", _subset(drop_role_experts={role}, roles=roles), None)
-        if len(data.layout) > 1:
-            for mod in data.layout:
-                plan[f"medmix {mod} only"] = ("medmix", _subset(modalities=[mod]), None)
-    return plan
-
-
-@torch.no_grad()
-def mean_weights(model, data: Data) -> dict:
-    """Mean router weight per expert (over samples with the modality) and mean fusion weight per modality."""
-    idx = data.rows("test")
-    out = predict(model, data, idx)
-    router, fusion = {}, {}
-    for i, m in enumerate(data.layout):
-        a = data.masks[m][idx].any(1)                     # only patients who HAVE the modality
-        if m in out.router:
-            router[m] = {n: float(out.router[m][a, k].mean()) if a.any() else float("nan")
-                         for k, n in enumerate(data.layout[m])}
-        fusion[m] = float(out.fusion[a, i].mean()) if a.any() else float("nan")
-    return {"router": router, "fusion": fusion, "averaged_over": "test patients who have the modality"}
-
-
-def _eff_scores(results: dict) -> None:
-    """EffScore = (Perf / Perf_MedMIX) / geomean of the cost ratios. Peak memory counts only when it is an allocator
-    figure (CUDA): a CPU RSS increase of a small model is page-level noise (often 0) and would dominate the ratio."""
-    ref = results["methods"].get("medmix")
-    if not ref or "efficiency" not in ref or "none" not in ref["protocols"]:
-        return
-    p_ref = ref["protocols"]["none"]["perf"]["mean"]
-    keys = ["params", "flops_per_sample"] + (["peak_memory_mb"] if ref["efficiency"].get("device", "").startswith("cuda")
-                                             else [])
-    results["eff_score_terms"] = keys
-    for entry in results["methods"].values():
-        if "efficiency" not in entry or "none" not in entry["protocols"]:
-            continue
-        e, r = entry["efficiency"], ref["efficiency"]
-        ratios = [max(e[k], 1e-9) / max(r[k], 1e-9) for k in keys if e.get(k) is not None and r.get(k) is not None]
-        entry["eff_score"] = (entry["protocols"]["none"]["perf"]["mean"] / p_ref) / float(np.exp(np.mean(np.log(ratios))))
-
-
-def _save_checkpoint(path: Path, model, method, data: Data, recipe: Recipe, seed, large_mod, thresholds, results,
-                     normalisation: dict | None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    meta = {"method": method, "layout": data.layout, "dims": {m: [x.shape[1] for x in xs] for m, xs in data.xs.items()},
-            "teacher_dims": {m: t.shape[1] for m, t in data.teachers.items()},
-            "tasks": [{**t, "cols": [t["cols"].start, t["cols"].stop], "out": [t["out"].start, t["out"].stop]}
-                      for t in data.tasks],
-            "recipe": recipe_dict(recipe), "seed": seed, "large_modality": large_mod,
-            "thresholds": {k: v.tolist() for k, v in thresholds.items()},
-            "store": results["store"], "store_config_hashes": results["store_config_hashes"],
-            "split_hash": results["split_hash"], "ids_hash": results["ids_hash"],
-            "normalisation": normalisation, "recipe_name": results.get("recipe_name")}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_json_default))

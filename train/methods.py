@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from stores.errors import InputError
 from stores.registry import Registry
 
 
@@ -43,7 +44,7 @@ def register(method: Method) -> Method:
 
 def get(name: str) -> Method:
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r} (have: {', '.join(REGISTRY)})")
+        raise InputError(f"unknown method {name!r} (have: {', '.join(REGISTRY)})")
     return REGISTRY[name]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from stores.errors import InputError
+
 from .data import Data
 
 STD_FLOOR = 1e-6
@@ -41,7 +43,7 @@ def apply_stats(data: Data, stats: dict | None) -> Data:
         return data
     missing = [f"{m}/{e}" for m, names in data.layout.items() for e in names if f"{m}/{e}" not in stats["experts"]]
     if missing:
-        raise ValueError(f"normalisation stats lack experts {missing}")
+        raise InputError(f"normalisation stats lack experts {missing}")
     xs = {m: [_apply(data.xs[m][k], data.masks[m][:, k], stats["experts"][f"{m}/{e}"]) for k, e in enumerate(names)]
           for m, names in data.layout.items()}
     teachers = {m: _apply(t, data.teacher_masks[m], stats["teachers"][m]) if m in stats["teachers"] else t

@@ -61,7 +61,7 @@ def opt_in_modalities(dataset: str) -> set[str]:
     return {m for m, ms in spec.modalities.items() if getattr(ms, "opt_in", False)}
 
 
-def _drop_empty_experts(data: Data) -> Data:
+def _drop_empty_experts(data: Data, notes: list[str]) -> Data:
     """Experts with no valid training row carry nothing to learn from: left out (and said so in the log)."""
     tr = data.rows("train")
     layout, xs, masks = {}, {}, {}
@@ -72,7 +72,8 @@ def _drop_empty_experts(data: Data) -> Data:
             xs[m] = [data.xs[m][k] for k in keep]
             masks[m] = data.masks[m][:, keep]
         else:
-            log.warning("modality %s left out: no expert has a valid training row", m)
+            notes.append(f"modality {m} left out: no expert has a valid training row")
+            log.warning(notes[-1])
     if not layout:
         raise TrainDataError("no expert of any modality has a valid training row (is the store extracted?)")
     teachers = {m: t for m, t in data.teachers.items() if m in layout and data.teacher_masks[m][tr].any()}
@@ -114,10 +115,10 @@ def prepare(store_path: str, recipe: Recipe, select: dict | None = None, tasks: 
     for key, p in selection.items():
         log.info("expert group %s: config %s, model %s (%s; %d group(s) in the store)", key, p["config_hash"][:12],
                  p["model"], p["chosen"], p["versions_in_store"])
+    data = _drop_empty_experts(data, notes)           # first: a row whose only modality goes is a row without any
     data, empty = exclude_rows_without_modality(data)
     if any(empty.values()):
         notes.append(f"samples with no modality (not trained on, not scored): {empty}")
-    data = _drop_empty_experts(data)
     check_trainable(data, store.url)
     data, guard = class_guard(data, keep_modalities)
     notes += guard

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stores.errors import InputError
+
 DEFAULT_GRID = (["none"] + [f"train_drop_one@{p}" for p in (0.3, 0.5, 0.7)]
                 + [f"test_drop_one@{p}" for p in (0.3, 0.5, 0.7)]
                 + [f"train_multi@{p}" for p in (0.1, 0.3, 0.5, 0.7)] + [f"test_multi@{r}" for r in (0.1, 0.3, 0.5, 0.7)])
@@ -33,10 +35,10 @@ class Protocol:
             phase, kind = head.split("_", 1)
             rate = float(rate)
         except ValueError:
-            raise ValueError(f"protocol {text!r}: expected none | train_drop_one@p | test_drop_one@p | "
+            raise InputError(f"protocol {text!r}: expected none | train_drop_one@p | test_drop_one@p | "
                              "train_multi@p | test_multi@r") from None
         if phase not in ("train", "test") or kind not in ("drop_one", "multi") or not 0 <= rate <= 1:
-            raise ValueError(f"protocol {text!r}: unknown phase/kind or rate outside [0, 1]")
+            raise InputError(f"protocol {text!r}: unknown phase/kind or rate outside [0, 1]")
         return cls(text, phase, kind, rate)
 
 

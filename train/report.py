@@ -1,29 +1,60 @@
-"""results.json -> results.md (tables like the paper's) + PNG plots (metric vs drop rate; router/fusion weights)."""
+"""results.json -> results.md: per task (never averaged silently) the test metrics as mean ± std over seeds with a
+bootstrap 95% CI over test patients, the positive class and its prevalence (the AUPRC of chance), the paired
+bootstrap difference of each method against MedMIX; missing-modality tables; PNG figures (``train/plots.py``)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
+from .metrics import REPORTED, positive_name
+from .plots import confusion_plots, curve_plots, missing_modality_plots, weights_plot
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .metrics import METRICS  # noqa: E402
+NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "accuracy": "accuracy", "brier": "Brier"}
 
 
 def fmt(entry: dict, metric: str) -> str:
-    return f"{entry[metric]['mean']:.4f} ± {entry[metric]['std']:.4f}"
+    """mean ± std over seeds; the mean alone for one seed (no spread to show)."""
+    e = entry[metric]
+    return f"{e['mean']:.4f}" if e.get("std") is None else f"{e['mean']:.4f} ± {e['std']:.4f}"
+
+
+def _ci(ci) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def task_rows(results: dict, task: str, protocol: str = "none", with_ci: bool = True) -> list[dict]:
+    """Per method, one task's metrics: mean ± std over seeds, then the bootstrap 95% CI of the seed ensemble."""
+    boot = results.get("bootstrap", {}).get("methods", {})
+    rows = []
+    for name, e in results["methods"].items():
+        p = e["protocols"].get(protocol, {}).get("tasks", {}).get(task)
+        if not p:
+            continue
+        b = boot.get(name, {}).get(task, {}) if with_ci else {}
+        rows.append({"method": name, **{NAMES[m]: fmt(p, m) + _ci(b.get(m, {}).get("ci95"))
+                                        for m in REPORTED if m in p}})
+    return rows
+
+
+def paired_rows(results: dict, task: str) -> list[dict]:
+    """Method - MedMIX on the same bootstrap resamples of the test patients: difference and 95% CI."""
+    paired = results.get("bootstrap", {}).get("paired", {})
+    return [{"method": name, **{f"{NAMES[m]} diff": f"{d[m]['diff']:+.4f}{_ci(d[m]['ci95'])}" for m in REPORTED}}
+            for name, per in paired.items() if (d := per.get(task))]
 
 
 def headline_rows(results: dict, protocol: str = "none") -> list[dict]:
+    """The console / demo table: per method and task, every metric (mean ± std over seeds); params, EffScore."""
     rows = []
+    tasks = [t["name"] for t in results.get("tasks", [])] or sorted(
+        {t for e in results["methods"].values() for t in e["protocols"].get(protocol, {}).get("tasks", {})})
     for name, e in results["methods"].items():
-        if protocol in e["protocols"]:
-            p = e["protocols"][protocol]
-            rows.append({"method": name, **{m: fmt(p, m) for m in METRICS},
-                         "params": e.get("efficiency", {}).get("params", ""),
-                         "EffScore": f"{e['eff_score']:.3f}" if "eff_score" in e else ""})
+        for t in tasks:
+            p = e["protocols"].get(protocol, {}).get("tasks", {}).get(t)
+            if p:
+                rows.append({"method": name, "task": t, **{NAMES[m]: fmt(p, m) for m in REPORTED if m in p},
+                             "params": e.get("efficiency", {}).get("params", ""),
+                             "EffScore": f"{e['eff_score']:.3f}" if "eff_score" in e else ""})
     return rows
 
 
@@ -60,81 +91,79 @@ def md_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: dict, out_dir: Path, metric: str = "auroc") -> list[Path]:
-    paths = []
-    for kind, title in (("test_multi", "test-time multi-random drop"), ("test_drop_one", "test-time one-modality drop"),
-                        ("train_multi", "train-time multi-random drop"), ("train_drop_one", "train-time one-modality drop")):
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        drew = False
-        for name, e in results["methods"].items():
-            pts = sorted((float(p.split("@")[1]), v[metric]["mean"], v[metric]["std"])
-                         for p, v in e["protocols"].items() if p.startswith(kind + "@"))
-            if not pts:
-                continue
-            base = e["protocols"].get("none")
-            if base:
-                pts = [(0.0, base[metric]["mean"], base[metric]["std"])] + pts
-            x, y, s = zip(*pts)
-            ax.errorbar(x, y, yerr=s, marker="o", capsize=2, label=name)
-            drew = True
-        if drew:
-            ax.set_xlabel("drop rate")
-            ax.set_ylabel(metric.upper())
-            ax.set_title(f"{results['dataset']}: {title}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            p = out_dir / f"{kind}_{metric}.png"
-            fig.savefig(p, dpi=120)
-            paths.append(p)
-        plt.close(fig)
-    return paths
-
-
-def plot_weights(results: dict, out_dir: Path) -> Path | None:
-    w = results["methods"].get("medmix", {}).get("weights")
-    if not w:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    labels = [f"{m}/{e}" for m, d in w["router"].items() for e in d]
-    axes[0].barh(labels, [v for d in w["router"].values() for v in d.values()])
-    axes[0].set_title("mean router weight (within modality)")
-    axes[1].barh(list(w["fusion"]), list(w["fusion"].values()))
-    axes[1].set_title("mean fusion weight (across modalities)")
-    fig.suptitle(f"{results['dataset']}: MedMIX weights on the test set")
-    fig.tight_layout()
-    p = out_dir / "medmix_weights.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
-
-
 def write_report(results: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
-    curves = plot_curves(results, out_dir)
-    weights = plot_weights(results, out_dir)
+    figures = [*missing_modality_plots(results, out_dir), *curve_plots(results, out_dir),
+               *confusion_plots(results, out_dir)]
+    weights = weights_plot(results, out_dir)
+    n_seeds = len(results["seeds"])
     lines = [f"# {results['dataset']}: results", "",
-             f"Store `{results['store']}`; split sizes {results['split_sizes']}; seeds {results['seeds']}; "
-             f"config hash `{results['config_hash'][:12]}`; wall time {results.get('wall_seconds', '?')} s.", "",
+             f"Store `{results['store']}`; split sizes {results['split_sizes']}; {n_seeds} seed"
+             f"{'s' if n_seeds != 1 else ''} {results['seeds']}; config hash `{results['config_hash'][:12]}`; "
+             f"wall time {results.get('wall_seconds', '?')} s.", "",
              "Experts per modality: " + "; ".join(f"{m}: {', '.join(e)}" for m, e in results["layout"].items())
-             + f". Teachers: {', '.join(results['teachers']) or 'none'}.", "",
-             "## Test set, no modality removed (mean ± std over seeds; thresholds tuned on validation)", "",
-             md_table(headline_rows(results))]
+             + f". Teachers: {', '.join(results['teachers']) or 'none'}.", ""]
+    run = out_dir / "run.json"
+    if run.exists():
+        info = json.loads(run.read_text())
+        lines += [f"Command: `{info['command']}` ({info['version']}; resolved configuration and package versions in "
+                  "[run.json](run.json), timestamped log in [run.log](run.log)).", ""]
+    lines += _task_lines(results) + _overall_lines(results)
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     others = [p for p in results["protocols"] if p != "none"]
     if others:
-        lines += ["## Missing-modality protocols (AUROC)", "", md_table(protocol_rows(results)),
+        lines += ["## Missing-modality protocols (AUROC, mean over tasks)", "", md_table(protocol_rows(results)),
                   f"({PROTOCOLS_NOTE})", ""]
     skipped = {t: v["skipped_labels"] for name, e in results["methods"].items() for p in e["protocols"].values()
                for s in p["per_seed"] for t, v in s["tasks"].items() if v.get("skipped_labels")}
     if skipped:
         lines += ["Labels skipped (not both classes in the test split): "
                   + "; ".join(f"{t}: {', '.join(v)}" for t, v in skipped.items()), ""]
-    for p in curves + ([weights] if weights else []):
+    if results.get("predictions"):
+        lines += ["Per-sample predictions (validation and test rows, every seed): "
+                  + ", ".join(f"[{k}]({v})" for k, v in results["predictions"].items()), ""]
+    for p in figures + ([weights] if weights else []):
         lines += [f"![{p.stem}]({p.name})", ""]
     path = out_dir / "results.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _task_lines(results: dict) -> list[str]:
+    boot = results.get("bootstrap")
+    how = (f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed")
+    if boot:
+        how += (f"; [95% CI]: bootstrap over the {boot['n_test']} test samples ({boot['n_boot']} resamples) of the "
+                "seed-averaged probabilities")
+    lines = []
+    for t in results.get("tasks", []):
+        prev = next((e["protocols"]["none"]["tasks"][t["name"]].get("prevalence") for e in results["methods"].values()
+                     if t["name"] in e["protocols"].get("none", {}).get("tasks", {})), None)
+        prev_text = f"; test prevalence {prev:.3f} (the AUPRC of chance)" if prev is not None else ""
+        lines += [f"## Task {t['name']} ({t['type']}): test set, no modality removed", "",
+                  f"Positive class: **{positive_name(t)}**{prev_text}. {how}; thresholds tuned on validation; "
+                  "Brier: lower is better.", "", md_table(task_rows(results, t["name"]))]
+        pr = paired_rows(results, t["name"])
+        if pr:
+            lines += [f"Paired bootstrap against {boot.get('reference', 'medmix')} (method - reference on the same "
+                      "resampled test samples; [95% CI]; an interval excluding 0 is a difference beyond resampling "
+                      "noise):", "", md_table(pr)]
+    return lines
+
+
+def _overall_lines(results: dict) -> list[str]:
+    """The mean over tasks, labelled as such, with costs and EffScore (Perf = mean of AUROC, AUPRC, mF1, acc)."""
+    rows = []
+    for name, e in results["methods"].items():
+        p = e["protocols"].get("none")
+        if p:
+            rows.append({"method": name, "Perf (mean over tasks)": fmt(p, "perf"),
+                         "params": e.get("efficiency", {}).get("params", ""),
+                         "FLOPs/sample": f"{e['efficiency']['flops_per_sample']:.3g}" if "efficiency" in e else "",
+                         "EffScore": f"{e['eff_score']:.3f}" if "eff_score" in e else ""})
+    n = len(results.get("tasks", []))
+    title = f"## Mean over the {n} tasks, and costs" if n > 1 else "## Costs"
+    return [title, "", md_table(rows)] if rows else []
 
 
 def _selection_lines(results: dict) -> list[str]:

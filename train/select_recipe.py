@@ -62,7 +62,7 @@ def score(store: str, recipe: Recipe, methods: list[str], seeds: list[int], devi
 
 def main(argv=None) -> int:
     from .__main__ import _default_store
-    ap = argparse.ArgumentParser(prog="python -m train.select_recipe", description=__doc__,
+    ap = Parser(prog="python -m train.select_recipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="mmist,physionet2012,openi")
     ap.add_argument("--stores", help="comma list of store paths, in the order of --datasets (default: store root)")

@@ -159,6 +159,8 @@ def train_one(method: str, data: Data, recipe: Recipe, seed: int, protocol: Prot
                                                                 {m: t[idx] for m, t in data.teachers.items()},
                                                                 {m: t[idx] for m, t in data.teacher_masks.items()}),
                                               recipe)
+            if not loss.requires_grad:        # no known label and no other term in this batch: nothing to learn
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)

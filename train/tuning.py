@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import logging
 from typing import Callable
 
 import numpy as np
 import torch
 
+from stores.errors import InputError
 from stores.store import SPLIT_CODES
 
 from .data import Data
@@ -28,7 +30,8 @@ CV_FOLDS = 5
 
 
 def parse_grid(text: str | None) -> dict | None:
-    """"lr=3e-4,1e-3;dropout=0.1,0.3" -> {"lr": [3e-4, 1e-3], "dropout": [0.1, 0.3]}; "none" / "" -> None."""
+    """"lr=3e-4,1e-3;dropout=0.1,0.3" -> {"lr": [3e-4, 1e-3], "dropout": [0.1, 0.3]}; "none" / "" -> None. A wrong
+    field or value is named (InputError: one line, exit 2)."""
     if not text or text == "none":
         return None
     if text == "default":
@@ -38,11 +41,25 @@ def parse_grid(text: str | None) -> dict | None:
     for part in text.split(";"):
         name, _, values = part.partition("=")
         name = name.strip().replace("-", "_")
-        if name not in fields or not values:
-            raise ValueError(f"tune grid {part!r}: expected <recipe field>=v1,v2 (fields: {', '.join(fields)})")
-        kind = type(fields[name].default)
-        grid[name] = [kind(v) for v in values.split(",")]
+        if name not in fields:
+            raise InputError(f"--tune {part!r}: {name!r} is not a recipe field (fields: {', '.join(fields)})")
+        if not values:
+            raise InputError(f"--tune {part!r}: expected {name}=v1,v2")
+        grid[name] = [_grid_value(part, name, fields, v) for v in values.split(",")]
     return grid
+
+
+def _grid_value(part: str, name: str, fields: dict, value: str):
+    if "=" in value:                              # "lr=1e-3,foo=2": a second field joined with ',' instead of ';'
+        other = value.split("=", 1)[0].strip().replace("-", "_")
+        if other not in fields:
+            raise InputError(f"--tune {part!r}: {other!r} is not a recipe field (fields: {', '.join(fields)})")
+        raise InputError(f"--tune {part!r}: separate fields with ';' (e.g. '{name}=...;{other}=...')")
+    kind = type(fields[name].default)
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise InputError(f"--tune {part!r}: {value.strip()!r} is not a valid {kind.__name__} for {name}") from None
 
 
 def points(grid: dict) -> list[dict]:
@@ -87,7 +104,7 @@ def cv_splits(data: Data, k: int, seed: int) -> list[np.ndarray]:
     key = _stratify_key(data, pool)
     smallest = int(np.unique(key, return_counts=True)[1].min()) if len(key) else 0
     if smallest < k:
-        raise ValueError(f"--tune-folds {k}: the stratifying label has a class with only {smallest} rows in "
+        raise InputError(f"--tune-folds {k}: the stratifying label has a class with only {smallest} rows in "
                          f"train + validation (fewer than the folds); use fewer folds or 0")
     out = []
     for _, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(pool, key):
@@ -113,7 +130,7 @@ def resolve_folds(data: Data, folds: int | None) -> tuple[int, dict]:
     n = minority_count(data, "val")
     k = (CV_FOLDS if n < MIN_VAL_MINORITY else 0) if folds is None else int(folds)
     if k == 1 or k < 0:
-        raise ValueError(f"--tune-folds {folds}: expected auto, 0 (the validation split) or >= 2")
+        raise InputError(f"--tune-folds {folds}: expected auto, 0 (the validation split) or >= 2")
     why = ("asked" if folds is not None else
            f"validation holds {n} of the rarer class (< {MIN_VAL_MINORITY})" if k else
            f"validation holds {n} of the rarer class (>= {MIN_VAL_MINORITY})")
@@ -122,29 +139,29 @@ def resolve_folds(data: Data, folds: int | None) -> tuple[int, dict]:
 
 
 def tune(method: str, data: Data | Callable[..., Data], base: Recipe, grid: dict, seed: int,
-         large_mod: str | None = None, device: str = "cpu", folds: list[np.ndarray] | None = None
-         ) -> tuple[Recipe, dict]:
+         large_mod: str | None = None, device: str = "cpu", folds: list[np.ndarray] | None = None,
+         fit: Callable | None = None) -> tuple[Recipe, dict]:
     """``data``: the inputs, or a function (recipe, split) -> inputs when the grid changes them (``normalise``) or
     folds re-split the rows (split None: the official one). ``folds``: split arrays to score on (``cv_splits``).
     Plain ``data`` with folds is only re-split: pass raw inputs there (statistics fitted on the official train split
-    would include each fold's held-out rows); ``Prepared.for_split`` refits them per fold."""
-    from .evaluation import evaluate_split
+    would include each fold's held-out rows); ``Prepared.for_split`` refits them per fold. ``fit(key, compute)``
+    (the run's ledger, ``train/progress.py``) keeps each grid point x fold's score so a rerun skips it."""
     data_for = data if callable(data) else (
         lambda _recipe, split: data if split is None else dataclasses.replace(data, split=split))
+    fit = fit or (lambda _key, compute: compute())
     splits = folds or [None]
     table = []
     for point in points(grid):
         recipe = dataclasses.replace(base, **point)
-        vals, prcs, best, run = [], [], [], []
-        for split in splits:
-            d = data_for(recipe, split)
-            model, info = train_one(method, d, recipe, seed, large_modality=large_mod, device=device)
-            val = evaluate_split(model, d, "val", None)["mean"]
-            vals.append(val["auroc"])
-            prcs.append(val["auprc"])
-            best.append(info["best_epoch"])
-            run.append(info["epochs_run"])
-        row = {**point, "val_auroc": float(np.nanmean(vals)), "val_auprc": float(np.nanmean(prcs)),
+        scores = [fit(f"{json.dumps(point, sort_keys=True)}|fold {i}",
+                      lambda split=split: (_score(method, data_for(recipe, split), recipe, seed, large_mod, device),
+                                           None))[0]
+                  for i, split in enumerate(splits)]
+        vals = [s["auroc"] for s in scores]
+        best = [s["best_epoch"] for s in scores]
+        run = [s["epochs_run"] for s in scores]
+        row = {**point, "val_auroc": float(np.nanmean(vals)),
+               "val_auprc": float(np.nanmean([s["auprc"] for s in scores])),
                "best_epoch": best[0] if folds is None else best, "epochs_run": run[0] if folds is None else run}
         if folds:
             row.update(fold_auroc=vals, val_auroc_std=float(np.nanstd(vals)))
@@ -158,3 +175,12 @@ def tune(method: str, data: Data | Callable[..., Data], base: Recipe, grid: dict
                  else "validation AUROC")
     return dataclasses.replace(base, **chosen), {"grid": grid, "seed": seed, "scored_by": scored_by,
                                                  "table": table, "chosen": chosen}
+
+
+def _score(method: str, d: Data, recipe: Recipe, seed: int, large_mod, device) -> dict:
+    """One grid point on one split: validation AUROC/AUPRC (mean over tasks) and the epochs it took."""
+    from .evaluation import evaluate_split
+    model, info = train_one(method, d, recipe, seed, large_modality=large_mod, device=device)
+    val = evaluate_split(model, d, "val", None)["mean"]
+    return {"auroc": val["auroc"], "auprc": val["auprc"], "best_epoch": info["best_epoch"],
+            "epochs_run": info["epochs_run"]}

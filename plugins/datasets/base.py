@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sklearn.model_selection import train_test_split
 
 from stores.registry import Registry
+from stores.errors import InputError
 from stores.spec import DatasetSpec, SpecError, key_paths
 
 
@@ -106,7 +107,7 @@ class DatasetAdapter:
         folder = Path(os.path.abspath(folder))
         p = Path(os.path.normpath(folder / name))
         if not p.is_relative_to(folder) or p == folder:
-            raise ValueError(f"{what} {name!r} points outside {folder}")
+            raise InputError(f"{what} {name!r} points outside {folder}")
         return p
 
     @staticmethod
@@ -156,7 +157,7 @@ class DatasetAdapter:
         if s.method == "official":
             official = self.official_split()
             if official is None:
-                raise ValueError(f"dataset {self.spec.adapter}: no official split in the data")
+                raise InputError(f"dataset {self.spec.adapter}: no official split in the data")
             train = [i for i, p in enumerate(official) if p == "train"]
             sub = strat[train] if strat is not None else None
             tr, va = _split_two(np.asarray(train), s.val_fraction, sub, s.seed)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stores.errors import InputError
+
 from .archives import ARCHIVE_ERRORS, member_id, read_table, unreadable
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
@@ -96,7 +98,7 @@ class MMIST(DatasetAdapter):
                 left_out.append(f"line {line}: case {case[:40]!r}, Split {str(r.get(SPLIT))[:20]!r}")
                 continue
             if case in seen:
-                raise ValueError(f"clinical+genomic_split.csv: case {case[:40]!r} on lines {seen[case]} and {line}: "
+                raise InputError(f"clinical+genomic_split.csv: case {case[:40]!r} on lines {seen[case]} and {line}: "
                                  "refused (which row is right is unknowable)")
             seen[case] = line
             rows.append(r)
