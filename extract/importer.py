@@ -63,7 +63,7 @@ def _files(source: Path, names: set[str]) -> dict[str, bytes]:
                 base = m.name.rsplit("/", 1)[-1]
                 if base in names:
                     if base in where:
-                        raise ValueError(f"{source}: members {where[base]!r} and {m.name!r} both give {base}: refused")
+                        raise InputError(f"{source}: members {where[base]!r} and {m.name!r} both give {base}: refused")
                     where[base] = m.name
                     out[base] = tar.extractfile(m).read()
     except ARCHIVE_ERRORS as exc:
@@ -88,7 +88,7 @@ def import_features(store_path: str, modality: str, expert: str, source: Path, p
             if not np.isfinite(a).all():
                 raise ValueError("NaN/inf values")
             if np.abs(a).max(initial=0) > ABSURD:
-                raise ValueError(f"absurd magnitude (max |x| {np.abs(a).max():.3g} > {ABSURD:g})")
+                raise InputError(f"absurd magnitude (max |x| {np.abs(a).max():.3g} > {ABSURD:g})")
             a = a.astype(np.float32)
             arrays[wanted[name]] = a
         except Exception as exc:  # noqa: BLE001

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from plugins.sources import resolve_source
+from stores.errors import InputError
 from stores.registry import Registry
 
 GENERATORS: Registry[dict] = Registry(
@@ -153,7 +154,7 @@ class ImportedReports(ReportGenerator):
 
     def __post_init__(self):
         if not self.source:
-            raise ValueError("report generator 'reports' needs a source: the JSON-lines file of reports")
+            raise InputError("report generator 'reports' needs a source: the JSON-lines file of reports")
         self.model, self._tables = True, {}
 
     def _load(self) -> None:
@@ -194,6 +195,6 @@ class ImportedReports(ReportGenerator):
             path = self.reports_file(image)
             report = self.table(path).get(image.name, "").strip()
             if not report:
-                raise ValueError(f"{path}: no report for {image.name}")
+                raise InputError(f"{path}: no report for {image.name}")
             out.append(report)
         return out

@@ -16,6 +16,8 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from stores.errors import InputError
+
 log = logging.getLogger("medmix.datasets")
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 TABLE_CELL_LIMIT = 64 << 20     # a long table cell is one row's problem (the note cap), not the run's
@@ -37,7 +39,7 @@ def member_id(name: str, pattern: re.Pattern, archive: Path) -> str | None:
     """The id a member names under ``pattern`` (group 1), or None; absolute and traversal names refuse the archive."""
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or name.startswith("\\") or ":" in p.parts[0]:
-        raise ValueError(f"{archive}: member {name[:120]!r} is an absolute or traversal path: archive refused")
+        raise InputError(f"{archive}: member {name[:120]!r} is an absolute or traversal path: archive refused")
     m = pattern.fullmatch(str(p))
     return m[1] if m else None
 
@@ -46,7 +48,7 @@ def tar_records(path: Path, pattern: re.Pattern, rule: str, wanted=None) -> dict
     """id -> bytes of every member whose name fully matches ``pattern`` (``rule`` says it in words); ``wanted``:
     a predicate on the id (members not wanted are not read)."""
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
+        raise InputError(f"{path}: empty file (0 bytes)")
     out, where, other = {}, {}, []
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -58,7 +60,7 @@ def tar_records(path: Path, pattern: re.Pattern, rule: str, wanted=None) -> dict
                     other.append(m.name)
                     continue
                 if key in where:
-                    raise ValueError(f"{path}: members {where[key]!r} and {m.name!r} both name id {key}: refused")
+                    raise InputError(f"{path}: members {where[key]!r} and {m.name!r} both name id {key}: refused")
                 where[key] = m.name
                 if wanted is None or wanted(key):
                     out[key] = tar.extractfile(m).read()
@@ -67,7 +69,7 @@ def tar_records(path: Path, pattern: re.Pattern, rule: str, wanted=None) -> dict
     if other:
         log.warning("%s: %d member(s) not named %s ignored (not records): %s", path.name, len(other), rule, other[:3])
     if not where:
-        raise ValueError(f"{path}: no member named {rule}")
+        raise InputError(f"{path}: no member named {rule}")
     return out
 
 
@@ -78,18 +80,18 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
         raise FileNotFoundError(f"{path}: not found")
     data = path.read_bytes()
     if not data.strip():
-        raise ValueError(f"{path}: empty table (0 bytes of data)")
+        raise InputError(f"{path}: empty table (0 bytes of data)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 (byte {exc.start:,})") from None
+        raise InputError(f"{path}: not UTF-8 (byte {exc.start:,})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     old_limit = csv.field_size_limit(TABLE_CELL_LIMIT)      # for this table only (records keep the default)
     try:
         header = next(reader)
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(f"{path}: header lacks column(s) {missing} (has {header[:8]})")
+            raise InputError(f"{path}: header lacks column(s) {missing} (has {header[:8]})")
         rows = []
         for cells in reader:
             if not any(c.strip() for c in cells):
@@ -99,7 +101,7 @@ def read_table(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
                 row["__error__"] = f"{path.name}: line {reader.line_num}: {len(cells)} fields, header has {len(header)}"
             rows.append(row)
     except csv.Error as exc:
-        raise ValueError(f"{path}: line {reader.line_num}: {exc}") from None
+        raise InputError(f"{path}: line {reader.line_num}: {exc}") from None
     finally:
         csv.field_size_limit(old_limit)
     return rows

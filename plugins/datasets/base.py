@@ -234,7 +234,7 @@ class Sample:
 
     def __init__(self, full: DatasetAdapter, n: int):
         if n < 1:
-            raise ValueError(f"--limit {n}: must be at least 1")
+            raise InputError(f"--limit {n}: must be at least 1")
         self.full, self.n = full, n
         self.rows, self.per_split = sample_rows(full.split(), _sample_key(full), n)
 
@@ -287,7 +287,7 @@ def sample_rows(split: list[str], key: np.ndarray, n: int) -> tuple[list[int], d
     split = np.asarray(split, dtype=object)
     names = [s for s in ("train", "val", "test") if (split == s).any()]
     if n < len(names) and n < len(split):
-        raise ValueError(f"--limit {n}: at least {len(names)} samples are needed to keep every split "
+        raise InputError(f"--limit {n}: at least {len(names)} samples are needed to keep every split "
                          f"({', '.join(names)}) non-empty")
     shares = _allocate([int((split == s).sum()) for s in names], n)
     rows, per_split = [], {}

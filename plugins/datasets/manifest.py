@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stores.errors import describe
+from stores.errors import InputError, describe
 
 from ..readers.lazy import LazyView
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, _split_two, adapter
@@ -59,7 +59,7 @@ class NamedView(LazyView):
         except Exception as exc:  # noqa: BLE001  (the runner records the row failed with this reason)
             hint = (" (set the modality's preprocess.fallback_mpp to read it at an assumed um/px)"
                     if "fallback_mpp" in str(exc) else "")
-            raise ValueError(f"{self.label}: {str(exc).strip() or describe(exc)}{hint}") from exc
+            raise InputError(f"{self.label}: {str(exc).strip() or describe(exc)}{hint}") from exc
 
 
 def dicom_image(path: Path, pre: dict) -> np.ndarray:
@@ -94,11 +94,11 @@ def read_table(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
         if not (importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")):
-            raise ValueError(f"{path}: reading Parquet needs the package pyarrow (not installed): "
+            raise InputError(f"{path}: reading Parquet needs the package pyarrow (not installed): "
                              "pip install pyarrow, or save the table as CSV")
         return pd.read_parquet(path).astype(object).where(lambda d: d.notna(), "").astype(str)
     if not name.endswith((".csv", ".tsv", ".txt")):
-        raise ValueError(f"{path}: a manifest is a .csv, .tsv or .parquet table")
+        raise InputError(f"{path}: a manifest is a .csv, .tsv or .parquet table")
     return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False,
                        na_filter=False, skipinitialspace=True)
 
@@ -111,7 +111,7 @@ class Manifest(DatasetAdapter):
     @property
     def table_path(self) -> Path:
         if not self.root.is_file():
-            raise ValueError(f"dataset '{self.spec.adapter}': path {self.root} is not a table file (CSV/TSV/Parquet)")
+            raise InputError(f"dataset '{self.spec.adapter}': path {self.root} is not a table file (CSV/TSV/Parquet)")
         return self.root
 
     @property
@@ -128,13 +128,13 @@ class Manifest(DatasetAdapter):
             c for f in self.opts.fields.values() for c in (*f.numeric, *f.categorical)]
         absent = [c for c in dict.fromkeys(need) if c not in df.columns]
         if absent:
-            raise ValueError(f"{name}: no column {', '.join(map(repr, absent))} (columns: {', '.join(df.columns)})")
+            raise InputError(f"{name}: no column {', '.join(map(repr, absent))} (columns: {', '.join(df.columns)})")
         df[col] = df[col].str.strip()
         if (df[col] == "").any():
-            raise ValueError(f"{name}: line {int(np.flatnonzero(df[col] == '')[0]) + 2}: empty {col!r}")
+            raise InputError(f"{name}: line {int(np.flatnonzero(df[col] == '')[0]) + 2}: empty {col!r}")
         dup = df[col][df[col].duplicated()].tolist()
         if dup:
-            raise ValueError(f"{name}: {col} {dup[0]!r} appears more than once")
+            raise InputError(f"{name}: {col} {dup[0]!r} appears more than once")
         return df.reset_index(drop=True)
 
     def column(self, modality: str) -> str:
@@ -165,13 +165,13 @@ class Manifest(DatasetAdapter):
                 where = f"{self.table_path.name}: sample {sid}: {c} {v!r}"
                 if t.type == "multiclass":
                     if v not in t.labels:
-                        raise ValueError(f"{where} is not one of the task's labels {t.labels}")
+                        raise InputError(f"{where} is not one of the task's labels {t.labels}")
                     y[i] = 0.0
                     y[i, t.labels.index(v)] = 1.0
                 elif v.lower() in TRUE | FALSE:
                     y[i, j] = float(v.lower() in TRUE)
                 else:
-                    raise ValueError(f"{where} is not a binary label (1/0, yes/no, true/false)")
+                    raise InputError(f"{where} is not a binary label (1/0, yes/no, true/false)")
         return y
 
     def split(self) -> list[str]:
@@ -192,7 +192,7 @@ class Manifest(DatasetAdapter):
         out = []
         for sid, v in zip(self.ids(), self.table[col]):
             if v.strip().lower() not in SPLITS:
-                raise ValueError(f"{self.table_path.name}: sample {sid}: {col} {v!r} is not train, val or test")
+                raise InputError(f"{self.table_path.name}: sample {sid}: {col} {v!r} is not train, val or test")
             out.append(SPLITS[v.strip().lower()])
         return out
 
@@ -245,13 +245,13 @@ class Manifest(DatasetAdapter):
             return {"text": cell}
         path = self.under(self.folder, cell, f"{label}: path")
         if not path.exists():
-            raise ValueError(f"{label}: file not found ({path})")
+            raise InputError(f"{label}: file not found ({path})")
         pre = dict(self.spec.modalities[modality].preprocess)
         if kind == "note":
             try:
                 return {"text": path.read_bytes().decode("utf-8")}
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{label}: invalid UTF-8 at byte {exc.start:,}") from None
+                raise InputError(f"{label}: invalid UTF-8 at byte {exc.start:,}") from None
         if kind == "ehr":
             hours = int(self.spec.modalities[modality].pre.hours)
             return ehr_views(read_events(path, label), self._variables(modality), hours, label)
@@ -262,12 +262,12 @@ class Manifest(DatasetAdapter):
             return {"image": NamedView("ct", path, pre, label), "volume": NamedView("ct_volume", path, pre, label)}
         if kind == "wsi":
             return {"image": NamedView("wsi", path, pre, label)}
-        raise ValueError(f"{label}: the manifest adapter has no reader for kind {kind!r}")
+        raise InputError(f"{label}: the manifest adapter has no reader for kind {kind!r}")
 
     def _fields(self, modality: str, r: int):
         f = self.opts.fields.get(modality)
         if f is None:
-            raise ValueError(f"options.fields.{modality}: a tabular modality needs its numeric/categorical columns")
+            raise InputError(f"options.fields.{modality}: a tabular modality needs its numeric/categorical columns")
         row = self.table.iloc[r]
         numeric = {}
         for c in f.numeric:
@@ -275,7 +275,7 @@ class Manifest(DatasetAdapter):
             try:
                 numeric[c] = float(v) if v else float("nan")
             except ValueError:
-                raise ValueError(f"{self.where(modality, r)}: {c} {v[:20]!r} is not a number") from None
+                raise InputError(f"{self.where(modality, r)}: {c} {v[:20]!r} is not a number") from None
         categorical = {c: (row[c].strip() or None) for c in f.categorical}
         if all(np.isnan(v) for v in numeric.values()) and all(v is None for v in categorical.values()):
             return Missing("every field cell is empty")

@@ -50,7 +50,7 @@ def _label(text) -> float:
         return float("nan")
     v = float(text)
     if v not in (0.0, 1.0):
-        raise ValueError(f"{text[:20]!r} is not a class (0 or 1)")
+        raise InputError(f"{text[:20]!r} is not a class (0 or 1)")
     return v
 
 
@@ -146,7 +146,7 @@ class MMIST(DatasetAdapter):
             return None if v in ("", "-1", "-1.0") else v.removesuffix(".0")
         age = code("age_diag")
         if age is not None and not _finite(age):
-            raise ValueError(f"clinical+genomic_split.csv: case {r['case_id'][:40]}: age_diag {age[:20]!r} "
+            raise InputError(f"clinical+genomic_split.csv: case {r['case_id'][:40]}: age_diag {age[:20]!r} "
                              "is not a number")
         races = [k[5:] for k in r if k.startswith("race_") and r[k] == "1"]
         cat = {k: code(k) for k, _ in NOTE_FIELDS if k != "age_diag"}
@@ -184,7 +184,7 @@ class MMIST(DatasetAdapter):
         by_dir = {d: m for m, d in FEATURE_DIRS.items()}
         out = {m: {} for m in FEATURE_DIRS}
         if tar_path.stat().st_size == 0:
-            raise ValueError(f"{tar_path}: empty file (0 bytes)")
+            raise InputError(f"{tar_path}: empty file (0 bytes)")
         pattern = re.compile(r"(?:.*/)?(?:CT|MRI|WSI) Features/([^/]+\.npz)")
         try:
             with tarfile.open(tar_path, "r:*") as tar:
@@ -196,7 +196,7 @@ class MMIST(DatasetAdapter):
                     if m is None or name not in wanted[m]:
                         continue
                     if name in out[m]:
-                        raise ValueError(f"{tar_path}: two members {d}/{name}: refused (which is right is unknowable)")
+                        raise InputError(f"{tar_path}: two members {d}/{name}: refused (which is right is unknowable)")
                     out[m][name] = _features_of(member.name, tar.extractfile(member).read())
         except ARCHIVE_ERRORS as exc:
             raise unreadable(tar_path, exc) from None

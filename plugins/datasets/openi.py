@@ -19,6 +19,8 @@ import numpy as np
 from ..readers.lazy import LazyView
 from .base import AdapterOptions, DatasetAdapter, Failed, Missing, adapter
 
+from stores.errors import InputError
+
 log = logging.getLogger("medmix.datasets")
 
 
@@ -27,9 +29,9 @@ def _json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object of {what}, found a {type(data).__name__}")
+        raise InputError(f"{path}: expected an object of {what}, found a {type(data).__name__}")
     return data
 
 
@@ -57,11 +59,11 @@ class OpenI(DatasetAdapter):
         for key in data:
             rid = key.split("/")[-1].replace(".xml", "")
             if rid in seen:
-                raise ValueError(f"{path}: reports {seen[rid]!r} and {key!r} both give id {rid}: refused")
+                raise InputError(f"{path}: reports {seen[rid]!r} and {key!r} both give id {rid}: refused")
             seen[rid] = key
         bad = [k for k, v in data.items() if not isinstance(v, dict)]
         if bad:
-            raise ValueError(f"{path}: report {bad[0]!r} is a {type(data[bad[0]]).__name__}, not an object "
+            raise InputError(f"{path}: report {bad[0]!r} is a {type(data[bad[0]]).__name__}, not an object "
                              f"({len(bad)} such)")
         return dict(sorted(data.items(), key=lambda kv: _report_number(kv[0])))
 
@@ -117,7 +119,7 @@ class OpenI(DatasetAdapter):
         for sec in self.options.get("report_sections", ["FINDINGS", "IMPRESSION"]):
             txt = rep.get(sec) or ""
             if not isinstance(txt, str):
-                raise ValueError(f"reports_ori.json:{key}: section {sec} is a {type(txt).__name__}, not text")
+                raise InputError(f"reports_ori.json:{key}: section {sec} is a {type(txt).__name__}, not text")
             txt = txt.strip()
             if txt and txt.lower() not in ("none", "none."):
                 parts.append(f"{sec.lower()}: {txt}")

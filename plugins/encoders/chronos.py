@@ -14,6 +14,8 @@ import torch
 from ..registry import register
 from .series_base import SeriesEncoder
 
+from stores.errors import InputError
+
 POOLINGS = ("mean", "eos")
 
 
@@ -26,11 +28,11 @@ class ChronosEncoder(SeriesEncoder):
     def _build(self):
         from chronos import BaseChronosPipeline, ChronosPipeline
         if self.pooling not in POOLINGS:
-            raise ValueError(f"{self.card.key}: pooling must be one of {POOLINGS}, not {self.pooling!r}")
+            raise InputError(f"{self.card.key}: pooling must be one of {POOLINGS}, not {self.pooling!r}")
         pipe = BaseChronosPipeline.from_pretrained(self.resolved.location, device_map=str(self.device),
                                                    dtype=self.gpu_precision(), revision=self.options.revision)
         if not isinstance(pipe, ChronosPipeline):
-            raise ValueError(f"{self.card.key}: {self.resolved.location} is a {type(pipe).__name__}; this encoder "
+            raise InputError(f"{self.card.key}: {self.resolved.location} is a {type(pipe).__name__}; this encoder "
                              "reads the Chronos T5 encoder (ChronosPipeline)")
         return pipe, None, self.gpu_precision()
 
@@ -50,7 +52,7 @@ class ChronosEncoder(SeriesEncoder):
         hidden, mask, eos = self.hidden_and_mask(series)
         if self.pooling == "eos":
             if not eos:
-                raise ValueError(f"{self.card.key}: pooling 'eos' needs a model that appends EOS (use_eos_token)")
+                raise InputError(f"{self.card.key}: pooling 'eos' needs a model that appends EOS (use_eos_token)")
             return hidden[:, -1].numpy()
         keep = mask.clone()
         if eos:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stores.errors import InputError
 from stores.numeric import l2_normalise
 
 from ..registry import Encoder, NoParams, register
@@ -121,7 +122,7 @@ class HFTextEncoder(Encoder):
         at = len(pre) + len(a)
         mid = full[at:len(full) - len(b) - len(post)]
         if full != pre + a + mid + b + post:
-            raise ValueError(f"{self.card.key}: the tokenizer's sentence-pair layout is not pre + a + mid + b + post")
+            raise InputError(f"{self.card.key}: the tokenizer's sentence-pair layout is not pre + a + mid + b + post")
         return mid
 
     def _windows(self, items: list) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
@@ -131,7 +132,7 @@ class HFTextEncoder(Encoder):
         pairs = {i for i, it in enumerate(items) if isinstance(it, (tuple, list))}
         for i in pairs:
             if len(items[i]) != 2 or not all(isinstance(x, str) for x in items[i]):
-                raise ValueError(f"item {i}: expected a text or a (title, text) pair of strings")
+                raise InputError(f"item {i}: expected a text or a (title, text) pair of strings")
         if not self.pairs:        # a (title, text) item for a single-text model: the text it was trained on
             items = [f"{it[0]}. {it[1]}" if i in pairs else it for i, it in enumerate(items)]
             pairs = set()

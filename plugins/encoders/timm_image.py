@@ -14,6 +14,8 @@ import torch
 from ..registry import NoParams, register
 from .image_base import ImageEncoder
 
+from stores.errors import InputError
+
 
 class TimmParams(NoParams):
     arch: str | None = None                  # timm architecture name (default: the registered one)
@@ -36,7 +38,7 @@ class TimmImageEncoder(ImageEncoder):
             kw["img_size"] = self.img_size
         if vit and "global_pool" not in kw:      # explicit: timm's ViT and Eva (DINOv3) classes default differently
             if self.pooling not in TIMM_POOL:
-                raise ValueError(f"{self.card.key}: pooling must be one of {sorted(TIMM_POOL)}, not {self.pooling!r}")
+                raise InputError(f"{self.card.key}: pooling must be one of {sorted(TIMM_POOL)}, not {self.pooling!r}")
             kw["global_pool"] = TIMM_POOL[self.pooling]
         return kw
 

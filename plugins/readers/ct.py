@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stores.errors import InputError
 from stores.cli import INSTALL_HINTS
 
 
@@ -25,14 +26,14 @@ ABSURD_HU = 1e5                 # CT numbers live in about -1024..31000 (extende
 def check_volume(vol: np.ndarray, where) -> np.ndarray:
     """A degenerate volume fails with a reason: fewer than 2 slices, non-finite, constant, absurd HU."""
     if vol.ndim != 3 or min(vol.shape) < 2:
-        raise ValueError(f"{where}: degenerate volume of shape {vol.shape} (needs >= 2 voxels on every axis)")
+        raise InputError(f"{where}: degenerate volume of shape {vol.shape} (needs >= 2 voxels on every axis)")
     if not np.isfinite(vol).all():
-        raise ValueError(f"{where}: {int((~np.isfinite(vol)).sum())} non-finite voxels")
+        raise InputError(f"{where}: {int((~np.isfinite(vol)).sum())} non-finite voxels")
     lo, hi = float(vol.min()), float(vol.max())
     if lo == hi:
-        raise ValueError(f"{where}: constant volume ({lo:g} everywhere)")
+        raise InputError(f"{where}: constant volume ({lo:g} everywhere)")
     if max(abs(lo), abs(hi)) > ABSURD_HU:
-        raise ValueError(f"{where}: values {lo:.3g}..{hi:.3g} are not Hounsfield units (|HU| > {ABSURD_HU:g})")
+        raise InputError(f"{where}: values {lo:.3g}..{hi:.3g} are not Hounsfield units (|HU| > {ABSURD_HU:g})")
     return vol
 
 
@@ -40,12 +41,12 @@ def check_declared(path: Path, shape, itemsize: int) -> None:
     """Refuse, from the header alone, a volume too large to allocate or larger than its file could hold."""
     n = int(np.prod([int(s) for s in shape], dtype=np.float64))
     if n > MAX_VOXELS:
-        raise ValueError(f"{path}: header declares {tuple(int(s) for s in shape)} = {n:,} voxels (> {MAX_VOXELS:,}): "
+        raise InputError(f"{path}: header declares {tuple(int(s) for s in shape)} = {n:,} voxels (> {MAX_VOXELS:,}): "
                          "refused before reading")
     size = path.stat().st_size
     limit = size * (GZIP_MAX_RATIO if path.name.lower().endswith(".gz") else 1)
     if n * itemsize > limit + 352:
-        raise ValueError(f"{path}: header declares {n * itemsize:,} bytes of voxels, the file ({size:,} bytes) "
+        raise InputError(f"{path}: header declares {n * itemsize:,} bytes of voxels, the file ({size:,} bytes) "
                          "cannot hold them: truncated or forged")
 
 
@@ -117,7 +118,7 @@ def nib_load(path: Path):
     try:
         img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001  (nibabel raises many kinds on a bad header)
-        raise ValueError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})"[:300]) from None
+        raise InputError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})"[:300]) from None
     check_declared(path, img.header.get_data_shape(), img.header.get_data_dtype().itemsize)
     return img
 
@@ -151,7 +152,7 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             if hasattr(ds, "PixelData"):
                 voxels = int(getattr(ds, "Rows", 0)) * int(getattr(ds, "Columns", 0)) * (len(slices) + 1)
                 if voxels > MAX_VOXELS:
-                    raise ValueError(f"{folder}: the series declares more than {MAX_VOXELS:,} voxels: refused")
+                    raise InputError(f"{folder}: the series declares more than {MAX_VOXELS:,} voxels: refused")
                 z = float(ds.ImagePositionPatient[2]) if hasattr(ds, "ImagePositionPatient") else float(ds.InstanceNumber)
                 hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
                 slices.append((z, hu))

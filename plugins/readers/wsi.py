@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stores.errors import InputError
+
 
 @dataclass
 class TileGrid:
@@ -67,7 +69,7 @@ def plan_grid(slide, mpp: float = 0.5, tile: int = 224, tissue_threshold: float 
     mpp0, source = slide_mpp(slide, fallback_mpp)
     w0, h0 = slide.dimensions
     if w0 * h0 > MAX_SLIDE_PIXELS or min(w0, h0) < 1:
-        raise ValueError(f"slide header declares {w0}x{h0} px at level 0 (allowed: 1 to {MAX_SLIDE_PIXELS:.0e} px): "
+        raise InputError(f"slide header declares {w0}x{h0} px at level 0 (allowed: 1 to {MAX_SLIDE_PIXELS:.0e} px): "
                          "refused before planning tiles")
     want = mpp / mpp0                                   # target downsample relative to level 0
     level = max([i for i, d in enumerate(slide.level_downsamples) if d <= want * 1.0001] or [0])
