@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plugins.request import ExtractRequest
+
 from extract.pipeline import create_store
 from plugins.datasets.base import Failed, get_adapter
 from stores.spec import load_spec
@@ -44,7 +46,8 @@ def test_rag_embed_refuses_a_store_of_another_set(tmp_path, data_root):
     b = _physio(tmp_path, data_root, recs[12:], "b")
     create_store(load_spec(), "physionet2012", b, tmp_path / "b.zarr", None)
     with pytest.raises(StoreError, match=r"created with dataset options \{'set': 'b'\}.*differ in set"):
-        embed_dataset("physionet2012", data_root=str(tmp_path), store=str(tmp_path / "b.zarr"), progress=False)
+        embed_dataset(ExtractRequest("physionet2012", data_root=str(tmp_path), store=str(tmp_path / "b.zarr"),
+                                     progress=False))
     a = _physio(tmp_path, data_root, recs[:12], "a")
     from stores.store import Store
     with pytest.raises(StoreError, match="the dataset's ids differ from the store's .row 0"):
@@ -281,6 +284,9 @@ class _Encoder:
     def identity(self):
         return {"model": "stub"}
 
+    def article_input(self, title, text):              # the Encoder contract's default (plugins/registry.py)
+        return f"{title}. {text}"
+
     def encode(self, docs):
         if self.fail:
             raise RuntimeError("killed mid-build")
@@ -333,13 +339,13 @@ def test_training_refuses_bad_values_and_no_test_rows_and_predict_writes_json(tm
     assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(out), *FAST]) == 0
     ck = out / "checkpoints" / "medmix.pt"
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 0
+    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr"), "--json"]) == 0
     for line in capsys.readouterr().out.splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
     import torch
     state = torch.load(ck, weights_only=True)
     torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, ck)
-    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr")]) == 0     # NaN weights
+    assert main(["predict", "--checkpoint", str(ck), "--store", str(tmp_path / "s.zarr"), "--json"]) == 0  # NaN w.
     recs = [json.loads(line, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
             for line in capsys.readouterr().out.splitlines()]
     assert recs[0]["y"]["y"] is None
@@ -422,4 +428,6 @@ def test_strict_counts_the_failed_rows_of_reused_units(ehr_spec, data_root, tmp_
             "--store", str(tmp_path / "s.zarr"), "--no-rag", "--modality", "demographics", "--quiet"]
     assert extract_main(args) == 0
     assert extract_main([*args, "--strict"]) == 1                           # every unit cached, the row still failed
-    assert "units skipped (cached)" in capsys.readouterr().out
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demographics/tabular")][-1]
+    assert row.split()[1:] == ["0", "0", "0", "1", "6", "0", "1", "0"]      # this run: nothing, 1 unit reused;
+    # the store: 6 ok, 1 failed (the summary shows what the store holds, not only what this run did)

@@ -196,13 +196,6 @@ def _common_args(ap):
     ap.add_argument("--quiet", action="store_true", help="third-party chatter silenced")
 
 
-def _num(x, digits: int):
-    """A JSON number, or null where the value is NaN/inf (JSON has no NaN)."""
-    import math
-    v = float(x)
-    return round(v, digits) if math.isfinite(v) else None
-
-
 def _no_modality(data):
     """Rows with no modality at all: reported, never scored (their output would be the heads' bias)."""
     return ~data.available().any(1).cpu().numpy()
@@ -227,8 +220,8 @@ def _evaluate(argv):
     meta, state, recipe = load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store, _options(args))
-    check_split(Store(store), meta, args.split)
     data = data_for(meta, store, check_device(args.device), args.allow_other_features, notes)
+    check_split(Store(store), meta, args.split)
     model = model_for(meta, state, recipe, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
     counts = {p: int((data.split == SPLIT_CODES[p]).sum()) for p in ("train", "val", "test")}

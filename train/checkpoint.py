@@ -62,7 +62,8 @@ def load_checkpoint(path: str) -> tuple[dict, dict, Recipe]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (pickle, zip and format errors: all mean "not a state dict")
-        raise InputError(f"--checkpoint {path}: not a weights-only state dict ({type(exc).__name__})") from None
+        raise InputError(f"--checkpoint {path}: unreadable checkpoint, not a weights-only state dict "
+                         f"({type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise InputError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict")
     return meta, state, recipe

@@ -67,6 +67,12 @@ def write_table(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _num(x, digits: int):
+    """A JSON number, or null where the value is NaN/inf (JSON has no NaN)."""
+    v = float(x)
+    return round(v, digits) if np.isfinite(v) else None
+
+
 def json_lines(meta: dict, data, out, idx, ids: list[str], empty: np.ndarray) -> str:
     """`train predict --json`: per sample the probabilities, the router weights per expert and the fusion weights
     per modality (what MedMIX relied on); ``"prediction": null`` with the reason for a sample with no modality."""
@@ -82,11 +88,11 @@ def json_lines(meta: dict, data, out, idx, ids: list[str], empty: np.ndarray) ->
             continue
         for t in meta["tasks"]:
             prob = probabilities(t, logits[r:r + 1, t["out"][0]:t["out"][1]])[0]
-            rec[t["name"]] = dict(zip(t["labels"], [round(float(p), 5) for p in prob]))
+            rec[t["name"]] = dict(zip(t["labels"], [_num(p, 5) for p in prob]))
         if router:
-            rec["router"] = {m: dict(zip(meta["layout"][m], [round(float(x), 4) for x in g[r]]))
+            rec["router"] = {m: dict(zip(meta["layout"][m], [_num(x, 4) for x in g[r]]))
                              for m, g in router.items()}
         if fusion is not None:
-            rec["fusion"] = dict(zip(meta["layout"], [round(float(x), 4) for x in fusion[r]]))
-        lines.append(json.dumps(rec))
+            rec["fusion"] = dict(zip(meta["layout"], [_num(x, 4) for x in fusion[r]]))
+        lines.append(json.dumps(rec, allow_nan=False))
     return "\n".join(lines) + "\n"

@@ -31,8 +31,9 @@ def rules_version(version: str, spec) -> str:
     return f"{version}+{hashlib.sha256(repr(rules).encode()).hexdigest()[:8]}" if rules else version
 
 
-def unreadable(path: Path, exc: BaseException) -> ValueError:
-    return ValueError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+def unreadable(path: Path, exc: BaseException) -> InputError:
+    """The whole file cannot be read: one line naming it (exit 2 at the CLI)."""
+    return InputError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
 
 
 def member_id(name: str, pattern: re.Pattern, archive: Path) -> str | None:
