@@ -173,8 +173,10 @@ def _names(text: str) -> set[str]:
 def check_device(name: str | None) -> str:
     """The torch device to use; a CUDA device on a machine without one is bad input (one line, exit 2)."""
     import torch
+
+    from plugins.registry import pick_device        # the one device default (cuda when present, else cpu)
     if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(pick_device())
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"--device {name}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "

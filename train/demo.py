@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", default="openi:2000",
                     help="DATASET:N[,...] label-stratified samples of N of those datasets, to fit 45 min on 2 cores "
                          "(default openi:2000; 'none' = every sample)")
-    ap.add_argument("--methods", default="medmix,meanavg,concat,max,attention,m3care,adacomed,large")
+    from .trainer import METHODS                 # the registered main methods (train/methods.py), as `train run`
+    ap.add_argument("--methods", default=",".join(METHODS + ["large"]))
     ap.add_argument("--protocols", default="none,test_multi@0.3,test_multi@0.5,test_multi@0.7,test_drop_one@0.5")
     ap.add_argument("--max-epochs", type=int, default=50, help="cap on the default (robust) recipe's epochs")
     ap.add_argument("--lr", type=float, help="default: the robust recipe's")
