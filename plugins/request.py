@@ -34,7 +34,8 @@ class ExtractRequest:
     experts: list[str] | None = field(default=None, metadata=_flag(
         "--only-expert", action="append", metavar="E", help="only this expert name (repeatable; 'teacher' too)"))
     limit: int | None = field(default=None, metadata=_flag(
-        "--limit", type=int, help="only the first N samples (smoke runs; the store says so)"))
+        "--limit", type=int, help="a label-stratified sample of N that keeps every split non-empty (smoke runs; the "
+                                  "store says so; `train --limit N` finds it)"))
     encoding_from: str | None = field(default=None, metadata=_flag(
         "--encoding-from", help="store of the training cohort whose fitted encodings (summary statistics, tabular "
                                 "fields) this cohort reuses: external validation"))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from plugins.request import ExtractRequest
-from stores.cli import Parser, setup_logging
+from stores.cli import Parser, is_terminal, setup_logging
 from stores.spec import load_spec
 from stores.table import format_table
 
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     add_adapt_arguments(a)
     e = command("embed", help="write the RAG expert of a dataset's modalities into its store")
     # the extract stage's own flags (and every dataset option, e.g. --set): the same request, the same store
-    ExtractRequest.add_arguments(e, only=("dataset", "store", "modalities"))
+    ExtractRequest.add_arguments(e, only=("dataset", "store", "modalities", "limit"))
     return ap
 
 
@@ -132,7 +132,8 @@ def _adapt(args, spec, svc) -> None:
 
 def _embed(args, spec, svc) -> None:
     from .embed import embed_dataset
-    counts = embed_dataset(ExtractRequest.from_args(args), service=svc)
+    request = ExtractRequest.from_args(args).resolved(progress=is_terminal())     # bars only on a terminal
+    counts = embed_dataset(request, service=svc)
     print(format_table([{"expert": k, "ok": v[0], "missing": v[1], "failed": v[2]} for k, v in counts.items()]))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from plugins.datasets.base import Failed, Missing, get_adapter
+from plugins.datasets.base import Failed, LIMIT, Missing, get_adapter
 from plugins.inputs import check_input, halve_batch, load_rows, run_isolated
 from plugins.request import ExtractRequest
 from stores import paths
@@ -98,7 +98,8 @@ def embed_dataset(request: ExtractRequest, summary=None, service: RagService | N
     ``medmix.expert_stages`` entry point (which passes its request whole, paths resolved)."""
     spec = load_spec(request.config)
     ds = spec.dataset(request.dataset)
-    adapter = get_adapter(ds, paths.data_root(spec, request.data_root), request.options)
+    options = {**(request.options or {}), LIMIT: request.limit} if request.limit else request.options  # the sample
+    adapter = get_adapter(ds, paths.data_root(spec, request.data_root), options)                    # extract wrote
     st = Store(str(paths.store_path(spec, request.dataset, request.options, request.limit, request.store)), mode="a")
     st.check_rows(request.dataset, adapter.ids(), adapter.options)
     targets = _targets(spec, request)

@@ -222,8 +222,8 @@ def _evaluate(argv):
     meta, state, recipe = load_checkpoint(args.checkpoint)
     notes = []
     store = _default_store(args.dataset, args.store, _options(args))
+    check_split(Store(store), meta, args.split)           # a replaced split is refused before anything is read
     data = data_for(meta, store, check_device(args.device), args.allow_other_features, notes)
-    check_split(Store(store), meta, args.split)
     model = model_for(meta, state, recipe, data)
     th = {k: np.asarray(v) for k, v in meta["thresholds"].items()}
     counts = {p: int((data.split == SPLIT_CODES[p]).sum()) for p in ("train", "val", "test")}
