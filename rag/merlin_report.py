@@ -86,7 +86,7 @@ class MerlinReportGenerator(ReportGenerator):
             loc = loc / p.get("filename", CHECKPOINT)
         tower_sd, adapter_sd, lm_sd = split_checkpoint(read_checkpoint(loc))     # mapped: ~25 GB file
         lm_src = resolve_source(p.get("lm", "StanfordAIMI/RadLLaMA-7b")).location
-        # Merlin's TextDecoder: AutoTokenizer(RadLLaMA, use_fast=True, trust_remote_code=True), the model without;
+        # Merlin's TextDecoder loads RadLLaMA's tokenizer (use_fast) with remote code on, the model without;
         # remote code runs only when the profile's generator entry says trust_remote_code: true
         self.tokenizer = AutoTokenizer.from_pretrained(lm_src, use_fast=True, trust_remote_code=self.trust_remote_code)
         self.tower = I3ResNet(tuple(p.get("blocks", (3, 8, 36, 3))), int(p.get("width", 64)))

@@ -45,6 +45,19 @@ def test_rag_embed_takes_the_same_set_as_extract(data_root):
     assert _same_cohort(rag, data_root) == _same_cohort(ext, data_root)
 
 
+def _opens_the_set_b_store(call) -> None:
+    """``call`` reaches the set-b store extract writes: the mocked reader gets its path, or opening it fails naming it."""
+    expected = str(paths.store_path(load_spec(), "physionet2012", {"set": "b"}))
+    try:
+        call()
+    except Reached as got:
+        assert got.args[0] == expected
+    except StoreError as got:
+        assert str(got).startswith(f"{expected}: ")
+    else:
+        raise AssertionError("the CLI neither opened nor named the store")
+
+
 def test_train_run_opens_the_store_extract_set_b_wrote(monkeypatch):
     import train.__main__ as cli
     import train.experiment
@@ -52,15 +65,9 @@ def test_train_run_opens_the_store_extract_set_b_wrote(monkeypatch):
     def reached(store, *a, **kw):
         raise Reached(store)
     monkeypatch.setattr(train.experiment, "run_experiment", reached)
-    expected = str(paths.store_path(load_spec(), "physionet2012", {"set": "b"}))
-    try:                                   # the run opens that store first (refused when absent, naming it)
-        cli._train(["--dataset", "physionet2012", "--set", "b", "--methods", "meanavg", "--seeds", "1"])
-    except Reached as got:
-        assert got.args[0] == expected
-    except StoreError as got:
-        assert str(got).startswith(f"{expected}: ")
-    else:
-        raise AssertionError("train run neither opened nor named the store")
+    # the run opens that store first (refused when absent, naming it)
+    _opens_the_set_b_store(lambda: cli._train(["--dataset", "physionet2012", "--set", "b", "--methods", "meanavg",
+                                                "--seeds", "1"]))
 
 
 def test_train_evaluate_opens_the_store_extract_set_b_wrote(monkeypatch):
@@ -71,15 +78,8 @@ def test_train_evaluate_opens_the_store_extract_set_b_wrote(monkeypatch):
     import train.checkpoint
     monkeypatch.setattr(train.checkpoint, "load_checkpoint", lambda path: ({}, {}, None))
     monkeypatch.setattr(train.checkpoint, "data_for", reached)
-    expected = str(paths.store_path(load_spec(), "physionet2012", {"set": "b"}))
-    try:                                   # evaluate opens that store (its split is checked first: absent, refused)
-        cli._evaluate(["--checkpoint", "x.pt", "--dataset", "physionet2012", "--set", "b"])
-    except Reached as got:
-        assert got.args[0] == expected
-    except StoreError as got:
-        assert str(got).startswith(f"{expected}: ")
-    else:
-        raise AssertionError("train evaluate neither opened nor named the store")
+    # evaluate opens that store (its split is checked first: absent, refused naming it)
+    _opens_the_set_b_store(lambda: cli._evaluate(["--checkpoint", "x.pt", "--dataset", "physionet2012", "--set", "b"]))
 
 
 def test_extract_import_writes_into_the_set_b_store(tmp_path, monkeypatch):
