@@ -54,9 +54,11 @@ def test_own_cohort_from_a_spreadsheet_end_to_end(tmp_path, data_root, tiny_bert
     mods["wsi"]["preprocess"].update(max_tiles=12, tile_batch=8, threads=2)
     (folder / "my.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    out = _cli("extract", "--config", "my.yaml", "--dataset", "mycohort", "--no-rag", "--quiet", cwd=folder).stdout
+    # the command as it is, RAG experts included (the MedlinePlus index is built on first use)
+    out = _cli("extract", "--config", "my.yaml", "--dataset", "mycohort", "--quiet", cwd=folder).stdout
     store = Store(tmp_path / "stores" / "mycohort.zarr")
     assert store.ids() == cohort["ids"]
+    assert {m for m in ("note", "ehr") if "rag" in store.root[f"embeddings/{m}"].group_keys()} == {"note", "ehr"}
     for modality, given in cohort["given"].items():
         for expert in store.root[f"embeddings/{modality}"].group_keys():
             valid = store.expert_group(modality, expert).group["valid"][:]

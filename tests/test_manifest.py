@@ -138,7 +138,7 @@ def test_labels_split_column_and_bad_cells(cohort, data_root, tmp_path):
         _adapter(cfg, data_root).ids()
 
 
-def test_a_missing_column_and_parquet_without_pyarrow_are_one_line_errors(cohort, data_root, tmp_path):
+def test_a_missing_column_and_parquet_without_pyarrow_are_one_line_errors(cohort, data_root, tmp_path, monkeypatch):
     config, table = cohort
     raw = yaml.safe_load(config.read_text())
     raw["datasets"]["cohort"]["modalities"]["ct"] = {"kind": "ct"}
@@ -147,11 +147,38 @@ def test_a_missing_column_and_parquet_without_pyarrow_are_one_line_errors(cohort
         _adapter(config, data_root).ids()
     pq = tmp_path / "cohort.parquet"
     pq.write_bytes(b"PAR1")
-    from plugins.datasets.manifest import read_table
     import importlib.util
-    if importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet"):
-        pytest.skip("a Parquet engine is installed here")
+    from plugins.datasets import manifest
+    real = importlib.util.find_spec
+    monkeypatch.setattr(manifest.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("pyarrow", "fastparquet") else real(name, *a))
     with pytest.raises(ValueError, match="reading Parquet needs the package pyarrow"):
+        manifest.read_table(pq)
+
+
+def test_a_parquet_manifest_reads_as_its_csv(cohort, data_root, tmp_path):
+    """The same cohort saved as Parquet (typed columns: integers with empty cells, strings with nulls) gives the
+    same ids, split, labels and rows; a damaged Parquet file is one line naming it."""
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+    from plugins.datasets.manifest import read_table
+    config, table = cohort
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    frame["age"] = pd.array([int(a) if a else None for a in frame["age"]], dtype="Int64")
+    frame = frame.replace("", None)
+    pq = table.with_suffix(".parquet")
+    frame.to_parquet(pq)
+    assert read_table(pq).to_dict("records") == read_table(table).to_dict("records")
+    raw = yaml.safe_load(config.read_text())
+    raw["datasets"]["cohort"]["path"] = str(pq)
+    (tmp_path / "pq.yaml").write_text(yaml.safe_dump(raw))
+    a, b = _adapter(config, data_root), _adapter(tmp_path / "pq.yaml", data_root)
+    assert a.ids() == b.ids() and a.split() == b.split()
+    np.testing.assert_array_equal(a.labels()["outcome"], b.labels()["outcome"])
+    for m in ("note", "ehr", "cxr"):
+        assert [type(x).__name__ for x in a.load(m, range(5))] == [type(x).__name__ for x in b.load(m, range(5))]
+    pq.write_bytes(b"PAR1 not a table")
+    with pytest.raises(ValueError, match=r"cohort.parquet: not a readable Parquet table"):
         read_table(pq)
 
 

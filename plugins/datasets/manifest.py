@@ -96,7 +96,11 @@ def read_table(path: Path) -> pd.DataFrame:
         if not (importlib.util.find_spec("pyarrow") or importlib.util.find_spec("fastparquet")):
             raise InputError(f"{path}: reading Parquet needs the package pyarrow (not installed): "
                              "pip install pyarrow, or save the table as CSV")
-        return pd.read_parquet(path).astype(object).where(lambda d: d.notna(), "").astype(str)
+        try:       # nullable dtypes: an integer column with empty cells stays "1", not "1.0"
+            table = pd.read_parquet(path, dtype_backend="numpy_nullable")
+        except (OSError, ValueError) as e:       # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"{path}: not a readable Parquet table ({describe(e)})") from None
+        return table.apply(lambda col: [("" if pd.isna(v) else str(v)) for v in col]).astype(str)
     if not name.endswith((".csv", ".tsv", ".txt")):
         raise InputError(f"{path}: a manifest is a .csv, .tsv or .parquet table")
     return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False,
