@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import hashlib as _h
 import os
 import shlex
 import subprocess
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
+
+from stores.store import file_digest
 
 
 class SourceError(RuntimeError):
@@ -238,11 +239,7 @@ def file_sha256(path: str | Path, limit_mb: int = 2048) -> str | None:
     p = Path(path)
     if not p.is_file() or p.stat().st_size > limit_mb * 2**20:
         return None
-    h = _h.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(p)
 
 
 def weights_sha256(location: str) -> dict[str, str]:

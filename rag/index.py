@@ -23,6 +23,7 @@ import faiss  # noqa: E402
 
 from stores.numeric import l2_normalise
 from stores.spec import canonical_hash
+from stores.store import file_digest
 
 from .corpus import Passage, corpus_hash
 from .fusion import rrf
@@ -138,18 +139,12 @@ def build_index(folder: Path, passages: list[Passage], encoder, kind: str = "fla
         raise
 
 
-def _file_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file of a saved index but meta.json (bm25/ included): checked at every open."""
-    import hashlib
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != "meta.json":
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[p.relative_to(folder).as_posix()] = h.hexdigest()
-    return out
+def _file_digests(folder: Path, names: list[str] | None = None) -> dict[str, str]:
+    """sha256 of the index's files (every file a build wrote but meta.json, bm25/ included; or ``names``): checked
+    at every open. Files added later beside them (the soft-prompt projection fits) carry their own hashes."""
+    paths = [folder / n for n in names] if names is not None else \
+        [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "meta.json"]
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in paths if p.is_file()}
 
 
 def _build_into(tmp: Path, folder: Path, passages: list[Passage], encoder, kind: str) -> RetrievalIndex:
@@ -194,7 +189,7 @@ def load_index(folder: Path) -> RetrievalIndex:
                 raise CorruptIndex(f"{folder / name}: {(folder / name).stat().st_size} bytes, meta.json says {size}")
         if "file_sha256" not in meta:
             raise CorruptIndex(f"{folder}: written before content hashes (meta.json has no file_sha256)")
-        have = _file_digests(folder)
+        have = _file_digests(folder, list(meta["file_sha256"]))
         changed = sorted(n for n in set(have) | set(meta["file_sha256"]) if have.get(n) != meta["file_sha256"].get(n))
         if changed:
             raise CorruptIndex(f"{folder / changed[0]}: content does not match its sha256 in meta.json")

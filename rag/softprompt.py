@@ -7,6 +7,8 @@ embedding to the mean input-token embedding of that passage's text under the LM'
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import torch
 
 from plugins.encoders.hf_text import pool_hidden
 from stores.spec import canonical_hash
+from stores.store import file_digest
+
+log = logging.getLogger("medmix.rag")
 
 
 @dataclass
@@ -38,17 +43,32 @@ def fit_projection(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> Project
 
 
 def projection_for(folder: Path, passages_text: list[str], passage_vectors: np.ndarray, lm) -> Projection:
-    """Load the projection fitted for this index + LM, or fit and save it."""
+    """Load the projection fitted for this index + LM, or fit and save it. The weights' sha256 sits in the JSON
+    beside them and is checked at load (a changed or half-written file is fitted again, with a warning); both files
+    are written whole (temporary name, then rename) under a lock, so concurrent workers fit once."""
+    from filelock import FileLock
     key = canonical_hash({"lm": lm.identity(), "n": len(passages_text), "vectors_sum": float(passage_vectors.sum())})[:16]
     wf, mf = folder / f"projection-{key}.npz", folder / f"projection-{key}.json"
-    if wf.exists() and mf.exists():
-        with np.load(wf, allow_pickle=False) as z:
-            return Projection(z["weight"], z["bias"])
-    target = mean_token_embedding(lm, passages_text)
-    proj = fit_projection(passage_vectors, target)
-    np.savez(wf, weight=proj.weight, bias=proj.bias)
-    resid = float(np.mean((proj(passage_vectors) - target) ** 2) / max(np.var(target), 1e-12))
-    mf.write_text(json.dumps({"lm": lm.identity(), "relative_mse": resid}, indent=2))
+    with FileLock(str(wf) + ".lock"):
+        if wf.exists() and mf.exists():
+            try:
+                want = json.loads(mf.read_text()).get("sha256")
+                if want and file_digest(wf) == want:
+                    with np.load(wf, allow_pickle=False) as z:
+                        return Projection(z["weight"], z["bias"])
+                log.warning("%s: content does not match the sha256 in %s: fitting it again", wf, mf.name)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: unreadable (%s): fitting it again", wf, exc)
+        target = mean_token_embedding(lm, passages_text)
+        proj = fit_projection(passage_vectors, target)
+        tmp = wf.with_name(f".{wf.stem}.tmp.npz")
+        np.savez(tmp, weight=proj.weight, bias=proj.bias)
+        resid = float(np.mean((proj(passage_vectors) - target) ** 2) / max(np.var(target), 1e-12))
+        tmp_meta = mf.with_name(f".{mf.name}.tmp")
+        tmp_meta.write_text(json.dumps({"lm": lm.identity(), "relative_mse": resid, "sha256": file_digest(tmp)},
+                                       indent=2))
+        os.replace(tmp, wf)
+        os.replace(tmp_meta, mf)
     return proj
 
 

@@ -133,6 +133,7 @@ def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
     loading bar, Hugging Face downloads, bm25s DEBUG lines)."""
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE)   # a no-op where logging is set up
     logging.getLogger("medmix").setLevel(level)
+    logging.getLogger("bm25s").setLevel(max(level, logging.INFO))    # it sets DEBUG on its own logger
     if quiet or not is_terminal():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -153,6 +153,15 @@ def parse_checksum(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in str(text).split(",") if "=" in part)
 
 
+def file_digest(path) -> str:
+    """sha256 of a file's bytes, read in blocks (index files, projection fits, weight files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
 def json_digest(obj) -> str:
     """sha256 of canonical JSON (sorted keys): attributes are sealed with it."""
     import json

@@ -196,6 +196,10 @@ def test_implausible_physionet_values_are_dropped_and_counted(tmp_path, data_roo
     assert row["fields"]["categorical"]["Gender"] is None
     assert np.nanmax(ehr["series"][:, 14]) < 1000 and "HR 999999 outside the plausible range 0..350" in caplog.text
     assert a.version.startswith("3+")
+    caplog.clear()                                 # a warning once per modality; the next units' counts at INFO
+    with caplog.at_level(logging.INFO, "medmix.datasets"):
+        a.load("ehr", [0])
+    assert [r.levelname for r in caplog.records if "implausible" in r.getMessage()] == ["INFO"]
 
 
 def test_plausibility_rules_are_validated_in_the_spec(tmp_path):

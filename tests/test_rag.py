@@ -98,6 +98,33 @@ def test_stale_index_is_rebuilt(tmp_path, tiny_bert_dir):
     assert ids.shape == (1, 2) and (np.diff(scores[0]) <= 0).all()
 
 
+def test_a_projection_fit_beside_the_index_is_kept_and_checked(tmp_path, tiny_bert_dir, caplog):
+    """The soft-prompt projection saved in the index folder does not make the index look corrupt (the demo rebuilt
+    its index at every open before), is loaded again unchanged, and a changed weights file is fitted again."""
+    from rag.softprompt import projection_for
+    enc = build_encoder("medcpt_article", EncoderOptions(source=str(tiny_bert_dir))).load()
+    path = tmp_path / "c.xml"
+    path.write_text(XML)
+    passages = to_passages(load_topics(path))
+    idx = open_index(tmp_path / "index", passages, enc)
+    texts = [p.text for p in passages]
+    first = projection_for(idx.folder, texts, idx.vectors, enc)
+    built = (tmp_path / "index" / "index.faiss").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medmix.rag"):
+        again = open_index(tmp_path / "index", passages, enc)
+        reloaded = projection_for(again.folder, texts, again.vectors, enc)
+    assert not [r for r in caplog.records if r.levelno >= 30], caplog.text
+    assert (tmp_path / "index" / "index.faiss").stat().st_mtime_ns == built                    # not rebuilt
+    np.testing.assert_array_equal(reloaded.weight, first.weight)
+    (npz,) = (tmp_path / "index").glob("projection-*.npz")
+    np.savez(npz, weight=np.zeros_like(first.weight), bias=first.bias)                        # changed behind its back
+    with caplog.at_level("WARNING", logger="medmix.rag"):
+        refit = projection_for(again.folder, texts, again.vectors, enc)
+    assert "does not match the sha256" in caplog.text
+    np.testing.assert_allclose(refit.weight, first.weight, rtol=1e-5, atol=1e-6)
+
+
 def test_hybrid_is_reciprocal_rank_fusion(tmp_path, tiny_bert_dir):
     enc = build_encoder("medcpt_article", EncoderOptions(source=str(tiny_bert_dir))).load()
     path = tmp_path / "c.xml"

@@ -64,6 +64,7 @@ class PhysioNet2012(DatasetAdapter):
         super().__init__(*args, **kwargs)
         self.version = rules_version(type(self).version, self.spec)
         self.dropped: Counter = Counter()      # variable -> implausible observations dropped (this process)
+        self._warned: set[str] = set()         # modalities whose drops were already a warning (this process)
 
     @property
     def set_name(self) -> str:
@@ -158,11 +159,14 @@ class PhysioNet2012(DatasetAdapter):
     def _warn_dropped(self, modality: str, rids: list[str]) -> None:
         """One warning per load call: how many of its records had implausible observations dropped, and examples."""
         hit = [(rid, rec["dropped"]) for rid in rids if (rec := self._record(rid)).get("dropped")]
-        if hit:
+        if hit:       # a warning the first time per modality (and process), then a line per unit at INFO
             n = sum(len(d) for _, d in hit)
-            log.warning("%s: %d implausible observation(s) dropped in %d of %d record(s) (rules: pipelines.yaml "
-                        "plausible), e.g. %s: %s", modality, n, len(hit), len(rids), self._member(hit[0][0]),
-                        "; ".join(hit[0][1][:2]))
+            first = modality not in self._warned
+            self._warned.add(modality)
+            log.log(logging.WARNING if first else logging.INFO,
+                    "%s: %d implausible observation(s) dropped in %d of %d record(s) (rules: pipelines.yaml "
+                    "plausible), e.g. %s: %s%s", modality, n, len(hit), len(rids), self._member(hit[0][0]),
+                    "; ".join(hit[0][1][:2]), "; the other units' counts follow at INFO" if first else "")
 
     def _implausible(self, param: str, value: float, line: str, dropped: list[str]) -> bool:
         """True (and counted) when the spec's rule for ``param`` rejects ``value``: the observation is dropped."""
