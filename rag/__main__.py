@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from plugins.request import ExtractRequest
-from stores.cli import Parser, is_terminal, setup_logging
+from stores.cli import Parser, setup_logging
 from stores.spec import load_spec
 from stores.table import format_table
 
@@ -30,6 +30,8 @@ def _common_options(ap: argparse.ArgumentParser, suppress: bool) -> None:
     ap.add_argument("--sentence-fusion", action=argparse.BooleanOptionalAction, default=d(None),
                     help="override: rank each sentence of a long text and fuse the rankings (RRF)")
     ap.add_argument("--index-dir", default=d(None), help="where the index lives (default: under the model cache)")
+    ap.add_argument("--quiet", action="store_true", default=d(False),
+                    help="no progress (bars on a terminal, timestamped lines elsewhere); third-party chatter silenced")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +134,7 @@ def _adapt(args, spec, svc) -> None:
 
 def _embed(args, spec, svc) -> None:
     from .embed import embed_dataset
-    request = ExtractRequest.from_args(args).resolved(progress=is_terminal())     # bars only on a terminal
+    request = ExtractRequest.from_args(args).resolved(progress=not args.quiet)     # a bar on a terminal, else lines
     counts = embed_dataset(request, service=svc)
     print(format_table([{"expert": k, "ok": v[0], "missing": v[1], "failed": v[2]} for k, v in counts.items()]))
 
@@ -142,7 +144,7 @@ COMMANDS = {"build-index": _build_index, "search": _search, "eval": _eval, "adap
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    setup_logging()
+    setup_logging(quiet=args.quiet)
     spec = load_spec(args.config)
     COMMANDS[args.cmd](args, spec, _service(args, spec))
     return 0

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from stores.cli import Progress
 
 from .adapted import HELDOUT_FRACTION, PROVENANCE, SPLIT_SEED, adapted_root, split_topics
 from .fusion import split_sentences
@@ -152,7 +153,8 @@ def adapt_encoder(encoder, topics, passages, out: Path, recipe: Recipe | None = 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     t0, rng = time.perf_counter(), random.Random(recipe.seed)
-    with torch.enable_grad(), tqdm(total=steps, desc=f"adapt {encoder.card.key}", unit="batch", disable=not progress) as bar:
+    with torch.enable_grad(), Progress(steps, f"adapt {encoder.card.key}", unit="batch", enabled=progress,
+                                       logger="medmix.rag") as bar:
         for epoch in range(recipe.epochs):
             order = pairs[:]
             if epoch:

@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from plugins.datasets.base import Failed, LIMIT, Missing, get_adapter
 from plugins.inputs import check_input, halve_batch, load_rows, run_isolated
 from plugins.request import ExtractRequest
 from stores import paths
+from stores.cli import Progress
 from stores.errors import reason
 from stores.provenance import group_provenance
 from stores.spec import canonical_hash, load_spec
@@ -158,8 +158,8 @@ def _texts(job: _Job, rows: list[int]) -> list:
 def _embed_units(group, pending: list, svc: RagService, job: _Job, progress: bool) -> tuple:
     """Each pending unit: texts -> RAG vectors (one bad text fails alone; out of memory halves the batch) ->
     written, marker last. Returns (ok, missing, failed, {})."""
-    bar = tqdm(total=sum(u.stop - u.start for u in pending), desc=f"{job.modality}/rag", unit="item",
-               disable=not progress)
+    bar = Progress(sum(u.stop - u.start for u in pending), f"{job.modality}/rag", enabled=progress,
+                   logger="medmix.rag")
     totals = np.zeros(3, int)
     for unit in pending:
         texts = _texts(job, list(range(unit.start, unit.stop)))

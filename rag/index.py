@@ -16,11 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)    # its AVX512/AVX2 probing is not news to a user
 import faiss  # noqa: E402
 
+from stores.cli import Progress
 from stores.numeric import l2_normalise
 from stores.spec import canonical_hash
 from stores.store import file_digest
@@ -152,7 +152,7 @@ def _build_into(tmp: Path, folder: Path, passages: list[Passage], encoder, kind:
     t0 = time.perf_counter()
     docs, step = [p.as_document() for p in passages], 256
     inputs = [encoder.article_input(p.title, p.text) for p in passages]      # as the encoder reads articles (MedCPT)
-    with tqdm(total=len(docs), desc=f"index ({encoder.card.key})", unit="passage") as bar:   # rate and ETA
+    with Progress(len(docs), f"index ({encoder.card.key})", unit="passage", logger="medmix.rag") as bar:
         parts = []
         for i in range(0, len(docs), step):
             parts.append(encoder.encode(inputs[i:i + step]))

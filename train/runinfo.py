@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from stores.cli import add_log_file, version_text
+from stores.errors import InputError
 from stores.provenance import code_version, package_versions
 
 
@@ -36,3 +37,21 @@ def start_run(out_dir: Path, argv: list[str], resolved: dict) -> logging.Handler
 def end_run(handler: logging.Handler) -> None:
     logging.getLogger().removeHandler(handler)
     handler.close()
+
+
+def kept_timings(path: Path, reused_key: str | None, key: str, measured: dict) -> dict:
+    """Wall times kept in ``path`` under ``key``: when this run reused the work of ``reused_key`` (its config hash)
+    and the kept times are that config's, they are returned with this run's total as ``rerun_s``; otherwise this
+    run's times are the cold ones and are kept."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if reused_key is not None and old.get("config_hash") == reused_key:
+        return {**{k: old[k] for k in measured}, "rerun_s": round(sum(measured.values()), 1)}
+    path.write_text(json.dumps({"config_hash": key, **measured}))
+    return dict(measured)
+
+
+def seeds_count(text: str) -> int:
+    """``--seeds``: how many seeds (>= 1); ``--seed`` is the first."""
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"--seeds {text}: expected a number of seeds >= 1 (the count; --seed sets the first seed)")
+    return int(text)

@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from stores.cli import INSTALL_HINTS
+from stores.cli import INSTALL_HINTS, Progress
 from stores.errors import describe
 from stores.provenance import group_provenance
 from stores.store import Store
@@ -175,9 +174,8 @@ def run(ctx: Context, plans: dict[str, list[Job]], executor=None, progress: bool
                 summary.retried_units[key] = len(retry)
             if pend or retry:
                 pending_jobs.append((job, pend, retry))
-                if progress:
-                    bars[key] = tqdm(total=sum(u.stop - u.start for u in group.units() if u.index in pend | retry),
-                                     unit="item", desc=f"{key} ({job.model})", leave=True)
+                bars[key] = Progress(sum(u.stop - u.start for u in group.units() if u.index in pend | retry),
+                                     f"{key} ({job.model})", enabled=progress, logger="medmix.extract")
         if not pending_jobs:
             continue
         for unit in store.expert_group(mod, pending_jobs[0][0].name, pending_jobs[0][0].config_hash).units():
