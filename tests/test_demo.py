@@ -26,7 +26,8 @@ def test_demo_wiring_on_real_data(tmp_path, data_root):
         assert f"## {ds}" in report
         res = json.loads((out / ds / "results.json").read_text())
         # a store with one modality would run no drop protocol (tests/test_train_*); these have several
-        assert (out / ds / "test_multi_auroc.png").exists() == (len(res["layout"]) > 1)
+        curves = sorted(p.name for p in (out / ds).glob("test_multi_auroc*.png"))     # one per task
+        assert len(curves) == (len(res["tasks"]) if len(res["layout"]) > 1 else 0), curves
         assert (res["protocols"] == ["none"]) == (len(res["layout"]) == 1)
         store = Store(tmp_path / "stores" / f"{ds}-limit40.zarr")
         assert verify(store) == []
@@ -36,6 +37,8 @@ def test_demo_wiring_on_real_data(tmp_path, data_root):
     for ds in ("mmist", "physionet2012"):       # PhysioNet: ehr + demographics, so it has curves too
         section = report.split(f"## {ds}")[1].split("\n## ")[0]
         assert "test_multi@0.3" in section and "test_drop_one@0.5" in section and "loss to test_multi@0.7" in section
+        for t in json.loads((out / ds / "results.json").read_text())["tasks"]:       # never averaged: per task
+            assert f"Missing-modality protocols, task {t['name']} (AUROC" in section
 
 
 @pytest.mark.slow

@@ -196,17 +196,24 @@ def test_ablation_plan_covers_distillation_intra_fusion_roles_and_modalities():
     assert single.layout == {"a": ["e1"], "b": ["e0"]}
 
 
-def test_protocol_rows_report_the_loss_to_the_harshest_multi_drop():
+def test_protocol_rows_are_per_task_with_cis_and_the_loss_to_the_harshest_multi_drop():
     from train.report import protocol_rows
 
-    def cell(mean):
-        return {"auroc": {"mean": mean, "std": 0.0}}
+    def cell(t1, t2):          # two tasks: never averaged, each its own table
+        return {"tasks": {"t1": {"auroc": {"mean": t1, "std": 0.01}}, "t2": {"auroc": {"mean": t2, "std": 0.02}}}}
     results = {"protocols": ["none", "test_multi@0.3", "test_multi@0.7", "test_drop_one@0.5"],
-               "methods": {"a": {"protocols": {"none": cell(0.80), "test_multi@0.3": cell(0.75),
-                                               "test_multi@0.7": cell(0.60), "test_drop_one@0.5": cell(0.78)}},
-                           "b": {"protocols": {"none": cell(0.90)}}}}
-    a, b = protocol_rows(results)
-    assert a["loss to test_multi@0.7"] == "+0.2000" and a["test_drop_one@0.5"].startswith("0.78")
+               "methods": {"a": {"protocols": {"none": cell(0.80, 0.60), "test_multi@0.3": cell(0.75, 0.58),
+                                               "test_multi@0.7": cell(0.60, 0.55), "test_drop_one@0.5": cell(0.78, 0.59)}},
+                           "b": {"protocols": {"none": cell(0.90, 0.70)}}},
+               "bootstrap": {"methods": {"a": {"t1": {"auroc": {"value": 0.81, "ci95": [0.7, 0.9]}}}},
+                             "protocols": {"test_multi@0.7": {"a": {"t1": {"auroc": {"value": 0.6,
+                                                                                      "ci95": [0.5, 0.7]}}}}}}}
+    a, b = protocol_rows(results, "t1")
+    assert a["none"] == "0.8000 ± 0.0100 [0.700, 0.900]" and a["test_multi@0.7"] == "0.6000 ± 0.0100 [0.500, 0.700]"
+    assert a["loss to test_multi@0.7"] == "+0.2000" and a["test_drop_one@0.5"] == "0.7800 ± 0.0100"
     assert b["loss to test_multi@0.7"] == ""                      # a method without that protocol: no figure
+    assert protocol_rows(results, "t2")[0]["loss to test_multi@0.7"] == "+0.0500"
     assert "loss to" not in protocol_rows({"protocols": ["none", "test_drop_one@0.5"],
-                                           "methods": {"a": results["methods"]["a"]}})[0]
+                                           "methods": {"a": results["methods"]["a"]}}, "t1")[0]
+
+

@@ -20,7 +20,8 @@ from train.stats import binary_fast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train_store import FAST, _write, make_store  # noqa: E402
 
-TWO_SEEDS = [*FAST[2:], "--seeds", "2", "--bootstrap", "200"]
+TWO_SEEDS = [*FAST[2:], "--seeds", "2", "--bootstrap", "200", "--protocol",
+             "none,test_multi@0.3,test_multi@0.5"]
 
 
 def _run(tmp_path, out="run", extra=()):
@@ -54,8 +55,13 @@ def test_a_run_writes_per_task_results_with_cis_predictions_figures_and_its_reco
     assert {r["seed"] for r in rows} == {"0", "1"} and {r["split"] for r in rows} == {"val", "test"}
     assert len(rows) == 2 * (res["split_sizes"]["val"] + res["split_sizes"]["test"])
     assert all(r["predicted"] == str(int(float(r["probability"]) >= float(r["threshold"]))) for r in rows)
-    for png in ("curves_y.png", "confusion_y.png", "medmix_weights.png"):
+    for png in ("curves_y.png", "confusion_y.png", "medmix_weights.png", "test_multi_auroc.png"):
         assert (out / png).stat().st_size > 1000
+    # the missing-modality curve's points carry bootstrap CIs of their own, shown per task
+    drop = boot["protocols"]["test_multi@0.5"]["medmix"]["y"]["auroc"]
+    assert drop["ci95"][0] <= drop["value"] <= drop["ci95"][1]
+    assert "## Missing-modality protocols, task y (AUROC; mean ± std over 2 seeds; [95% CI]" in md
+    assert f"[{drop['ci95'][0]:.3f}, {drop['ci95'][1]:.3f}]" in md
     run = json.loads((out / "run.json").read_text())
     assert run["command"].startswith("python -m train --dataset toy") and run["resolved"]["seeds"] == [0, 1]
     assert run["resolved"]["recipe_resolved"]["max_epochs"] == 3 and "torch" in run["packages"]

@@ -111,7 +111,7 @@ def _demo(args, out: Path, recipe) -> int:
 
 
 def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table, limit=None) -> dict:
-    from .report import PROTOCOLS_NOTE, fmt, protocol_rows
+    from .report import fmt, protocol_lines
     store = Store(store_path)
     cov = coverage(store)
     rows = [{"modality": c["modality"], "expert": c["expert"], "model": c["model"], "role": c["role"], "dim": c["dim"],
@@ -131,8 +131,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
                            for m, v in w["fusion"].items()]), ""]
     text += ["### Missing modalities at test time", ""]
     if any(p != "none" for p in results["protocols"]):
-        text += [md_table(protocol_rows(results)) + f"\n\n({PROTOCOLS_NOTE})", "",
-                 f"![AUROC vs test-time drop rate]({ds}/test_multi_auroc.png)", ""]
+        text += protocol_lines(results, "####", f"{ds}/")
     else:
         text += ["Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]
     text += ["### Store coverage", "", md_table(rows), ""]

@@ -48,6 +48,7 @@ class Run:
     views: dict = field(default_factory=dict)
     tuned: dict = field(default_factory=dict)
     preds: dict = field(default_factory=dict)      # method -> {"prob", "thresholds", "rows"} (protocol none)
+    proto_preds: dict = field(default_factory=dict)    # protocol -> method -> {"prob", "thresholds"} (test rows)
 
     def inputs(self, r: Recipe, sub=None, split=None) -> Data:
         """The inputs recipe ``r`` trains on (normalised or raw, one preparation), ablation view applied; a fold's
@@ -203,6 +204,9 @@ def _finish(run: Run, results: dict, store: Store, n_boot: int | None) -> None:
         ys = {t["name"]: y[:, t["cols"]] for t in run.data.tasks}
         t0 = time.perf_counter()
         results["bootstrap"] = bootstrap(run.data.tasks, ys, run.preds, "medmix", n_boot)
+        results["bootstrap"]["protocols"] = {          # the missing-modality curves' CIs (no paired differences)
+            proto: bootstrap(run.data.tasks, ys, preds, None, n_boot)["methods"]
+            for proto, preds in run.proto_preds.items()}
         log.info("bootstrap: %d resamples of %d test samples, %d methods: %.0f s", n_boot, len(test),
                  len(run.preds), time.perf_counter() - t0)
 
@@ -262,6 +266,8 @@ def _run_method(run: Run, results: dict, name, method, sub, large_mod, plan) -> 
                 keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
                 masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
             res = evaluate_split(model, mdata, "test", th, masks)
+            if proto_name != "none":
+                _keep_protocol_predictions(run, proto_name, name, model, mdata, th, masks)
             per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items()
                                                                      if k not in ("mean", "degenerate")},
                              "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
@@ -291,7 +297,6 @@ def _first_seed_outputs(run, results, entry, name, method, model, mdata, m_recip
 def _keep_predictions(run: Run, name: str, model, data: Data, th: dict, seed: int) -> None:
     """Validation and test rows' outputs of one seed: the predictions table, and the test probabilities the
     bootstrap resamples."""
-    from .metrics import probabilities
     from .predictions import rows_for
     idx = torch.cat([data.rows("val"), data.rows("test")])
     logits = predict(model, data, idx).logits.cpu().numpy()
@@ -300,8 +305,24 @@ def _keep_predictions(run: Run, name: str, model, data: Data, th: dict, seed: in
     p = run.preds.setdefault(name, {"prob": {}, "thresholds": {}, "rows": []})
     p["rows"] += rows_for(list(rows_idx), data.split[rows_idx], data.tasks, logits, y, th, seed)
     test = data.split[rows_idx] == SPLIT_CODES["test"]
-    for t in data.tasks:
-        p["prob"].setdefault(t["name"], []).append(probabilities(t, logits[test][:, t["out"]]))
+    _append_probabilities(p, data.tasks, logits[test], th)
+
+
+@torch.no_grad()
+def _keep_protocol_predictions(run: Run, proto_name: str, name: str, model, data: Data, th: dict, masks) -> None:
+    """Test rows' probabilities of one seed under a missing-modality protocol (its masks): what the protocol's
+    bootstrap CIs resample."""
+    logits = predict(model, data, data.rows("test"), masks).logits.cpu().numpy()
+    _append_probabilities(run.proto_preds.setdefault(proto_name, {}).setdefault(name, {"prob": {}, "thresholds": {}}),
+                          data.tasks, logits, th)
+
+
+def _append_probabilities(p: dict, tasks: list[dict], logits: np.ndarray, th: dict) -> None:
+    """One seed's test probabilities and thresholds per task, appended to ``p`` (the layout ``stats.ensemble``
+    averages over seeds)."""
+    from .metrics import probabilities
+    for t in tasks:
+        p["prob"].setdefault(t["name"], []).append(probabilities(t, logits[:, t["out"]]))
         cut = th.get(t["name"]) if t["type"] != "multiclass" else None
         p["thresholds"].setdefault(t["name"], []).append(np.full(t["out"].stop - t["out"].start, 0.5)
                                                          if cut is None else np.asarray(cut))

@@ -1,7 +1,7 @@
 """The run's figures (matplotlib PNG), from results.json and the per-sample predictions files: ROC and
 precision-recall curves per task (methods overlaid, chance as a line), a reliability diagram per task, the confusion
-matrix of each method at its validation-tuned threshold, missing-modality curves (mean over seeds, a band of ± 1 std
-over seeds, chance at 0.5) and MedMIX's router/fusion weights. Curves use each method's seed-averaged test
+matrix of each method at its validation-tuned threshold, missing-modality curves per task (the seed-averaged
+probabilities' AUROC with its 95% bootstrap CI band, chance at 0.5) and MedMIX's router/fusion weights. Curves use each method's seed-averaged test
 probabilities, the same the bootstrap resamples."""
 from __future__ import annotations
 
@@ -117,35 +117,58 @@ def confusion_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[
     return paths
 
 
+def missing_modality_png(results: dict, kind: str, task: str, metric: str = "auroc") -> str:
+    """The curve's file name: ``<kind>_<metric>.png``, with the task's name when the run has several tasks."""
+    several = len(results.get("tasks", [])) > 1
+    return f"{kind}_{metric}_{_safe(task)}.png" if several else f"{kind}_{metric}.png"
+
+
+def _curve_points(results: dict, e: dict, name: str, kind: str, task: str, metric: str, with_ci: bool) -> list:
+    """(drop rate, value, low, high) of one method: the seed-averaged probabilities' metric and its 95% bootstrap
+    CI, or (without bootstrap) the mean over seeds ± 1 std."""
+    boot = results.get("bootstrap", {})
+    pts = []
+    for p, v in e["protocols"].items():
+        if task not in v.get("tasks", {}) or not (p == "none" or p.startswith(kind + "@")):
+            continue
+        rate = 0.0 if p == "none" else float(p.split("@")[1])
+        if with_ci:
+            b = (boot["methods"] if p == "none" else boot["protocols"][p]).get(name, {}).get(task, {}).get(metric)
+            if not b or not b.get("ci95"):
+                continue
+            pts.append((rate, b["value"], *b["ci95"]))
+        else:
+            m = v["tasks"][task][metric]
+            pts.append((rate, m["mean"], m["mean"] - (m["std"] or 0.0), m["mean"] + (m["std"] or 0.0)))
+    return sorted(pts)
+
+
 def missing_modality_plots(results: dict, out_dir: Path, metric: str = "auroc") -> list[Path]:
-    """Metric vs drop rate per method: mean over seeds, ± 1 std band, chance (0.5 for AUROC) as a line."""
+    """Per task and protocol kind: metric vs drop rate per method, a 95% bootstrap CI band over the test patients
+    (± 1 std over seeds when the run kept no bootstrap), chance (0.5 for AUROC) as a line."""
+    with_ci = bool(results.get("bootstrap", {}).get("protocols"))
+    band = "band: 95% bootstrap CI over test patients" if with_ci else "band: ± 1 std over seeds"
     paths = []
-    for kind, title in KINDS:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        drew = False
-        for name, e in results["methods"].items():
-            pts = sorted((float(p.split("@")[1]), v[metric]["mean"], v[metric]["std"] or 0.0)
-                         for p, v in e["protocols"].items() if p.startswith(kind + "@"))
+    for task in [t["name"] for t in results.get("tasks", [])]:
+        for kind, title in KINDS:
+            pts = {name: _curve_points(results, e, name, kind, task, metric, with_ci)
+                   for name, e in results["methods"].items()}
+            pts = {k: v for k, v in pts.items() if len(v) > 1}
             if not pts:
                 continue
-            base = e["protocols"].get("none")
-            if base:
-                pts = [(0.0, base[metric]["mean"], base[metric]["std"] or 0.0)] + pts
-            x, y, s = map(np.asarray, zip(*pts))
-            line, = ax.plot(x, y, marker="o", label=name)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15)
-            drew = True
-        if not drew:
-            plt.close(fig)
-            continue
-        if metric == "auroc":
-            ax.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
-        ax.set(xlabel="drop rate", ylabel=metric.upper(),
-               title=f"{results['dataset']}: {title} (band: ± 1 std over seeds)")
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, Path(out_dir) / f"{kind}_{metric}.png"))
+            fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            for name, rows in pts.items():
+                x, y, lo, hi = map(np.asarray, zip(*rows))
+                line, = ax.plot(x, y, marker="o", label=name)
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            if metric == "auroc":
+                ax.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
+            ax.set(xlabel="drop rate", ylabel=metric.upper(),
+                   title=f"{results['dataset']}, {task}: {title}\n({band})")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            paths.append(_save(fig, Path(out_dir) / missing_modality_png(results, kind, task, metric)))
     return paths
 
 

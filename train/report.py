@@ -64,22 +64,44 @@ PROTOCOLS_NOTE = ("AUROC; `test_multi@r`: each modality of a test patient remove
                   "without drops minus AUROC at the harshest multi-random drop, smaller = more robust.")
 
 
-def protocol_rows(results: dict, metric: str = "auroc") -> list[dict]:
-    """Per method, the metric under no drop and under each missing-modality protocol run (mean ± std), and how much
-    it loses from no drop to the harshest test-time multi-random drop (the difference of the means: how fast the
-    curve falls, the robustness figure)."""
+def protocol_rows(results: dict, task: str, metric: str = "auroc") -> list[dict]:
+    """Per method, one task's metric under no drop and under each missing-modality protocol run (mean ± std over
+    seeds, then the 95% bootstrap CI of the seed-averaged probabilities), and how much it loses from no drop to the
+    harshest test-time multi-random drop (the difference of the means: how fast the curve falls)."""
     names = list(results["protocols"])
     harshest = max((p for p in names if p.startswith("test_multi@")), key=lambda p: float(p.split("@")[1]),
                    default=None)
+    boot = results.get("bootstrap", {})
+
+    def ci(p: str, name: str):
+        b = boot.get("methods", {}) if p == "none" else boot.get("protocols", {}).get(p, {})
+        return b.get(name, {}).get(task, {}).get(metric, {}).get("ci95")
+
     rows = []
     for name, e in results["methods"].items():
-        row = {"method": name, **{p: fmt(e["protocols"][p], metric) for p in names if p in e["protocols"]}}
+        ps = {p: v["tasks"][task] for p, v in e["protocols"].items() if task in v.get("tasks", {})}
+        row = {"method": name, **{p: fmt(ps[p], metric) + _ci(ci(p, name)) for p in names if p in ps}}
         if harshest and "none" in names:
-            ps = e["protocols"]
             row[f"loss to {harshest}"] = (f"{ps['none'][metric]['mean'] - ps[harshest][metric]['mean']:+.4f}"
                                           if "none" in ps and harshest in ps else "")
         rows.append(row)
     return rows
+
+
+def protocol_lines(results: dict, heading: str = "##", figure_dir: str = "") -> list[str]:
+    """Per task: the protocols table and its curve (results.md and the demo report)."""
+    from .plots import missing_modality_png
+    tasks = [t["name"] for t in results.get("tasks", [])]
+    how = f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed"
+    if results.get("bootstrap", {}).get("protocols"):
+        how += "; [95% CI]: bootstrap over the test samples of the seed-averaged probabilities"
+    lines = []
+    for task in tasks:
+        png = missing_modality_png(results, "test_multi", task)
+        lines += [f"{heading} Missing-modality protocols, task {task} (AUROC; {how})", "",
+                  md_table(protocol_rows(results, task)), f"({PROTOCOLS_NOTE})", "",
+                  f"![AUROC of {task} vs test-time drop rate]({figure_dir}{png})", ""]
+    return lines
 
 
 def md_table(rows: list[dict]) -> str:
@@ -110,10 +132,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
                   "[run.json](run.json), timestamped log in [run.log](run.log)).", ""]
     lines += _task_lines(results) + _overall_lines(results)
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
-    others = [p for p in results["protocols"] if p != "none"]
-    if others:
-        lines += ["## Missing-modality protocols (AUROC, mean over tasks)", "", md_table(protocol_rows(results)),
-                  f"({PROTOCOLS_NOTE})", ""]
+    if any(p != "none" for p in results["protocols"]):
+        lines += protocol_lines(results)
     skipped = {t: v["skipped_labels"] for name, e in results["methods"].items() for p in e["protocols"].values()
                for s in p["per_seed"] for t, v in s["tasks"].items() if v.get("skipped_labels")}
     if skipped:
