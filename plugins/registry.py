@@ -220,13 +220,18 @@ class Encoder:
         return self.card.modality
 
     def provenance(self) -> dict:
-        from .sources import weights_sha256
+        """What was loaded: for a hub id, the snapshot's commit (``resolved_revision``: what the configured revision,
+        or ``main``, pointed at when it was fetched) and its weight files' sha256, as for a local folder or package."""
+        from .sources import cached_snapshot, weights_sha256
         self.load()
         r = self.resolved
+        snap = cached_snapshot(r.location, self.options.revision) if r and r.kind == "hub" else None
+        files = str(snap) if snap else (r.location if r and r.kind != "hub" else None)
         return {"model": self.card.key, "family": self.card.family, "class": type(self).__name__,
                 "encoder_version": self.version, "licence": self.card.licence, **(r.provenance() if r else {}),
-                "revision": self.options.revision, "pooling": self.pooling, "max_length": self.max_length,
-                "weights_sha256": weights_sha256(r.location) if r and r.kind != "hub" else {},
+                "revision": self.options.revision, "resolved_revision": snap.name if snap else None,
+                "pooling": self.pooling, "max_length": self.max_length,
+                "weights_sha256": weights_sha256(files) if files else {},
                 "precision": str(self.precision).replace("torch.", ""), "device_type": self.device.type}
 
     def identity(self) -> dict:

@@ -76,7 +76,11 @@ def test_fetch_packs_a_profile_that_an_air_gapped_machine_reads(tmp_path, tiny_p
     groups = zarr.open_group(str(store), mode="r")["embeddings/ehr/chronos"]
     (group,) = [groups[k] for k in groups.group_keys()]
     assert group["valid"][:].tolist() == [1, 1, 1]
-    assert group.attrs["provenance"]["encoder_version"] == "2"
+    prov = group.attrs["provenance"]
+    assert prov["encoder_version"] == "2"
+    # the hub snapshot that was read is recorded: its commit and its weight files' sha256 (a later fetch of other
+    # weights is then refused on resume, as for a local folder)
+    assert prov["resolved_revision"] == SHA and prov["weights_sha256"] and prov["source_kind"] == "hub"
 
 
 def test_doctor_lists_every_paper_model_absent_with_how_to_get_it(tmp_path):
