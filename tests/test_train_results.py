@@ -169,3 +169,48 @@ def test_a_batch_without_any_known_label_is_skipped_not_a_crash(tmp_path):
     assert main(["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"),
                  "--batch-size", "1", "--max-epochs", "1", "--warmup-steps", "1", "--methods", "medmix,meanavg",
                  "--seeds", "1", "--tune", "none", "--no-probes", "--bootstrap", "0"]) == 0
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_with_the_same_results(tmp_path):
+    """A real kill (SIGKILL: no handler runs) after the first fits were kept: the same command finishes the rest,
+    and its results and predictions equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import time
+    root = Path(__file__).resolve().parent.parent
+    make_store(tmp_path / "s.zarr")
+    args = ["--dataset", "toy", "--store", str(tmp_path / "s.zarr"), *FAST[2:], "--seeds", "4", "--max-epochs", "30",
+            "--bootstrap", "100", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def train(out: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(tmp_path / out)], cwd=root,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert train("full").wait(timeout=900) == 0
+    proc, ledger = train("killed"), tmp_path / "killed" / "results.partial.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(ledger.read_text())["fits"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    kept = len(json.loads(ledger.read_text())["fits"])
+    assert 1 <= kept < 8
+    resumed = train("killed")
+    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()[-2000:]
+    log = (tmp_path / "killed" / "run.log").read_text()
+    assert f"= 8 fits; {kept} done already (results.partial.json): resuming" in log, log[-2000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "killed"))
+    for name in ("medmix", "meanavg"):
+        assert a["methods"][name]["protocols"]["none"]["tasks"] == b["methods"][name]["protocols"]["none"]["tasks"]
+    assert a["bootstrap"] == b["bootstrap"]
+    for f in ("medmix.csv", "meanavg.csv"):
+        assert (tmp_path / "full" / "predictions" / f).read_text() == (tmp_path / "killed" / "predictions" / f).read_text()
+    assert not ledger.exists()
