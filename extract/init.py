@@ -9,6 +9,7 @@ is a number). The YAML written holds only the dataset: the packaged profiles app
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import yaml
@@ -158,6 +159,9 @@ def task_type(col) -> tuple[dict, str]:
     return {"type": "multiclass", "labels": values}, f"{len(values)} classes: {', '.join(values)}"
 
 
+MRI_NAME = re.compile(r"(^|[^a-z])(mri|mr|t1w?|t2w?|flair|dwi|adc|swi)([^a-z]|$)", re.I)
+
+
 def guess_kind(col, folder: Path) -> tuple[str, str]:
     """A column's kind from its filled cells: file extensions (or folders) first, then free text, else a field."""
     from plugins.datasets.manifest import SUFFIXES
@@ -168,8 +172,12 @@ def guess_kind(col, folder: Path) -> tuple[str, str]:
         exts = [e for e in SUFFIXES[kind] if e != "/"]
         hits = [v for v in values if v.lower().endswith(tuple(exts)) or (kind == "ct" and _is_dir(folder, v))]
         if len(hits) == len(values):
-            return kind, f"{len(values)} of {len(col)} cells are {'/'.join(exts)} files" + (
+            why = f"{len(values)} of {len(col)} cells are {'/'.join(exts)} files" + (
                 " or folders (DICOM series)" if kind == "ct" else "")
+            if kind == "ct" and MRI_NAME.search(str(col.name)):   # a volume is CT or MRI: only the name tells
+                return "mri", why + f", and the column name {col.name!r} says MRI"
+            return kind, why + (" (CT: a column named like mri/t1/t2/flair would be MRI; --kind COL=mri)"
+                                if kind == "ct" else "")
     if all(v.lower().endswith(".txt") for v in values) and _looks_like_text(folder / values[0]):
         return "note", f"{len(values)} .txt files holding prose"
     if all(v.lower().endswith((".csv", ".tsv", ".txt")) for v in values):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 
 class _Closed(BaseModel):
@@ -46,6 +46,22 @@ class CtPreprocess(_Closed):
     reader: CtReaderSettings = CtReaderSettings()
 
 
+class MriPreprocess(_Closed):
+    """MRI volumes through the same readers and 2.5D slicing as CT; intensities have no physical unit, so each volume
+    is windowed at its own intensity percentiles (not HU) before scaling to [0, 1]."""
+    slices: int = Field(48, gt=0)
+    percentiles: tuple[float, float] = (0.5, 99.5)     # per-volume window: these percentiles of its voxels
+    size: int = Field(224, gt=0)
+    reader: CtReaderSettings = CtReaderSettings()
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError(f"percentiles {list(v)}: expected 0 <= low < high <= 100")
+        return v
+
+
 class WsiPreprocess(_Closed):
     mpp: float = Field(0.5, gt=0)                      # microns per pixel of the tiles
     tile: int = Field(224, gt=0)
@@ -59,5 +75,5 @@ class WsiPreprocess(_Closed):
 
 # the modality kinds (stores/spec.py's ``Kind`` is this list) and each kind's settings; tabular: a structured record
 PREPROCESS: dict[str, type[_Closed]] = {"cxr": CxrPreprocess, "note": TextPreprocess, "ehr": EhrPreprocess,
-                                        "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": NoPreprocess,
+                                        "ct": CtPreprocess, "wsi": WsiPreprocess, "mri": MriPreprocess,
                                         "tabular": NoPreprocess}

@@ -215,7 +215,8 @@ def test_init_guesses_kinds_tasks_split_and_fields(tmp_path, data_root, capsys):
     rows = [{"patient": f"p{i}", "fold": ["train", "train", "val", "test"][i % 4], "stage": "I II III".split()[i % 3],
              "dead": "yes" if i % 2 else "no", "report": "small nodule in the right lower lobe" if i else "",
              "vitals": "ehr/a.csv", "ct": "vol" if i == 1 else "", "slide": "slide.svs" if i == 2 else "",
-             "age": str(40 + i), "site": "A" if i % 2 else "B", "scanner": ""} for i in range(8)]
+             "brain_t1": "vol" if i == 3 else "", "age": str(40 + i), "site": "A" if i % 2 else "B", "scanner": ""}
+            for i in range(8)]
     table = _write(folder, rows, "cohort.tsv")
     out = tmp_path / "my.yaml"
     argv = ["init", "--manifest", str(table), "--dataset", "mine", "--labels", "dead,stage", "--id-column",
@@ -225,8 +226,9 @@ def test_init_guesses_kinds_tasks_split_and_fields(tmp_path, data_root, capsys):
     assert "label dead: binary (values no, yes)" in said and "label stage: multiclass (3 classes: I, II, III)" in said
     assert "column report: note (free text inline" in said and "column scanner: ignore (every cell is empty)" in said
     ds = load_spec(out).dataset("mine")
+    assert "column brain_t1: mri (" in said and "the column name 'brain_t1' says MRI" in said
     assert {m: s.kind for m, s in ds.modalities.items()} == {"report": "note", "vitals": "ehr", "ct": "ct",
-                                                             "slide": "wsi", "clinical": "tabular"}
+                                                             "slide": "wsi", "brain_t1": "mri", "clinical": "tabular"}
     assert ds.options["split_column"] == "fold" and ds.options["variables"] == {"vitals": ["HR", "Temp"]}
     assert ds.options["fields"] == {"clinical": {"numeric": ["age"], "categorical": []}}
     assert ds.tasks["stage"].labels == ["I", "II", "III"] and ds.split.stratify == "dead"
@@ -316,3 +318,27 @@ def test_an_adapter_from_another_installed_package_is_found_by_entry_point(tmp_p
     finally:
         ADAPTERS.remove("acme")
         sys.modules.pop("acme_cohorts", None)
+
+
+def test_an_mri_column_is_sliced_at_its_own_intensity_percentiles(tmp_path, data_root):
+    """MRI has no physical unit: the HU window would saturate it, so each volume is windowed at its own intensity
+    percentiles (preprocess.percentiles), through the same 2.5D path as CT; the offline profile embeds it."""
+    import nibabel as nib
+    from plugins.readers.ct import ct_slices_25d
+    from stores.spec import load_spec as spec_of
+    rng = np.random.default_rng(0)
+    vol = np.zeros((40, 48, 48), np.float32)
+    vol[5:35, 8:40, 8:40] = rng.gamma(4.0, 400.0, size=(30, 32, 32))            # T1-like: 0 .. ~5000, no unit
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)), np.eye(4)), folder / "brain.nii.gz")
+    rows = [{"id": f"m{i}", "split": ["train", "val", "test"][i % 3], "outcome": str(i % 2),
+             "brain_t1": "brain.nii.gz" if i == 0 else ""} for i in range(6)]
+    config = _config(tmp_path, _write(folder, rows), {"brain_t1": {"kind": "mri"}})
+    spec = spec_of(config)
+    assert "effnet" in spec.experts_for("cohort", "brain_t1", "offline")
+    x = _adapter(config, data_root).load("brain_t1", [0])[0]["image"].get()
+    assert x.shape == (48, 3, 224, 224) and 0 <= x.min() and x.max() <= 1
+    middle = x[20, 0]
+    assert (middle >= 0.999).mean() < 0.05 < (middle > 0.2).mean()         # spread over [0, 1], not saturated
+    assert (ct_slices_25d(vol)[20, 0] >= 0.999).mean() > 0.15                # what the HU window would have done

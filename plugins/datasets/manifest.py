@@ -263,6 +263,8 @@ class Manifest(DatasetAdapter):
             view = NamedView("dicom_image" if path.suffix.lower() == ".dcm" else "image", path, pre, label)
             return {"image": view, "file": str(path)}
         if kind in ("ct", "mri"):
+            if kind == "mri":         # no HU: each volume windowed at its own percentiles (stores/preprocess.py)
+                pre = {"percentiles": tuple(self.spec.modalities[modality].pre.percentiles), **pre}
             return {"image": NamedView("ct", path, pre, label), "volume": NamedView("ct_volume", path, pre, label)}
         if kind == "wsi":
             return {"image": NamedView("wsi", path, pre, label)}

@@ -174,10 +174,16 @@ def crop_to_mask(vol: np.ndarray, mask: np.ndarray, labels: list[int], margin: i
     return vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
 
 
-def ct_slices_25d(vol: np.ndarray, slices: int = 48, hu=(-1000, 1000), size: int = 224) -> np.ndarray:
-    """[D,H,W] HU -> (N, 3, size, size) float32 in [0, 1]."""
+def ct_slices_25d(vol: np.ndarray, slices: int = 48, hu=(-1000, 1000), size: int = 224,
+                  percentiles: tuple[float, float] | None = None) -> np.ndarray:
+    """[D,H,W] HU -> (N, 3, size, size) float32 in [0, 1]. With ``percentiles`` (MRI: no physical unit), the window
+    is those percentiles of the volume's own voxels instead of the HU window."""
     idx = slice_indices(vol.shape[0], slices)
-    lo, hi = float(hu[0]), float(hu[1])
+    if percentiles is not None:
+        lo, hi = (float(v) for v in np.percentile(vol, percentiles))
+        hi = hi if hi > lo else lo + 1.0
+    else:
+        lo, hi = float(hu[0]), float(hu[1])
     x = torch.from_numpy(np.ascontiguousarray(vol[idx], dtype=np.float32))
     x = (x.clamp(lo, hi) - lo) / (hi - lo)
     x = F.interpolate(x.unsqueeze(1), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)

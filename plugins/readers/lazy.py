@@ -21,7 +21,7 @@ class LazyView:
             from .ct import ct_slices_25d, read_volume
             reader = {k: v for k, v in self.preprocess.get("reader", {}).items() if k != "spacing"}
             return ct_slices_25d(read_volume(self.path, **reader), **{
-                k: v for k, v in self.preprocess.items() if k in ("slices", "hu", "size")})
+                k: v for k, v in self.preprocess.items() if k in ("slices", "hu", "size", "percentiles")})
         if self.kind == "ct_volume":
             from .ct import read_volume_ras
             return read_volume_ras(self.path, **self.preprocess.get("reader", {}))
