@@ -32,8 +32,9 @@ class Registry(Mapping, Generic[T]):
     entry's name). Lookups load both once, lazily."""
 
     def __init__(self, what: str, package: str | None = None, group: str | None = None,
-                 row: Callable[[str, T], dict] | None = None):
+                 row: Callable[[str, T], dict] | None = None, on_entry_point: Callable[[str, T], None] | None = None):
         self.what, self.package, self.group, self._row = what, package, group, row
+        self._on_entry_point = on_entry_point          # e.g. give an object named by an entry point its key
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
         self._loaded = False
@@ -69,6 +70,8 @@ class Registry(Mapping, Generic[T]):
                         log.warning("%s plugin %r (entry point %s) failed to load: %s", self.what, ep.name, ep.value, exc)
                         continue
                     if ep.attr and ep.name not in self._items and ep.name not in self._aliases:
+                        if self._on_entry_point:
+                            self._on_entry_point(ep.name, obj)
                         self.add(ep.name, obj)
         return self
 

@@ -307,6 +307,7 @@ def test_an_adapter_from_another_installed_package_is_found_by_entry_point(tmp_p
     monkeypatch.setattr(ADAPTERS, "_loaded", False)
     try:
         assert "acme" in ADAPTERS and ADAPTERS["acme"].__module__ == "acme_cohorts"
+        assert ADAPTERS["acme"].name == "acme"              # known by its entry point's name (reasons, provenance)
         rows = [{"id": "x"}]
         table = _write(tmp_path / "d", rows)
         cfg = _config(tmp_path, table, {"note": {"kind": "note"}}, options={})

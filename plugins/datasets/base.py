@@ -33,7 +33,9 @@ Input = dict[str, Any] | Missing | Failed
 ADAPTERS: Registry[type["DatasetAdapter"]] = Registry(
     "dataset adapter", package=__name__.rsplit(".", 1)[0], group="medmix.datasets",
     row=lambda k, cls: {"adapter": k, "class": f"{cls.__module__}.{cls.__name__}", "version": cls.version,
-                        "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
+                        "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""},
+    # an adapter class named by an entry point (no @adapter) is known by the entry's name in provenance and reasons
+    on_entry_point=lambda k, cls: setattr(cls, "name", cls.name or k))
 
 
 class AdapterOptions(BaseModel):
