@@ -22,7 +22,17 @@ if TYPE_CHECKING:                                   # spec.py imports this modul
     from .spec import PipelineSpec, RagSpec
 
 SPEC_NAME = "pipelines.yaml"
-CHECKOUT_SPEC = Path(__file__).resolve().parent.parent / SPEC_NAME      # exists in a source checkout only
+# the packaged spec: in a source checkout a link to the top-level pipelines.yaml, in an installed wheel a copy
+CHECKOUT_SPEC = Path(__file__).resolve().parent / SPEC_NAME
+
+
+def spec_base(spec_file: Path) -> Path:
+    """Where a spec's relative paths start: its folder; for the packaged spec of an installed wheel (a copy inside
+    the package, no checkout around it) the working directory, so that ``runs/stores`` and ``cache/models`` land
+    where the user runs, never inside site-packages."""
+    folder = Path(spec_file).resolve().parent
+    packaged = Path(spec_file).absolute() == CHECKOUT_SPEC.absolute() or folder == CHECKOUT_SPEC.parent
+    return Path.cwd() if packaged and not (folder / "pyproject.toml").is_file() else folder
 
 
 class PathError(FileNotFoundError):
@@ -54,7 +64,7 @@ def resolve(value: str | os.PathLike, base: Path, must_exist: bool = False, what
 
 def config_dir(spec: "PipelineSpec") -> Path:
     """Relative paths in a config are relative to the folder holding it."""
-    return Path(spec.source_file).resolve().parent if spec.source_file else Path.cwd()
+    return spec_base(Path(spec.source_file)) if spec.source_file else Path.cwd()
 
 
 def _pick(cli, env: str, configured: str, spec: "PipelineSpec", what: str, must_exist: bool = False) -> Path:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .paths import CHECKOUT_SPEC, PathError, find_config, resolve
+from .paths import CHECKOUT_SPEC, PathError, find_config, resolve, spec_base
 from .preprocess import PREPROCESS
 
 Kind = Literal[tuple(PREPROCESS)]       # the modality kinds: one list, the kinds stores/preprocess.py types
@@ -311,7 +311,7 @@ def merge_builtin(raw: dict, path: Path) -> dict:
     if not CHECKOUT_SPEC.is_file() or CHECKOUT_SPEC.resolve() == Path(path).resolve():
         raise SpecError(f"{path}: no 'profiles' with 'kinds', and no packaged {CHECKOUT_SPEC.name} to take them from")
     base = yaml.safe_load(CHECKOUT_SPEC.read_text())
-    here = CHECKOUT_SPEC.resolve().parent
+    here = spec_base(CHECKOUT_SPEC)
     for key in ("data_root", "store_root", "model_cache"):
         if key in base.get("defaults", {}):
             base["defaults"][key] = str(resolve(base["defaults"][key], here))

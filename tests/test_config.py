@@ -187,3 +187,29 @@ def test_every_cli_says_bad_input_in_one_line_with_exit_2(module, args, fragment
     monkeypatch.setenv("MEDMIX_STORE_ROOT", str(tmp_path))
     code, line = _cli(module, args, capsys)
     assert code == 2 and line.startswith("error:") and fragment in line, line
+
+
+def test_the_packaged_spec_serves_a_datasets_only_config_also_from_an_installed_wheel(tmp_path, monkeypatch):
+    """stores/pipelines.yaml (a link to the top-level file here, a copy in a wheel) is package data; outside a
+    checkout its relative defaults start at the working directory, never inside site-packages."""
+    import shutil
+    import tomllib
+    import stores.spec as spec_module
+    assert (ROOT / "stores" / "pipelines.yaml").resolve() == (ROOT / "pipelines.yaml").resolve()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "pipelines.yaml" in pyproject["tool"]["setuptools"]["package-data"]["stores"]
+    wheel = tmp_path / "site-packages" / "stores"
+    wheel.mkdir(parents=True)
+    shutil.copy(ROOT / "pipelines.yaml", wheel / "pipelines.yaml")
+    monkeypatch.setattr(paths, "CHECKOUT_SPEC", wheel / "pipelines.yaml")
+    monkeypatch.setattr(spec_module, "CHECKOUT_SPEC", wheel / "pipelines.yaml")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "my.yaml").write_text(yaml.safe_dump({"datasets": {"mine": {
+        "adapter": "manifest", "path": "cohort.csv", "tasks": {"death": {"type": "binary"}},
+        "split": {"method": "official", "val_fraction": 0.2}, "modalities": {"note": {"kind": "note"}}}}}))
+    spec = load_spec(work / "my.yaml")
+    assert {"offline", "paper"} <= set(spec.profiles) and "mine" in spec.datasets and "openi" in spec.datasets
+    assert spec.defaults.store_root == str(work / "runs" / "stores")
+    assert spec.defaults.model_cache == str(work / "cache" / "models")
