@@ -21,12 +21,22 @@ $(BIN)/.medmix-installed: pyproject.toml
 
 setup: $(BIN)/.medmix-installed
 
+# MOIRAI's library (uni2ts) pins old numpy/pandas: the tests load it from a side folder, beside the environment,
+# never into it (tests/test_moirai.py runs it in a subprocess with this folder on its path)
+MOIRAI_SIDE := cache/test-side/uni2ts-1.1.1
+$(MOIRAI_SIDE)/.installed: | $(BIN)/.medmix-installed
+	$(BIN)/pip install --quiet --no-deps --target $(MOIRAI_SIDE) uni2ts==1.1.1 gluonts==0.17.0 jax==0.10.2 \
+		jaxlib==0.10.2 jaxtyping==0.2.38 lightning==2.6.6 lightning_utilities==0.15.3 hydra-core==1.3.8 \
+		omegaconf==2.4.0 antlr4-python3-runtime==4.9.3 torchmetrics==1.9.0 typeguard==2.13.3 opt_einsum==3.4.0 \
+		ml_dtypes==0.6.0
+	touch $@
+
 demo: setup
 	$(BIN)/python -m train demo --data-root $(MEDMIX_DATA_ROOT)
 
-test: setup
+test: setup $(MOIRAI_SIDE)/.installed
 	# every tier (a plain `pytest` runs the fast one only: tests/conftest.py)
-	MEDMIX_TEST_ALL=1 $(BIN)/python -m pytest -q
+	MEDMIX_TEST_ALL=1 MEDMIX_MOIRAI_SITE=$(abspath $(MOIRAI_SIDE)) $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python bench/extract.py && $(BIN)/python bench/rag.py && $(BIN)/python bench/train.py

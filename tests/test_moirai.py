@@ -15,6 +15,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_UNI2TS = importlib.util.find_spec("uni2ts") is not None
+# or a side folder holding uni2ts and its libraries (`make test` installs one: pip --target, never the environment)
+SIDE = os.environ.get("MEDMIX_MOIRAI_SITE") or str(REPO / "cache" / "test-side" / "uni2ts-1.1.1")
+HAS_SIDE = (Path(SIDE) / "uni2ts").is_dir()
 
 
 SCRIPT = textwrap.dedent("""
@@ -51,14 +54,30 @@ SCRIPT = textwrap.dedent("""
         raise SystemExit("a patch size the model lacks must be an error")
     except ValueError as e:
         assert "patch_size 32" in str(e)
+    # the real sizes (the public config.json of Salesforce/moirai-1.0-R-small/-base: d_model, num_layers, patch
+    # sizes, a four-component mixture head): the registry's dims and parameter counts are theirs
+    from uni2ts.distribution import NegativeBinomialOutput
+    from plugins.registry import get
+    mixture = MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), NegativeBinomialOutput(), LogNormalOutput()])
+    for key, d, layers in (("moirai_small", 384, 6), ("moirai_base", 768, 12)):
+        real = MoiraiModule(distr_output=mixture, d_model=d, num_layers=layers, patch_sizes=(8, 16, 32, 64, 128),
+                            max_seq_len=512, attn_dropout_p=0.0, dropout_p=0.0)
+        card = get(key).card
+        assert card.dim == d and abs(sum(p.numel() for p in real.parameters()) / 1e6 - card.params_m) < 0.1, key
+    real.save_pretrained(sys.argv[1] + "-base")
+    base = build_encoder("moirai_base", EncoderOptions(source=sys.argv[1] + "-base", batch_size=2)).load()
+    assert base.encode(stays[:2]).shape == (2, 768)
     print("MOIRAI-OK")
 """)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_UNI2TS, reason="uni2ts is not installed (the optional extra: pip install 'medmix[moirai]')")
+@pytest.mark.skipif(not (HAS_UNI2TS or HAS_SIDE),
+                    reason="uni2ts is not installed (the optional extra: pip install 'medmix[moirai]'; `make test` "
+                           "puts it in a side folder, MEDMIX_MOIRAI_SITE)")
 def test_moirai_loads_through_uni2ts_and_embeds_any_variate_stays(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    side = [] if HAS_UNI2TS else [SIDE]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *side, os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "moirai")], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0 and "MOIRAI-OK" in r.stdout, r.stderr[-3000:]
