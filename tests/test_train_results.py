@@ -214,3 +214,12 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_results(tmp_path):
     for f in ("medmix.csv", "meanavg.csv"):
         assert (tmp_path / "full" / "predictions" / f).read_text() == (tmp_path / "killed" / "predictions" / f).read_text()
     assert not ledger.exists()
+
+
+def test_what_the_figures_leave_out_is_said():
+    from train.plots import figures_note
+    many = {"tasks": [{"name": "findings", "type": "multilabel", "labels": list("abcdefg")},
+                      {"name": "grade", "type": "multiclass", "labels": ["G1", "G2"]}]}
+    note = figures_note(many)
+    assert "first 4 of 7 binary outputs (a, b, c, d)" in note and "multiclass tasks (grade) have no curves" in note
+    assert figures_note({"tasks": [{"name": "y", "type": "binary", "labels": ["y"]}]}) is None

@@ -131,13 +131,13 @@ def _section(store, png: Path | None, seconds: float, out: Path, rerun_s: float 
     rows = [{k: c[k] for k in ("modality", "expert", "model", "dim", "ok", "missing", "failed")}
             for c in coverage(store) if c["latest"]]
     fails = failure_reasons(store)
+    rerun = f"; this rerun, reusing it: {rerun_s} s" if rerun_s is not None else ""
     lines = ["## Raw imaging: real CT volumes and a real slide through `python -m extract`", "",
              "Given as a manifest (`raw_imaging/raw.csv`, config `raw_imaging/raw.yaml` drafted by `extract init`'s "
              "code): two CT volumes (2.5D EfficientNet-Lite0 over 48 slices; the 3-D Astra I3ResNet-152 on the RAS "
              "volume), the real H&E slide (tissue on the thumbnail, 224-px tiles at 0.5 um/px, one embedding per tile "
              "in the store, their mean the slide's), and the same slide saved without its microns-per-pixel. "
-             f"Wall time {seconds} s (the first run's" + (f"; this rerun, reusing it: {rerun_s} s" if rerun_s is not None
-                                                         else "") + f"). Store `{store.url}` ("
+             f"Wall time {seconds} s (the first run's{rerun}). Store `{store.url}` ("
              + ("verify: consistent" if not problems else "verify: " + "; ".join(problems)) + ").", "",
              md_table(rows), ""]
     if fails:

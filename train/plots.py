@@ -55,7 +55,25 @@ def _binary_outputs(results: dict) -> list[tuple[str, str, int]]:
     return out
 
 
-def curve_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[Path]:
+MAX_OUTPUTS = 4        # binary outputs drawn as curves and confusion matrices (a multi-label task has one per label)
+
+
+def figures_note(results: dict, max_outputs: int = MAX_OUTPUTS) -> str | None:
+    """What the curve and confusion figures leave out, said in results.md (never silently)."""
+    outs = _binary_outputs(results)
+    parts = []
+    if len(outs) > max_outputs:
+        drawn = ", ".join(lab if lab != t else t for t, lab, _ in outs[:max_outputs])
+        parts.append(f"ROC/PR/reliability curves and confusion matrices are drawn for the first {max_outputs} of "
+                     f"{len(outs)} binary outputs ({drawn}); every output's metrics are in the tables and "
+                     "predictions files")
+    multi = [t["name"] for t in results.get("tasks", []) if t["type"] == "multiclass"]
+    if multi:
+        parts.append(f"multiclass tasks ({', '.join(multi)}) have no curves: their per-class metrics are in the tables")
+    return "; ".join(parts) + "." if parts else None
+
+
+def curve_plots(results: dict, out_dir: Path, max_outputs: int = MAX_OUTPUTS) -> list[Path]:
     """ROC, PR (for the positive class, prevalence as the chance line) and reliability per binary output."""
     preds = test_predictions(results, out_dir)
     paths = []
@@ -93,7 +111,7 @@ def curve_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[Path
     return paths
 
 
-def confusion_plots(results: dict, out_dir: Path, max_outputs: int = 4) -> list[Path]:
+def confusion_plots(results: dict, out_dir: Path, max_outputs: int = MAX_OUTPUTS) -> list[Path]:
     """Per binary output, each method's confusion matrix at its (seed-mean) validation-tuned threshold."""
     preds = test_predictions(results, out_dir)
     paths = []

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from .metrics import REPORTED, positive_name
-from .plots import confusion_plots, curve_plots, missing_modality_plots, weights_plot
+from .plots import (confusion_plots, curve_plots, figures_note, missing_modality_plots, missing_modality_png,
+                    weights_plot)
 
 NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "accuracy": "accuracy", "brier": "Brier"}
 
@@ -90,7 +91,6 @@ def protocol_rows(results: dict, task: str, metric: str = "auroc") -> list[dict]
 
 def protocol_lines(results: dict, heading: str = "##", figure_dir: str = "") -> list[str]:
     """Per task: the protocols table and its curve (results.md and the demo report)."""
-    from .plots import missing_modality_png
     tasks = [t["name"] for t in results.get("tasks", [])]
     how = f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed"
     if results.get("bootstrap", {}).get("protocols"):
@@ -142,6 +142,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
     if results.get("predictions"):
         lines += ["Per-sample predictions (validation and test rows, every seed): "
                   + ", ".join(f"[{k}]({v})" for k, v in results["predictions"].items()), ""]
+    note = figures_note(results)
+    if note:
+        lines += [note, ""]
     for p in figures + ([weights] if weights else []):
         lines += [f"![{p.stem}]({p.name})", ""]
     path = out_dir / "results.md"
