@@ -253,22 +253,14 @@ def test_tiny_tokenizers_know_their_words(tiny_bert_dir):
 def test_an_encoder_from_another_installed_package_is_found_by_entry_point(tmp_path, monkeypatch):
     """A third-party module registering an encoder with @register, named by a `medmix.encoders` entry point: it is
     in the registry (and `extract models`' table) with its card, and builds through the same code path."""
-    import importlib
     import sys
+    from plugin_package import install_plugin
     from plugins.registry import REGISTRY, table
-    site = tmp_path / "site"
-    (site / "acme_models").mkdir(parents=True)
-    (site / "acme_models" / "__init__.py").write_text(
-        "from plugins.registry import register\nfrom plugins.encoders.stats import SummaryStats\n\n"
-        "@register('acme_stats', modality='events', role='classical', dim=None, licence='MIT', source='acme')\n"
-        "class AcmeStats(SummaryStats):\n    '''ACME's summary statistics'''\n")
-    info = site / "acme_models-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-models\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[medmix.encoders]\nacme = acme_models\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    monkeypatch.setattr(REGISTRY, "_loaded", False)
+    install_plugin(tmp_path, monkeypatch, "acme_models",
+                   "from plugins.registry import register\nfrom plugins.encoders.stats import SummaryStats\n\n"
+                   "@register('acme_stats', modality='events', role='classical', dim=None, licence='MIT', "
+                   "source='acme')\nclass AcmeStats(SummaryStats):\n    '''ACME's summary statistics'''\n",
+                   "medmix.encoders", "acme = acme_models", REGISTRY)
     try:
         assert "acme_stats" in REGISTRY and REGISTRY["acme_stats"].card.licence == "MIT"
         assert any(r["key"] == "acme_stats" and r["source"] == "acme" for r in table())

@@ -287,24 +287,16 @@ def test_limit_is_a_label_stratified_sample_that_train_finds(spec_writer, data_r
 
 def test_an_adapter_from_another_installed_package_is_found_by_entry_point(tmp_path, monkeypatch, data_root):
     """A third-party package (a module + a dist-info with a `medmix.datasets` entry point) on sys.path."""
-    import importlib
+    from plugin_package import install_plugin
     from plugins.datasets.base import ADAPTERS
-    site = tmp_path / "site"
-    (site / "acme_cohorts").mkdir(parents=True)
-    (site / "acme_cohorts" / "__init__.py").write_text(
-        "import numpy as np\nfrom plugins.datasets.base import DatasetAdapter\n\n"
-        "class Registry(DatasetAdapter):\n"
-        "    '''ACME's registry export'''\n"
-        "    def ids(self):\n        return ['a', 'b']\n"
-        "    def labels(self):\n        return {'outcome': np.array([[0.0], [1.0]], np.float32)}\n"
-        "    def load(self, modality, rows):\n        return [{'text': f'patient {r}'} for r in rows]\n")
-    info = site / "acme_cohorts-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-cohorts\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[medmix.datasets]\nacme = acme_cohorts:Registry\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    monkeypatch.setattr(ADAPTERS, "_loaded", False)
+    install_plugin(tmp_path, monkeypatch, "acme_cohorts",
+                   "import numpy as np\nfrom plugins.datasets.base import DatasetAdapter\n\n"
+                   "class Registry(DatasetAdapter):\n"
+                   "    '''ACME's registry export'''\n"
+                   "    def ids(self):\n        return ['a', 'b']\n"
+                   "    def labels(self):\n        return {'outcome': np.array([[0.0], [1.0]], np.float32)}\n"
+                   "    def load(self, modality, rows):\n        return [{'text': f'patient {r}'} for r in rows]\n",
+                   "medmix.datasets", "acme = acme_cohorts:Registry", ADAPTERS)
     try:
         assert "acme" in ADAPTERS and ADAPTERS["acme"].__module__ == "acme_cohorts"
         assert ADAPTERS["acme"].name == "acme"              # known by its entry point's name (reasons, provenance)
