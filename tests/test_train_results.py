@@ -223,3 +223,22 @@ def test_what_the_figures_leave_out_is_said():
     note = figures_note(many)
     assert "first 4 of 7 binary outputs (a, b, c, d)" in note and "multiclass tasks (grade) have no curves" in note
     assert figures_note({"tasks": [{"name": "y", "type": "binary", "labels": ["y"]}]}) is None
+
+
+def test_the_parquet_predictions_keep_unknown_labels_as_nulls(tmp_path):
+    """A label-less row (PhysioNet's unknown LOS) and a multi-class output (no threshold) write '' to the CSV and
+    a typed null to the Parquet file beside it."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from train.predictions import write_table
+    rows = [{"id": "a", "split": "test", "task": "t", "label": "t", "y_true": 1, "probability": 0.9,
+             "threshold": 0.5, "predicted": 1, "seed": 0},
+            {"id": "b", "split": "test", "task": "t", "label": "t", "y_true": "", "probability": 0.2,
+             "threshold": "", "predicted": 0, "seed": ""}]
+    write_table(rows, tmp_path / "m.csv")
+    df = pd.read_parquet(tmp_path / "m.parquet")
+    assert list(df.columns) == list(COLUMNS) and str(df["y_true"].dtype) == "Int64"
+    assert df["y_true"].tolist()[0] == 1 and pd.isna(df["y_true"][1]) and pd.isna(df["threshold"][1])
+    assert pd.isna(df["seed"][1]) and df["probability"].tolist() == [0.9, 0.2]
+    with open(tmp_path / "m.csv") as fh:
+        assert list(csv.DictReader(fh))[1]["y_true"] == ""

@@ -63,8 +63,15 @@ def write_table(rows: list[dict], path: Path) -> Path:
         import pyarrow  # noqa: F401
     except ImportError:
         return path
-    pd.DataFrame(rows, columns=COLUMNS).to_parquet(path.with_suffix(".parquet"), index=False)
+    df = pd.DataFrame(rows, columns=COLUMNS).replace("", pd.NA)       # "" (unknown label, no threshold) = null
+    df.astype(PARQUET_TYPES).to_parquet(path.with_suffix(".parquet"), index=False)
     return path
+
+
+# the Parquet file's column types: nullable where a cell may be empty (y_true of an unknown label, the threshold of
+# a multi-class output, the seed of a prediction without one)
+PARQUET_TYPES = {"id": "string", "split": "string", "task": "string", "label": "string", "y_true": "Int64",
+                 "probability": "float64", "threshold": "Float64", "predicted": "int64", "seed": "Int64"}
 
 
 def _num(x, digits: int):
