@@ -159,7 +159,8 @@ def task_type(col) -> tuple[dict, str]:
     return {"type": "multiclass", "labels": values}, f"{len(values)} classes: {', '.join(values)}"
 
 
-MRI_NAME = re.compile(r"(^|[^a-z])(mri|mr|t1w?|t2w?|flair|dwi|adc|swi)([^a-z]|$)", re.I)
+MRI_NAME = re.compile(r"(^|[^a-z])(mri|t1w?|t2w?|flair|dwi|adc|swi)([^a-z]|$)", re.I)
+CT_NAME = re.compile(r"(^|[^a-z])ct([^a-z]|$)", re.I)        # ct_t1 = a CT at time point 1: CT wins
 
 
 def guess_kind(col, folder: Path) -> tuple[str, str]:
@@ -174,7 +175,8 @@ def guess_kind(col, folder: Path) -> tuple[str, str]:
         if len(hits) == len(values):
             why = f"{len(values)} of {len(col)} cells are {'/'.join(exts)} files" + (
                 " or folders (DICOM series)" if kind == "ct" else "")
-            if kind == "ct" and MRI_NAME.search(str(col.name)):   # a volume is CT or MRI: only the name tells
+            name = str(col.name)                             # a volume is CT or MRI: only the name tells
+            if kind == "ct" and MRI_NAME.search(name) and not CT_NAME.search(name):
                 return "mri", why + f", and the column name {col.name!r} says MRI"
             return kind, why + (" (CT: a column named like mri/t1/t2/flair would be MRI; --kind COL=mri)"
                                 if kind == "ct" else "")

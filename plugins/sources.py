@@ -247,8 +247,9 @@ def file_sha256(path: str | Path, limit_mb: int = 2048) -> str | None:
 
 
 def weights_sha256(location: str) -> dict[str, str]:
-    """sha256 of the weight files in a local model directory (safetensors / bin / pth)."""
+    """sha256 of the weight files in a local model directory (safetensors / bin / pth); a file over the hashing
+    limit (2 GB) is recorded by its size."""
     p = Path(location)
     files = [p] if p.is_file() else sorted(
         f for pat in ("*.safetensors", "*.pth", "*.pt", "*.bin") for f in p.glob(pat)) if p.exists() else []
-    return {f.name: s for f in files if (s := file_sha256(f))}
+    return {f.name: file_sha256(f) or f"size:{f.stat().st_size}" for f in files if f.is_file()}   # > 2 GB: by size

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from plugins.encoders.hf_text import pool_hidden
+from stores.errors import describe
 from stores.spec import canonical_hash
 from stores.store import file_digest
 
@@ -44,31 +45,54 @@ def fit_projection(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> Project
 
 def projection_for(folder: Path, passages_text: list[str], passage_vectors: np.ndarray, lm) -> Projection:
     """Load the projection fitted for this index + LM, or fit and save it. The weights' sha256 sits in the JSON
-    beside them and is checked at load (a changed or half-written file is fitted again, with a warning); both files
-    are written whole (temporary name, then rename) under a lock, so concurrent workers fit once."""
+    beside them and is checked at load (a changed or half-written file is fitted again, with a warning); a fit is
+    written whole (temporary name, then rename) under a lock, so concurrent workers fit once. A read-only index
+    folder (a shared or packed cache) is read without a lock; a fit it cannot save serves this run only."""
     from filelock import FileLock
     key = canonical_hash({"lm": lm.identity(), "n": len(passages_text), "vectors_sum": float(passage_vectors.sum())})[:16]
     wf, mf = folder / f"projection-{key}.npz", folder / f"projection-{key}.json"
-    with FileLock(str(wf) + ".lock"):
-        if wf.exists() and mf.exists():
-            try:
-                want = json.loads(mf.read_text()).get("sha256")
-                if want and file_digest(wf) == want:
-                    with np.load(wf, allow_pickle=False) as z:
-                        return Projection(z["weight"], z["bias"])
-                log.warning("%s: content does not match the sha256 in %s: fitting it again", wf, mf.name)
-            except (OSError, ValueError) as exc:
-                log.warning("%s: unreadable (%s): fitting it again", wf, exc)
-        target = mean_token_embedding(lm, passages_text)
-        proj = fit_projection(passage_vectors, target)
-        tmp = wf.with_name(f".{wf.stem}.tmp.npz")
-        np.savez(tmp, weight=proj.weight, bias=proj.bias)
-        resid = float(np.mean((proj(passage_vectors) - target) ** 2) / max(np.var(target), 1e-12))
-        tmp_meta = mf.with_name(f".{mf.name}.tmp")
-        tmp_meta.write_text(json.dumps({"lm": lm.identity(), "relative_mse": resid, "sha256": file_digest(tmp)},
-                                       indent=2))
-        os.replace(tmp, wf)
-        os.replace(tmp_meta, mf)
+    proj = _load_projection(wf, mf, warn=False)
+    if proj is not None:
+        return proj
+    try:
+        with FileLock(str(wf) + ".lock"):
+            proj = _load_projection(wf, mf, warn=True)       # another worker may have fitted it meanwhile
+            if proj is None:
+                proj = _fit_and_save(wf, mf, passages_text, passage_vectors, lm)
+    except OSError as exc:                                   # no write access to the index folder
+        log.warning("%s: cannot save the projection fit (%s): fitted for this run only", folder, describe(exc))
+        proj = fit_projection(passage_vectors, mean_token_embedding(lm, passages_text))
+    return proj
+
+
+def _load_projection(wf: Path, mf: Path, warn: bool) -> Projection | None:
+    """The saved projection when its weights match the sha256 in its JSON; None (said when ``warn``) otherwise."""
+    if not (wf.exists() and mf.exists()):
+        return None
+    try:
+        want = json.loads(mf.read_text()).get("sha256")
+        if want and file_digest(wf) == want:
+            with np.load(wf, allow_pickle=False) as z:
+                return Projection(z["weight"], z["bias"])
+        why = (f"content does not match the sha256 in {mf.name}" if want
+               else "saved before projections carried a sha256")
+    except (OSError, ValueError) as exc:
+        why = f"unreadable ({describe(exc)})"
+    if warn:
+        log.warning("%s: %s: fitting it again", wf, why)
+    return None
+
+
+def _fit_and_save(wf: Path, mf: Path, passages_text: list[str], passage_vectors: np.ndarray, lm) -> Projection:
+    target = mean_token_embedding(lm, passages_text)
+    proj = fit_projection(passage_vectors, target)
+    tmp = wf.with_name(f".{wf.stem}.tmp.npz")
+    np.savez(tmp, weight=proj.weight, bias=proj.bias)
+    resid = float(np.mean((proj(passage_vectors) - target) ** 2) / max(np.var(target), 1e-12))
+    tmp_meta = mf.with_name(f".{mf.name}.tmp")
+    tmp_meta.write_text(json.dumps({"lm": lm.identity(), "relative_mse": resid, "sha256": file_digest(tmp)}, indent=2))
+    os.replace(tmp, wf)
+    os.replace(tmp_meta, mf)
     return proj
 
 

@@ -135,6 +135,9 @@ def is_terminal(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+QUIET = {"on": False}      # set by setup_logging(quiet=True): the run's --quiet, for progress shown anywhere
+
+
 class Progress:
     """Progress over ``total`` items: a tqdm bar (rate, ETA) on a terminal; elsewhere (a log file, CI) a timestamped
     log line every ``every`` seconds and at the end, so that a long run in a log is never silent. ``enabled=False``
@@ -147,6 +150,7 @@ class Progress:
         self.done, self.t0, self.postfix = 0, time.monotonic(), ""
         self.last = self.t0
         self.log = logging.getLogger(logger)
+        enabled = enabled and not QUIET["on"]         # --quiet (setup_logging) silences every progress display
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=True) if enabled and is_terminal() else None
         self.lines = enabled and self.bar is None
 
@@ -189,6 +193,7 @@ def setup_logging(quiet: bool = False, level: int = logging.INFO) -> None:
     """Timestamped log lines on stderr; ``quiet`` also silences third-party bars and chatter (transformers' weight
     loading bar, Hugging Face downloads, bm25s DEBUG lines)."""
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATE)   # a no-op where logging is set up
+    QUIET["on"] = quiet
     logging.getLogger("medmix").setLevel(level)
     logging.getLogger("bm25s").setLevel(max(level, logging.INFO))    # it sets DEBUG on its own logger
     if quiet or not is_terminal():

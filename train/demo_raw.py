@@ -73,6 +73,7 @@ def run(data_root: Path, out: Path, quiet: bool = True) -> dict:
     """Build, extract, verify, draw; returns the report section (Markdown) and the wall time."""
     t0 = time.perf_counter()
     folder = out / "raw_imaging"
+    existed = (folder / "stores" / "raw_imaging.zarr").exists()      # else this run extracts cold, whatever was kept
     manifest = build_manifest(data_root, folder)
     config = write_config(manifest, folder / "raw.yaml", folder / "stores")
     env = {**os.environ, "MEDMIX_CONFIG": str(config)}
@@ -92,7 +93,8 @@ def run(data_root: Path, out: Path, quiet: bool = True) -> dict:
     key = canonical_hash({"config": config.read_text(), "groups": sorted(
         f"{m}/{e}/{store.expert_group(m, e).attrs['config_hash']}" for m in store.root["embeddings"].group_keys()
         for e in store.root[f"embeddings/{m}"].group_keys())})
-    kept = kept_timings(folder / "timings.json", key, key, {"seconds": round(time.perf_counter() - t0, 1)})
+    kept = kept_timings(folder / "timings.json", key if existed else None, key,
+                        {"seconds": round(time.perf_counter() - t0, 1)})
     return {"text": _section(store, png, kept["seconds"], out, kept.get("rerun_s")), **kept}
 
 

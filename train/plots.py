@@ -63,7 +63,7 @@ def figures_note(results: dict, max_outputs: int = MAX_OUTPUTS) -> str | None:
     outs = _binary_outputs(results)
     parts = []
     if len(outs) > max_outputs:
-        drawn = ", ".join(lab if lab != t else t for t, lab, _ in outs[:max_outputs])
+        drawn = ", ".join(f"{t}: {lab}" if lab != t else t for t, lab, _ in outs[:max_outputs])
         parts.append(f"ROC/PR/reliability curves and confusion matrices are drawn for the first {max_outputs} of "
                      f"{len(outs)} binary outputs ({drawn}); every output's metrics are in the tables and "
                      "predictions files")
@@ -151,10 +151,11 @@ def _curve_points(results: dict, e: dict, name: str, kind: str, task: str, metri
             continue
         rate = 0.0 if p == "none" else float(p.split("@")[1])
         if with_ci:
-            b = (boot["methods"] if p == "none" else boot["protocols"][p]).get(name, {}).get(task, {}).get(metric)
-            if not b or not b.get("ci95"):
-                continue
-            pts.append((rate, b["value"], *b["ci95"]))
+            b = (boot["methods"] if p == "none" else boot["protocols"].get(p, {})).get(name, {}).get(task, {}).get(
+                metric) or {}
+            value = b.get("value", v["tasks"][task][metric]["mean"])
+            ci = b.get("ci95") or (value, value)             # no interval (e.g. a label too rare): no band
+            pts.append((rate, value, *ci))
         else:
             m = v["tasks"][task][metric]
             pts.append((rate, m["mean"], m["mean"] - (m["std"] or 0.0), m["mean"] + (m["std"] or 0.0)))

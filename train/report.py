@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from .metrics import REPORTED, positive_name
-from .plots import (confusion_plots, curve_plots, figures_note, missing_modality_plots, missing_modality_png,
-                    weights_plot)
+from .plots import (KINDS, confusion_plots, curve_plots, figures_note, missing_modality_plots,
+                    missing_modality_png, weights_plot)
 
 NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "accuracy": "accuracy", "brier": "Brier"}
 
@@ -89,18 +89,21 @@ def protocol_rows(results: dict, task: str, metric: str = "auroc") -> list[dict]
     return rows
 
 
-def protocol_lines(results: dict, heading: str = "##", figure_dir: str = "") -> list[str]:
-    """Per task: the protocols table and its curve (results.md and the demo report)."""
+def protocol_lines(results: dict, drawn: set[str], heading: str = "##", figure_dir: str = "") -> list[str]:
+    """Per task: the protocols table and its curve when one was drawn (``drawn``: file names; results.md and the
+    demo report)."""
     tasks = [t["name"] for t in results.get("tasks", [])]
     how = f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed"
     if results.get("bootstrap", {}).get("protocols"):
         how += "; [95% CI]: bootstrap over the test samples of the seed-averaged probabilities"
     lines = []
     for task in tasks:
-        png = missing_modality_png(results, "test_multi", task)
         lines += [f"{heading} Missing-modality protocols, task {task} (AUROC; {how})", "",
-                  md_table(protocol_rows(results, task)), f"({PROTOCOLS_NOTE})", "",
-                  f"![AUROC of {task} vs test-time drop rate]({figure_dir}{png})", ""]
+                  md_table(protocol_rows(results, task)), f"({PROTOCOLS_NOTE})", ""]
+        for kind, _ in KINDS:
+            png = missing_modality_png(results, kind, task)
+            if png in drawn:
+                lines += [f"![AUROC of {task} vs {kind.replace('_', ' ')} drop rate]({figure_dir}{png})", ""]
     return lines
 
 
@@ -115,8 +118,8 @@ def md_table(rows: list[dict]) -> str:
 
 def write_report(results: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
-    figures = [*missing_modality_plots(results, out_dir), *curve_plots(results, out_dir),
-               *confusion_plots(results, out_dir)]
+    curves = missing_modality_plots(results, out_dir)          # linked beside their protocol tables
+    figures = [*curve_plots(results, out_dir), *confusion_plots(results, out_dir)]
     weights = weights_plot(results, out_dir)
     n_seeds = len(results["seeds"])
     lines = [f"# {results['dataset']}: results", "",
@@ -133,7 +136,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lines += _task_lines(results) + _overall_lines(results)
     lines += _selection_lines(results) + _diagnostic_lines(results) + _run_lines(results)
     if any(p != "none" for p in results["protocols"]):
-        lines += protocol_lines(results)
+        lines += protocol_lines(results, {p.name for p in curves})
     skipped = {t: v["skipped_labels"] for name, e in results["methods"].items() for p in e["protocols"].values()
                for s in p["per_seed"] for t, v in s["tasks"].items() if v.get("skipped_labels")}
     if skipped:

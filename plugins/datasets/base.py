@@ -35,7 +35,7 @@ ADAPTERS: Registry[type["DatasetAdapter"]] = Registry(
     row=lambda k, cls: {"adapter": k, "class": f"{cls.__module__}.{cls.__name__}", "version": cls.version,
                         "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""},
     # an adapter class named by an entry point (no @adapter) is known by the entry's name in provenance and reasons
-    on_entry_point=lambda k, cls: setattr(cls, "name", cls.name or k))
+    on_entry_point=lambda k, cls: setattr(cls, "name", cls.__dict__.get("name") or k))   # not an inherited name
 
 
 class AdapterOptions(BaseModel):

@@ -89,6 +89,13 @@ def dicom_image(path: Path, pre: dict) -> np.ndarray:
     return np.repeat(a[None, None], 3, 1)
 
 
+def _cell_text(path: Path, column, value) -> str:
+    """A typed Parquet cell as the text a CSV cell would hold ('' for a null); a nested value is refused."""
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        raise InputError(f"{path}: column {column!r} holds lists or records; a manifest cell is one value")
+    return "" if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """The manifest as strings ('' = empty cell); Parquet needs pyarrow or fastparquet."""
     name = path.name.lower()
@@ -100,7 +107,8 @@ def read_table(path: Path) -> pd.DataFrame:
             table = pd.read_parquet(path, dtype_backend="numpy_nullable")
         except (OSError, ValueError) as e:       # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"{path}: not a readable Parquet table ({describe(e)})") from None
-        return table.apply(lambda col: [("" if pd.isna(v) else str(v)) for v in col]).astype(str)
+        return pd.DataFrame({c: [_cell_text(path, c, v) for v in table[c].tolist()] for c in table.columns},
+                            index=table.index, dtype=str)
     if not name.endswith((".csv", ".tsv", ".txt")):
         raise InputError(f"{path}: a manifest is a .csv, .tsv or .parquet table")
     return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False,

@@ -180,8 +180,9 @@ def ct_slices_25d(vol: np.ndarray, slices: int = 48, hu=(-1000, 1000), size: int
     is those percentiles of the volume's own voxels instead of the HU window."""
     idx = slice_indices(vol.shape[0], slices)
     if percentiles is not None:
-        lo, hi = (float(v) for v in np.percentile(vol, percentiles))
+        lo, hi = (float(v) for v in np.nanpercentile(vol, percentiles))     # NaN voxels (skull-stripped) ignored
         hi = hi if hi > lo else lo + 1.0
+        vol = np.nan_to_num(vol, nan=lo)
     else:
         lo, hi = float(hu[0]), float(hu[1])
     x = torch.from_numpy(np.ascontiguousarray(vol[idx], dtype=np.float32))
