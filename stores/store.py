@@ -469,7 +469,9 @@ class Store:
         return self.root["samples/split"][:]
 
     def labels(self) -> dict[str, tuple[np.ndarray, dict]]:
-        return {k: (a[:], dict(a.attrs)) for k, a in self.root["labels"].arrays()}
+        """Every task's labels, by task name: zarr lists a group's members in no fixed order (its metadata reads
+        run concurrently), and the task order fixes the model's output layout, hence its results."""
+        return {k: (a[:], dict(a.attrs)) for k, a in sorted(self.root["labels"].arrays(), key=lambda kv: kv[0])}
 
     def modalities(self) -> list[str]:
         return sorted(k for k, _ in self.root["embeddings"].groups())

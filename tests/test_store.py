@@ -194,3 +194,18 @@ def test_stores_cli_info(tmp_path):
     fill(st.require_expert_group("note", "m", "8" * 64, 3, {"model": "m", "role": "general"}), np.random.default_rng(0))
     out = subprocess.run([sys.executable, "-m", "stores", "info", str(tmp_path / "s.zarr")], capture_output=True, text=True)
     assert out.returncode == 0 and "note" in out.stdout and "3/3" in out.stdout
+
+
+def test_labels_come_in_one_order_whatever_order_zarr_lists_them(tmp_path, monkeypatch):
+    """zarr lists a group's members in no fixed order; the task order fixes a model's output layout, so two runs
+    on one store once trained different models (PhysioNet: mortality/los7 swapped between processes)."""
+    import zarr
+    y = np.zeros((2, 1), np.float32)
+    Store.create(tmp_path / "s.zarr", "toy", ["a", "b"], ["train", "test"],
+                 {"mortality": (y, {"type": "binary", "labels": ["mortality"]}),
+                  "los7": (y, {"type": "binary", "labels": ["los7"]})}, chunk_rows=4)
+    real = zarr.Group.arrays
+    monkeypatch.setattr(zarr.Group, "arrays", lambda self: reversed(list(real(self))))
+    swapped = list(Store(tmp_path / "s.zarr").labels())
+    monkeypatch.setattr(zarr.Group, "arrays", real)
+    assert swapped == list(Store(tmp_path / "s.zarr").labels()) == ["los7", "mortality"]
