@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma list, or 'none' (e.g. the raw section alone)")
     ap.add_argument("--no-raw-imaging", action="store_true",
-                    help="skip the raw CT + slide section (train/demo_raw.py; 221 s on 2 shared cores)")
+                    help="skip the raw CT + slide section (train/demo_raw.py; 41 s in the demo of 2026-12-06)")
     ap.add_argument("--seeds", default="2",
                     help="seeds per method (default 2: 3 seeds took the demo past 45 min on 2 cores; docs/train.md)")
     ap.add_argument("--limit", type=int, help="a label-stratified sample of N per dataset (the CI wiring test)")
