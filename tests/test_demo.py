@@ -45,7 +45,8 @@ def test_demo_wiring_on_real_data(tmp_path, data_root):
 def test_demo_raw_imaging_section_on_the_real_ct_and_slide(tmp_path, data_root):
     """The demo's raw section alone: real CT volumes (2.5D + Astra 3-D) and the real slide through `python -m
     extract` via a manifest; the slide saved without microns-per-pixel fails with how to give it; tiles drawn."""
-    env = {**os.environ, "MEDMIX_DATA_ROOT": str(data_root)}
+    # a store root set for the cohorts (as `train demo --limit` runs in CI do) must not move the raw section's store
+    env = {**os.environ, "MEDMIX_DATA_ROOT": str(data_root), "MEDMIX_STORE_ROOT": str(tmp_path / "elsewhere")}
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "train", "demo", "--datasets", "none", "--out", str(out), "--quiet"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)

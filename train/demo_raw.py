@@ -73,12 +73,13 @@ def run(data_root: Path, out: Path, quiet: bool = True) -> dict:
     """Build, extract, verify, draw; returns the report section (Markdown) and the wall time."""
     t0 = time.perf_counter()
     folder = out / "raw_imaging"
-    existed = (folder / "stores" / "raw_imaging.zarr").exists()      # else this run extracts cold, whatever was kept
+    store_path = folder / "stores" / "raw_imaging.zarr"     # on the command line: MEDMIX_STORE_ROOT must not move it
+    existed = store_path.exists()                           # else this run extracts cold, whatever timings were kept
     manifest = build_manifest(data_root, folder)
     config = write_config(manifest, folder / "raw.yaml", folder / "stores")
     env = {**os.environ, "MEDMIX_CONFIG": str(config)}
     cmd = [sys.executable, "-m", "extract", "--config", str(config), "--dataset", "raw_imaging", "--no-rag",
-           *(["--quiet"] if quiet else [])]
+           "--store", str(store_path), *(["--quiet"] if quiet else [])]
     print("$ " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     print(proc.stdout[-4000:], flush=True)
@@ -86,7 +87,7 @@ def run(data_root: Path, out: Path, quiet: bool = True) -> dict:
         return {"text": f"## Raw imaging\n\n`python -m extract` exited {proc.returncode}: "
                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}\n", "seconds": 0}
     from stores.store import Store
-    store = Store(folder / "stores" / "raw_imaging.zarr")
+    store = Store(store_path)
     png = thumbnail_overlay(store, folder / "slides" / SLIDE, out / "raw_imaging_tiles.png")
     from stores.spec import canonical_hash
     from .runinfo import kept_timings
