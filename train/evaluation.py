@@ -10,10 +10,12 @@ from .trainer import predict
 
 
 def evaluate_split(model, data: Data, part: str, thresholds: dict | None, masks=None) -> dict:
-    idx = data.rows(part)
-    out = predict(model, data, idx, masks)
-    logits = out.logits.cpu().numpy()
-    y = data.y[idx].cpu().numpy()
+    return split_metrics(data, part, predict(model, data, data.rows(part), masks).logits.cpu().numpy(), thresholds)
+
+
+def split_metrics(data: Data, part: str, logits: np.ndarray, thresholds: dict | None) -> dict:
+    """Per task and mean metrics of ``logits`` (the model's outputs for the rows of split ``part``)."""
+    y = data.y[data.rows(part)].cpu().numpy()
     res = {}
     for t in data.tasks:
         th = thresholds.get(t["name"]) if thresholds else None

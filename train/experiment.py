@@ -22,7 +22,7 @@ from stores.store import SPLIT_CODES, Store, ids_digest
 from .checkpoint import json_default, save_checkpoint
 from .data import Data
 from .efficiency import eff_scores, efficiency
-from .evaluation import evaluate_split, val_thresholds
+from .evaluation import split_metrics, val_thresholds
 from .metrics import METRICS, REPORTED
 from .plan import plan as make_plan
 from .progress import PARTIAL, FitLedger
@@ -267,9 +267,12 @@ def _run_method(run: Run, results: dict, name, method, sub, large_mod, plan) -> 
                 gen = torch.Generator().manual_seed(10_000 + seed)
                 keep = drop_modalities(mdata.available(), proto.kind, proto.rate, gen)
                 masks = apply_to_masks(mdata.masks, keep, list(mdata.layout))
-            res = evaluate_split(model, mdata, "test", th, masks)
-            if proto_name != "none":
-                _keep_protocol_predictions(run, proto_name, name, model, mdata, th, masks)
+            with torch.no_grad():
+                logits = predict(model, mdata, mdata.rows("test"), masks).logits.cpu().numpy()
+            res = split_metrics(mdata, "test", logits, th)
+            if proto_name != "none":                 # the protocol's bootstrap CIs resample these probabilities
+                _append_probabilities(run.proto_preds.setdefault(proto_name, {}).setdefault(
+                    name, {"prob": {}, "thresholds": {}}), mdata.tasks, logits, th)
             per_seed.append({"seed": seed, **res["mean"], "tasks": {k: v for k, v in res.items()
                                                                      if k not in ("mean", "degenerate")},
                              "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
@@ -308,15 +311,6 @@ def _keep_predictions(run: Run, name: str, model, data: Data, th: dict, seed: in
     p["rows"] += rows_for(list(rows_idx), data.split[rows_idx], data.tasks, logits, y, th, seed)
     test = data.split[rows_idx] == SPLIT_CODES["test"]
     _append_probabilities(p, data.tasks, logits[test], th)
-
-
-@torch.no_grad()
-def _keep_protocol_predictions(run: Run, proto_name: str, name: str, model, data: Data, th: dict, masks) -> None:
-    """Test rows' probabilities of one seed under a missing-modality protocol (its masks): what the protocol's
-    bootstrap CIs resample."""
-    logits = predict(model, data, data.rows("test"), masks).logits.cpu().numpy()
-    _append_probabilities(run.proto_preds.setdefault(proto_name, {}).setdefault(name, {"prob": {}, "thresholds": {}}),
-                          data.tasks, logits, th)
 
 
 def _append_probabilities(p: dict, tasks: list[dict], logits: np.ndarray, th: dict) -> None:
