@@ -63,9 +63,9 @@ def models_for(spec, profile: str, dataset: str | None = None, modalities: list[
     if rag and rag_kinds and prof.rag:
         uses += [(prof.rag.query_encoder, "rag query", {}), (prof.rag.article_encoder, "rag article", {}),
                  (prof.rag.lm, "rag lm", {})]
-    needs, seen = [], set()
+    needs, seen, registered = [], set(), _registered()
     for key, where, params in uses:
-        cls = get(key) if key in _registered() else None
+        cls = get(key) if key in registered else None
         if cls is None or cls.card.family == "imported" or cls.needs_fit or key in seen:
             continue
         seen.add(key)
@@ -197,7 +197,8 @@ def run(args) -> int:
     cols = ["model", "source", "here", "licence", "gated", "params", "dim", "precision (cuda)", "cpu2 GB",
             "cpu2 items/s", "h100 GB", "h100 items/s", "to get it"]
     print(format_table(table, cols))
-    urls = {r["model"]: get(r["model"]).card.licence_url for r in table if r["model"] in _registered()}
+    registered = _registered()
+    urls = {r["model"]: get(r["model"]).card.licence_url for r in table if r["model"] in registered}
     if any(urls.values()):
         print("\nlicences:\n" + "\n".join(f"  {k:<16} {u}" for k, u in urls.items() if u))
     absent = [r["model"] for r in table if r["here"] == "ABSENT"]

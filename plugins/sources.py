@@ -21,6 +21,7 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from filelock import FileLock
@@ -239,11 +240,18 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def file_sha256(path: str | Path, limit_mb: int = 2048) -> str | None:
-    """sha256 of a weight file (None for directories or files over the limit)."""
+    """sha256 of a weight file (None for directories or files over the limit). Kept per (file, size, mtime):
+    provenance asks for the same weights once per job."""
     p = Path(path)
     if not p.is_file() or p.stat().st_size > limit_mb * 2**20:
         return None
-    return file_digest(p)
+    st = p.stat()
+    return _cached_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=512)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
 
 
 def weights_sha256(location: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ Unknown keys are errors: a typo must never be silently ignored.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .paths import CHECKOUT_SPEC, PathError, find_config, resolve, spec_base
+from .store import json_digest
 from .preprocess import PREPROCESS
 
 Kind = Literal[tuple(PREPROCESS)]       # the modality kinds: one list, the kinds stores/preprocess.py types
@@ -344,5 +344,4 @@ def _check_references(spec: PipelineSpec) -> None:
 
 def canonical_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of a config (sorted keys): the identity of a cached result."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_digest(obj)

@@ -114,7 +114,7 @@ def _demo(args, out: Path, recipe) -> int:
 
 def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_table, limit=None,
              run_dir: Path | None = None) -> dict:
-    from .report import fmt, protocol_lines
+    from .report import fmt, protocol_lines, spread
     store = Store(store_path)
     cov = coverage(store)
     rows = [{"modality": c["modality"], "expert": c["expert"], "model": c["model"], "role": c["role"], "dim": c["dim"],
@@ -125,7 +125,7 @@ def _section(ds, spec, store_path, results, problems, timing, headline_rows, md_
             + f"{store.n} samples; split {results['split_sizes']}; extract {timing['extract_s']} s, "
             f"train {timing['train_s']} s. Store `{store_path}` "
             f"({'verify: consistent' if not problems else 'verify: ' + '; '.join(problems)}).", "",
-            f"### Results on the test set ({_spread(results['seeds'])})", "", md_table(headline_rows(results)), ""]
+            f"### Results on the test set ({spread(results['seeds'])})", "", md_table(headline_rows(results)), ""]
     w = results["methods"].get("medmix", {}).get("weights")
     if w:
         text += ["### What MedMIX relied on (mean weights on the test set)", "",
@@ -206,7 +206,3 @@ def _cold_timings(out: Path, results: dict, before: str | None, extract_s: float
     from .runinfo import kept_timings
     return kept_timings(out / "timings.json", results["config_hash"] if same else None,
                         results["config_hash"], {"extract_s": extract_s, "train_s": train_s})
-
-
-def _spread(seeds: list) -> str:
-    return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"

@@ -141,18 +141,24 @@ def missing_modality_png(results: dict, kind: str, task: str, metric: str = "aur
     return f"{kind}_{metric}_{_safe(task)}.png" if several else f"{kind}_{metric}.png"
 
 
+def protocol_ci(results: dict, protocol: str, name: str, task: str, metric: str) -> dict:
+    """The bootstrap entry ({"value", "ci95"}) of a method's metric under a protocol ("none": the main bootstrap);
+    {} when the run kept none."""
+    boot = results.get("bootstrap", {})
+    b = boot.get("methods", {}) if protocol == "none" else boot.get("protocols", {}).get(protocol, {})
+    return b.get(name, {}).get(task, {}).get(metric) or {}
+
+
 def _curve_points(results: dict, e: dict, name: str, kind: str, task: str, metric: str, with_ci: bool) -> list:
     """(drop rate, value, low, high) of one method: the seed-averaged probabilities' metric and its 95% bootstrap
     CI, or (without bootstrap) the mean over seeds ± 1 std."""
-    boot = results.get("bootstrap", {})
     pts = []
     for p, v in e["protocols"].items():
         if task not in v.get("tasks", {}) or not (p == "none" or p.startswith(kind + "@")):
             continue
         rate = 0.0 if p == "none" else float(p.split("@")[1])
         if with_ci:
-            b = (boot["methods"] if p == "none" else boot["protocols"].get(p, {})).get(name, {}).get(task, {}).get(
-                metric) or {}
+            b = protocol_ci(results, p, name, task, metric)
             value = b.get("value", v["tasks"][task][metric]["mean"])
             ci = b.get("ci95") or (value, value)             # no interval (e.g. a label too rare): no band
             pts.append((rate, value, *ci))

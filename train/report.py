@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .metrics import REPORTED, positive_name
 from .plots import (KINDS, confusion_plots, curve_plots, figures_note, missing_modality_plots,
-                    missing_modality_png, weights_plot)
+                    missing_modality_png, protocol_ci, weights_plot)
 
 NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "accuracy": "accuracy", "brier": "Brier"}
 
@@ -17,6 +17,11 @@ def fmt(entry: dict, metric: str) -> str:
     """mean ± std over seeds; the mean alone for one seed (no spread to show)."""
     e = entry[metric]
     return f"{e['mean']:.4f}" if e.get("std") is None else f"{e['mean']:.4f} ± {e['std']:.4f}"
+
+
+def spread(seeds: list) -> str:
+    """How a table's "mean ± std" reads: over how many seeds (one seed has no spread)."""
+    return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
 
 
 def _ci(ci) -> str:
@@ -72,16 +77,11 @@ def protocol_rows(results: dict, task: str, metric: str = "auroc") -> list[dict]
     names = list(results["protocols"])
     harshest = max((p for p in names if p.startswith("test_multi@")), key=lambda p: float(p.split("@")[1]),
                    default=None)
-    boot = results.get("bootstrap", {})
-
-    def ci(p: str, name: str):
-        b = boot.get("methods", {}) if p == "none" else boot.get("protocols", {}).get(p, {})
-        return b.get(name, {}).get(task, {}).get(metric, {}).get("ci95")
-
     rows = []
     for name, e in results["methods"].items():
         ps = {p: v["tasks"][task] for p, v in e["protocols"].items() if task in v.get("tasks", {})}
-        row = {"method": name, **{p: fmt(ps[p], metric) + _ci(ci(p, name)) for p in names if p in ps}}
+        row = {"method": name, **{p: fmt(ps[p], metric) + _ci(protocol_ci(results, p, name, task, metric).get("ci95"))
+                                  for p in names if p in ps}}
         if harshest and "none" in names:
             row[f"loss to {harshest}"] = (f"{ps['none'][metric]['mean'] - ps[harshest][metric]['mean']:+.4f}"
                                           if "none" in ps and harshest in ps else "")
@@ -93,7 +93,7 @@ def protocol_lines(results: dict, drawn: set[str], heading: str = "##", figure_d
     """Per task: the protocols table and its curve when one was drawn (``drawn``: file names; results.md and the
     demo report)."""
     tasks = [t["name"] for t in results.get("tasks", [])]
-    how = f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed"
+    how = spread(results["seeds"])
     if results.get("bootstrap", {}).get("protocols"):
         how += "; [95% CI]: bootstrap over the test samples of the seed-averaged probabilities"
     lines = []
@@ -157,7 +157,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
 
 def _task_lines(results: dict) -> list[str]:
     boot = results.get("bootstrap")
-    how = (f"mean ± std over {len(results['seeds'])} seeds" if len(results["seeds"]) > 1 else "one seed")
+    how = spread(results["seeds"])
     if boot:
         how += (f"; [95% CI]: bootstrap over the {boot['n_test']} test samples ({boot['n_boot']} resamples) of the "
                 "seed-averaged probabilities")

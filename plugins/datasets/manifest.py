@@ -195,7 +195,8 @@ class Manifest(DatasetAdapter):
         train = np.flatnonzero(np.asarray(given) == "train")
         strat = self._strat_key(self.labels()[s.stratify])[train] if s.stratify else None
         _, val = _split_two(train, s.val_fraction or 0.15, strat, s.seed)
-        return ["val" if i in set(val.tolist()) else p for i, p in enumerate(given)]
+        carved = set(val.tolist())
+        return ["val" if i in carved else p for i, p in enumerate(given)]
 
     def official_split(self) -> list[str] | None:
         col = self.opts.split_column
@@ -210,7 +211,7 @@ class Manifest(DatasetAdapter):
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def where(self, modality: str, row: int) -> str:
-        sid = self.ids()[row]
+        sid = self.table.at[row, self.opts.id_column]          # one cell (where() runs per row)
         if self.spec.modalities[modality].kind == "tabular":
             return f"{self.table_path.name}: sample {sid}"
         cell = self.table.at[row, self.column(modality)].strip()
